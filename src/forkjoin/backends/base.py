@@ -1,0 +1,163 @@
+"""The backend contract: how tasks run, behind one small interface.
+
+The engine splits work into ``Task``s, hands each to ``Backend.submit`` with a callback, and
+reads capability flags, never concrete classes. A backend runs the task somewhere (this thread,
+a thread pool, worker processes, a cluster) and calls ``done(task, outcome)`` exactly once per
+task it accepted, from any thread. Backends are resolved by name here and only here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..engine.task import ItemFailure, Status, Task, TaskOutcome
+from ..errors import BackendUnavailableError, make_task_error
+
+DoneCallback = Callable[[Task, TaskOutcome], None]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the engine adapts to these flags."""
+
+    isolates_crashes: bool = False  # a task that kills its worker cannot take the caller down
+    supports_timeout: bool = False  # can stop a task that runs past its timeout
+    supports_resources: bool = False  # honours per-task resource requests
+    zero_copy: bool = False  # large buffers travel without copying
+    parallel: bool = True  # tasks may run at the same time
+    serializes: bool = False  # arguments and results are pickled (so must be picklable)
+
+
+class EventSink(Protocol):
+    """Where a backend reports worker lifecycle (the engine's EventLog implements it)."""
+
+    def worker_started(self, worker: int, pid: int, startup_seconds: float) -> None: ...
+
+    def worker_exited(self, worker: int, pid: int, exitcode: int | None, peak_rss: int) -> None: ...
+
+
+class Backend(ABC):
+    """A place tasks run. Subclasses set ``name`` and ``capabilities``."""
+
+    name: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        events: EventSink | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        self.workers = workers
+        self.events = events
+        self.initializer = initializer
+        self.initargs = initargs
+
+    @abstractmethod
+    def submit(self, task: Task, done: DoneCallback) -> None:
+        """Start ``task`` eventually; call ``done`` once when it is over.
+
+        Raises ``SerializationError`` at once if the task cannot be sent (nothing is started).
+        """
+
+    def cancel(self, tasks: Iterable[Task], *, kill_running: bool = False) -> None:
+        """Drop these tasks if not started; with ``kill_running`` also stop the ones running.
+
+        No callback is made for a task dropped this way. The default marks them cancelled,
+        which every backend checks before starting a task.
+        """
+        for task in tasks:
+            task.cancelled = True
+
+    @abstractmethod
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        """Stop accepting work; with ``cancel_pending``, pending tasks end as CANCELLED and
+        running ones are stopped where the backend can; with ``wait``, return once all is down."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the backend can no longer run tasks (shut down or broken)."""
+        return True
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of live worker processes (empty for in-process backends)."""
+        return []
+
+
+# -- building outcomes ---------------------------------------------------------------------------
+
+
+def task_error(
+    task: Task,
+    position: int,
+    original: BaseException | None,
+    type_name: str,
+    message: str,
+    traceback_text: str,
+) -> Exception:
+    """The TaskError for item ``position`` of ``task``, naming the item and the original error."""
+    index = task.first_index + position
+    item = task.item_repr(position)
+    return make_task_error(
+        f"item {index} ({item}) raised {type_name}: {message}",
+        original=original,
+        original_type=type_name,
+        index=index,
+        item_repr=item,
+        traceback_text=traceback_text,
+    )
+
+
+def outcome_from_values(
+    task: Task, values: list[Any], failures: Iterable[tuple[int, BaseException]]
+) -> TaskOutcome:
+    """A DONE outcome whose failed positions hold ItemFailure."""
+    any_failed = False
+    for position, error in failures:
+        values[position] = ItemFailure(error)
+        any_failed = True
+    return TaskOutcome(Status.DONE, values, any_failed=any_failed)
+
+
+# -- resolving backends by name ------------------------------------------------------------------
+
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    # name: (module, class, pip extra that provides it or "")
+    "inline": ("forkjoin.backends.inline", "InlineBackend", ""),
+    "threads": ("forkjoin.backends.threads", "ThreadBackend", ""),
+    "process": ("forkjoin.backends.process", "ProcessBackend", ""),
+}
+
+
+def register_backend(name: str, module: str, class_name: str, extra: str = "") -> None:
+    """Make ``backend=name`` resolve to ``module.class_name`` (imported only when used)."""
+    _REGISTRY[name] = (module, class_name, extra)
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The Backend class registered under ``name``; imports it lazily."""
+    try:
+        module_name, class_name, extra = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {name!r}; choose one of {backend_names()}"
+        ) from None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f'pip install "forkjoin[{extra}]"' if extra else "reinstall forkjoin"
+        raise BackendUnavailableError(
+            f"backend {name!r} is not available ({exc}); {hint}"
+        ) from exc
+    cls: type[Backend] = getattr(module, class_name)
+    return cls

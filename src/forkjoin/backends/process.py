@@ -1,0 +1,723 @@
+"""The process backend: the embedded default, a pool of local worker processes.
+
+::
+
+    caller threads                manager thread (one per pool)               worker processes
+    ──────────────                ─────────────────────────────               ────────────────
+    submit(task) ─ pickle ─> pending deque ─> dispatch: batch tasks per   ──> run, pickle result
+                   (errors    (+ wake pipe)   worker, up to its prefetch      (process_worker.py)
+                    raised                     budget; non-blocking sends
+                    here)                    <─ read results (non-blocking) <─ batched results
+                              done(task, outcome) <─┘
+                              worker death: pidfd readable -> reap (exit code, peak RSS), read
+                              the worker's "current task" slot, blame that task, requeue the rest
+
+Why this shape:
+- Workers are fresh interpreters started with ``subprocess`` (not fork): safe with threads,
+  CUDA and macOS, and they do not re-import the caller's ``__main__``; functions travel by value
+  with cloudpickle, once per worker (a mirrored LRU cache), not once per task.
+- One manager thread never blocks on a worker (non-blocking sockets), so a large payload in
+  flight in both directions cannot deadlock, and a dead worker is seen at once through its pidfd.
+- Each worker prefetches ~``PREFETCH_SECONDS`` of work so it never waits for the next message,
+  but no more, so that slow tasks still balance across workers.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from enum import Enum
+from typing import Any
+
+from ..engine.task import ItemFailure, Status, Task, TaskOutcome
+from ..errors import (
+    ForkjoinError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+from . import wire
+from .base import Backend, Capabilities, DoneCallback, task_error
+from .process_worker import FUNCTION_CACHE_SIZE, SLOT
+
+# Work queued on each worker, in seconds of measured task time: enough that a worker never waits
+# for the next message (~0.1 ms round trip), small enough that tasks still balance at the end.
+PREFETCH_SECONDS = 0.005
+MAX_PREFETCH_TASKS = 1024
+# Tasks longer than this are never queued behind another one on a worker (no prefetch).
+NO_PREFETCH_ABOVE_SECONDS = 0.05
+# A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
+TERM_GRACE_SECONDS = 1.0
+# At shutdown, workers get a stop message, then SIGKILL after this long.
+STOP_GRACE_SECONDS = 2.0
+# This many workers in a row dying before they are ready means they cannot start at all.
+MAX_FAILED_STARTS = 3
+# Smoothing of the measured task duration that sets each worker's prefetch budget.
+DURATION_SMOOTHING = 0.2
+
+_BOOT = (
+    "import sys; sys.path.insert(0, {package_parent!r}); "
+    "from forkjoin.backends.process_worker import main; main({sock}, {watchdog}, {slot})"
+)
+
+
+class _WorkerState(Enum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+class _Worker:
+    """The caller's view of one worker process."""
+
+    def __init__(self, worker_id: int, proc: subprocess.Popen[bytes], sock: socket.socket,
+                 pidfd: int, slot: mmap.mmap | None) -> None:
+        self.worker_id = worker_id
+        self.proc = proc
+        self.pid = proc.pid
+        self.sock = sock
+        self.pidfd = pidfd
+        self.slot = slot
+        self.reader = wire.FrameReader()
+        self.writer = wire.FrameWriter()
+        self.want_write = False
+        self.state = _WorkerState.STARTING
+        self.started_at = time.monotonic()
+        self.in_flight: OrderedDict[int, Task] = OrderedDict()
+        self.functions: OrderedDict[int, None] = OrderedDict()  # mirror of the worker's cache
+        self.exclusive = False  # running a task with a timeout: nothing queued behind it
+        self.task_deadline: float | None = None
+        self.kill_reason: str | None = None
+        self.kill_deadline: float | None = None
+        self.peak_rss = 0
+        self.sock_open = True
+
+    def current_task_id(self) -> int:
+        return SLOT.unpack_from(self.slot, 0)[0] if self.slot is not None else 0
+
+
+_live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+def _shutdown_all_at_exit() -> None:
+    for backend in list(_live_backends):
+        backend.shutdown(wait=True)
+
+
+import atexit  # noqa: E402  (registered once, next to the function it calls)
+
+atexit.register(_shutdown_all_at_exit)
+
+
+def _worker_environment(workers: int) -> dict[str, str]:
+    from ..devices import thread_cap_env, usable_cpu_count
+
+    env = dict(os.environ)
+    threads = max(1, usable_cpu_count() // max(1, workers))
+    for name, value in thread_cap_env(threads).items():
+        env.setdefault(name, value)  # a cap the user set explicitly wins
+    return env
+
+
+class ProcessBackend(Backend):
+    """Local worker processes; see the module docstring for the data flow."""
+
+    name = "process"
+    capabilities = Capabilities(isolates_crashes=True, supports_timeout=True, serializes=True)
+
+    def __init__(self, workers: int, **kwargs: Any) -> None:
+        super().__init__(workers, **kwargs)
+        self._pending: deque[tuple[Task, DoneCallback]] = deque()
+        self._commands: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._sleeping = False
+        self._wake_sent = False
+        self._pending_after_dispatch = 0
+        self._manager: threading.Thread | None = None
+        self._workers: dict[int, _Worker] = {}
+        self._callbacks: dict[int, DoneCallback] = {}
+        self._next_worker_id = 0
+        self._failed_starts = 0
+        self._closing = False
+        self._cancel_pending = False
+        self._broken: BaseException | None = None
+        self._task_seconds: float | None = None
+        self._stop_deadline: float | None = None
+        self._watchdog_r: int | None = None
+        self._watchdog_w: int | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._depth = int(os.environ.get("FORKJOIN_WORKER_DEPTH", "0")) + 1
+        self._init_payload: bytes | None = None
+        if self.initializer is not None:
+            try:
+                self._init_payload = wire.dumps_by_value((self.initializer, tuple(self.initargs)))
+            except Exception as exc:
+                raise SerializationError(
+                    f"the pool's initializer or initargs could not be pickled: "
+                    f"{type(exc).__name__}: {exc}", what="function", side="caller") from exc
+        _live_backends.add(self)
+
+    # -- the caller's side -----------------------------------------------------------------------
+
+    def submit(self, task: Task, done: DoneCallback) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self._closing:
+            raise RuntimeError("cannot submit to a process backend that is shut down")
+        function = task.function
+        if function.payload is None:
+            try:
+                function.payload = wire.dumps_by_value(function.fn)
+            except Exception as exc:
+                raise SerializationError(
+                    f"the function {getattr(function.fn, '__qualname__', function.fn)!r} could "
+                    f"not be pickled ({type(exc).__name__}: {exc}); define it at module level "
+                    f"or make what it captures picklable", what="function", side="caller",
+                ) from exc
+        try:
+            task.payload = wire.dumps(task.items)
+        except Exception as exc:
+            raise SerializationError(
+                f"item {task.first_index} could not be pickled to send to a worker "
+                f"({type(exc).__name__}: {exc})", what="argument", side="caller",
+                index=task.first_index,
+            ) from exc
+        task.bytes_sent = len(task.payload)
+        task.submit_time = time.monotonic()
+        self._pending.append((task, done))
+        if self._manager is None:
+            self._start_manager()
+        elif self._sleeping and not self._wake_sent:
+            self._wake()
+
+    def cancel(self, tasks: Any, *, kill_running: bool = False) -> None:
+        tasks = list(tasks)
+        for task in tasks:
+            task.cancelled = True
+        if kill_running and self._manager is not None:
+            ids = {task.task_id for task in tasks}
+            self._commands.append(("kill_tasks", ids))
+            self._wake()
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        with self._lock:
+            self._closing = True
+            self._cancel_pending = self._cancel_pending or cancel_pending
+            manager = self._manager
+        if manager is None:
+            self._close_fds()
+            _live_backends.discard(self)
+            return
+        self._wake()
+        if wait and manager is not threading.current_thread():
+            manager.join()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closing and self._broken is None
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in list(self._workers.values())]
+
+    def _wake(self) -> None:
+        self._wake_sent = True
+        fd = self._wake_w
+        if fd is None:  # the manager has already finished
+            return
+        try:
+            os.write(fd, b"x")
+        except OSError:
+            pass
+
+    def _start_manager(self) -> None:
+        with self._lock:
+            if self._manager is not None:
+                return
+            self._watchdog_r, self._watchdog_w = os.pipe()
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+            self._manager = threading.Thread(
+                target=self._manage, name="forkjoin-process-manager", daemon=True
+            )
+            self._manager.start()
+
+    # -- the manager thread ----------------------------------------------------------------------
+
+    def _manage(self) -> None:
+        try:
+            self._spawn_missing()
+            while True:
+                self._run_commands()
+                if self._closing and self._finish_closing():
+                    break
+                self._dispatch()
+                self._spawn_missing()
+                self._wait_for_events()
+        except BaseException as exc:  # a bug here must fail tasks loudly, never hang them
+            self._broken = ForkjoinError(f"forkjoin's process manager failed: {exc!r}")
+            self._broken.__cause__ = exc
+            self._fail_everything(self._broken)
+        finally:
+            self._teardown()
+
+    def _wait_for_events(self) -> None:
+        assert self._selector is not None
+        timeout = self._next_timeout()
+        self._sleeping = True
+        # Work that arrived after the last dispatch and before _sleeping was set sent no wake-up.
+        if len(self._pending) != self._pending_after_dispatch or self._commands:
+            timeout = 0
+        events = self._selector.select(timeout)
+        self._sleeping = False
+        for key, mask in events:
+            data = key.data
+            if data is not None and data[0].worker_id not in self._workers:
+                continue  # already handled through its other file descriptor
+            if data is None:
+                self._wake_sent = False
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif data[1] == "sock":
+                worker = data[0]
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(worker)
+                if mask & selectors.EVENT_READ:
+                    self._read(worker)
+            else:
+                self._on_death(data[0])
+        self._check_deadlines()
+
+    def _next_timeout(self) -> float | None:
+        deadlines = [self._stop_deadline] if self._stop_deadline is not None else []
+        for worker in self._workers.values():
+            if worker.task_deadline is not None:
+                deadlines.append(worker.task_deadline)
+            if worker.kill_deadline is not None:
+                deadlines.append(worker.kill_deadline)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if worker.kill_deadline is not None and now >= worker.kill_deadline:
+                self._signal(worker, signal.SIGKILL)
+                worker.kill_deadline = None
+            if worker.task_deadline is not None and now >= worker.task_deadline:
+                worker.task_deadline = None
+                self._kill(worker, "timeout")
+        if self._stop_deadline is not None and now >= self._stop_deadline:
+            self._stop_deadline = None
+            for worker in self._workers.values():
+                self._signal(worker, signal.SIGKILL)
+
+    def _run_commands(self) -> None:
+        while self._commands:
+            command, argument = self._commands.popleft()
+            if command == "kill_tasks":
+                for worker in list(self._workers.values()):
+                    if any(task_id in argument for task_id in worker.in_flight):
+                        self._kill(worker, "cancelled")
+
+    # -- starting and stopping workers -----------------------------------------------------------
+
+    def _spawn_missing(self) -> None:
+        if self._closing or self._broken is not None:
+            return
+        while len(self._workers) < self.workers:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._selector is not None and self._watchdog_r is not None
+        parent_sock, child_sock = socket.socketpair()
+        slot_fd = os.memfd_create("forkjoin-slot") if hasattr(os, "memfd_create") else -1
+        slot = None
+        if slot_fd >= 0:
+            os.ftruncate(slot_fd, SLOT.size)
+            slot = mmap.mmap(slot_fd, SLOT.size)
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        code = _BOOT.format(package_parent=package_parent, sock=child_sock.fileno(),
+                            watchdog=self._watchdog_r, slot=slot_fd)
+        if not hasattr(self, "_env"):
+            self._env = _worker_environment(self.workers)
+            self._env["FORKJOIN_WORKER_DEPTH"] = str(self._depth)
+        fds = [child_sock.fileno(), self._watchdog_r] + ([slot_fd] if slot_fd >= 0 else [])
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code],
+                pass_fds=fds, env=self._env, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: Ctrl-C stays with the caller
+            )
+        finally:
+            child_sock.close()
+            if slot_fd >= 0:
+                os.close(slot_fd)
+        pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else -1
+        parent_sock.setblocking(False)
+        worker_id = self._next_worker_id
+        self._next_worker_id += 1
+        worker = _Worker(worker_id, proc, parent_sock, pidfd, slot)
+        self._workers[worker_id] = worker
+        self._selector.register(parent_sock, selectors.EVENT_READ, (worker, "sock"))
+        if pidfd >= 0:
+            self._selector.register(pidfd, selectors.EVENT_READ, (worker, "pid"))
+        self._send(worker, ("init", worker_id, list(sys.path), self._depth, self._init_payload))
+
+    def _signal(self, worker: _Worker, signum: int) -> None:
+        try:
+            os.killpg(worker.pid, signum)  # the worker leads its own group: its children too
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(worker.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _kill(self, worker: _Worker, reason: str) -> None:
+        """Stop a worker (SIGTERM, then SIGKILL after a grace period)."""
+        if worker.kill_reason is None:
+            worker.kill_reason = reason
+            worker.kill_deadline = time.monotonic() + TERM_GRACE_SECONDS
+            self._signal(worker, signal.SIGTERM)
+
+    def _reap(self, worker: _Worker) -> int | None:
+        """Collect the exit status and peak memory of a worker that has exited."""
+        deadline = time.monotonic() + TERM_GRACE_SECONDS
+        while True:
+            try:
+                pid, status, usage = os.wait4(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                return worker.proc.returncode
+            if pid:
+                worker.peak_rss = max(worker.peak_rss, usage.ru_maxrss * 1024)
+                code = os.waitstatus_to_exitcode(status)
+                worker.proc.returncode = code  # so Popen does not wait for it again
+                return code
+            if time.monotonic() > deadline:  # the socket closed but the process lingers
+                self._signal(worker, signal.SIGKILL)
+                deadline = time.monotonic() + TERM_GRACE_SECONDS
+            time.sleep(0.001)
+
+    def _forget(self, worker: _Worker) -> None:
+        assert self._selector is not None
+        self._workers.pop(worker.worker_id, None)
+        for fileobj in (worker.sock, worker.pidfd):
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError):
+                pass
+        worker.sock.close()
+        if worker.pidfd >= 0:
+            os.close(worker.pidfd)
+        if worker.slot is not None:
+            worker.slot.close()
+
+    def _on_death(self, worker: _Worker) -> None:
+        """A worker exited: blame the task it was running, requeue the others it held."""
+        if worker.worker_id not in self._workers:
+            return
+        if worker.sock_open:
+            self._read(worker, dying=True)  # results it sent before dying still count
+        exitcode = self._reap(worker)
+        blamed_id = worker.current_task_id()
+        if not blamed_id and worker.in_flight and worker.slot is None:
+            blamed_id = next(iter(worker.in_flight))
+        self._forget(worker)
+        if self.events is not None:
+            self.events.worker_exited(worker.worker_id, worker.pid, exitcode, worker.peak_rss)
+        if worker.state is _WorkerState.STARTING and worker.kill_reason is None:
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS and self._broken is None:
+                self._broken = ForkjoinError(
+                    f"worker processes exit during start-up (last exit code {exitcode}); see "
+                    f"their output above. Is forkjoin importable by {sys.executable}?"
+                )
+                self._fail_everything(self._broken)
+        requeue = []
+        for task_id, task in worker.in_flight.items():
+            done = self._callbacks.pop(task_id)
+            if worker.kill_reason == "cancelled" and task.cancelled:
+                continue
+            if worker.kill_reason == "shutdown":
+                self._report(task, done, TaskOutcome(Status.CANCELLED))
+            elif task_id == blamed_id:
+                self._report(task, done, self._death_outcome(worker, task, exitcode))
+            else:
+                requeue.append((task, done))
+        for task, done in reversed(requeue):
+            self._pending.appendleft((task, done))
+
+    def _death_outcome(self, worker: _Worker, task: Task, exitcode: int | None) -> TaskOutcome:
+        task.end_time = time.monotonic()
+        if worker.kill_reason == "timeout":
+            return TaskOutcome(Status.TIMED_OUT, error=TaskTimeoutError(
+                f"item {task.first_index} ({task.item_repr(0)}) ran past its timeout of "
+                f"{task.timeout:g} s; its worker was stopped and replaced",
+                timeout=task.timeout or 0.0, index=task.first_index))
+        if exitcode is not None and exitcode < 0:
+            try:
+                how = f"was killed by {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"was killed by signal {-exitcode}"
+            signal_name = how.rsplit(" ", 1)[-1]
+        else:
+            how, signal_name = f"exited with code {exitcode}", ""
+        peak = worker.peak_rss
+        hint = ("likely out of memory: lower workers= or the size of each task"
+                if signal_name == "SIGKILL" else "the task crashed the interpreter or exited")
+        items = f"item {task.first_index}" + (f" (one of {len(task)} in its chunk)"
+                                              if len(task) > 1 else f" ({task.item_repr(0)})")
+        return TaskOutcome(Status.CRASHED, error=WorkerCrashedError(
+            f"worker {worker.worker_id} (pid {worker.pid}) {how} while running {items} "
+            f"(peak RSS {peak / 2**20:.1f} MiB): {hint}",
+            exitcode=exitcode, signal_name=signal_name, peak_rss=peak, index=task.first_index,
+            attempts=task.attempt + 1))
+
+    # -- moving tasks and results ----------------------------------------------------------------
+
+    def _prefetch_budget(self) -> int:
+        seconds = self._task_seconds
+        if seconds is None:
+            return 1
+        if seconds >= NO_PREFETCH_ABOVE_SECONDS:
+            return 1
+        return max(2, min(MAX_PREFETCH_TASKS, int(PREFETCH_SECONDS / max(seconds, 1e-6))))
+
+    def _dispatch(self) -> None:
+        try:
+            self._dispatch_pending()
+        finally:
+            self._pending_after_dispatch = len(self._pending)
+
+    def _dispatch_pending(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        budget = self._prefetch_budget()
+        ready = [w for w in self._workers.values()
+                 if w.state is _WorkerState.READY and w.kill_reason is None and not w.exclusive]
+        ready.sort(key=lambda w: len(w.in_flight))
+        for worker in ready:
+            room = budget - len(worker.in_flight)
+            batch: list[tuple[Any, ...]] = []
+            now = time.monotonic()
+            while room > 0 and pending:
+                task, done = pending[0]
+                if task.timeout is not None and (batch or worker.in_flight):
+                    break  # a task with a timeout runs alone, so its clock is its own
+                pending.popleft()
+                if not task.claim():
+                    continue
+                batch.append(self._encode(worker, task))
+                worker.in_flight[task.task_id] = task
+                self._callbacks[task.task_id] = done
+                task.worker = worker.worker_id
+                room -= 1
+                if task.timeout is not None:
+                    worker.exclusive = True
+                    worker.task_deadline = now + task.timeout
+                    break
+            if batch:
+                self._send(worker, ("tasks", batch))
+            if not pending:
+                return
+
+    def _encode(self, worker: _Worker, task: Task) -> tuple[Any, ...]:
+        function = task.function
+        functions = worker.functions
+        if function.key in functions:
+            functions.move_to_end(function.key)
+            payload = None
+        else:
+            functions[function.key] = None
+            if len(functions) > FUNCTION_CACHE_SIZE:
+                functions.popitem(last=False)
+            payload = function.payload
+        return (task.task_id, function.key, payload, int(task.kind), task.payload,
+                task.first_index, task.seed)
+
+    def _send(self, worker: _Worker, message: Any) -> None:
+        assert self._selector is not None
+        worker.writer.add(wire.dumps(message))
+        try:
+            worker.writer.flush(worker.sock)
+        except OSError:
+            worker.writer.clear()  # the worker is gone; its pidfd will report it
+            return
+        if worker.writer and not worker.want_write:
+            worker.want_write = True
+            self._selector.modify(worker.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                  (worker, "sock"))
+
+    def _flush(self, worker: _Worker) -> None:
+        assert self._selector is not None
+        try:
+            worker.writer.flush(worker.sock)
+        except OSError:
+            worker.writer.clear()
+        if not worker.writer and worker.want_write:
+            worker.want_write = False
+            self._selector.modify(worker.sock, selectors.EVENT_READ, (worker, "sock"))
+
+    def _read(self, worker: _Worker, dying: bool = False) -> None:
+        assert self._selector is not None
+        try:
+            frames = worker.reader.read(worker.sock)
+            closed = False
+        except (EOFError, OSError):
+            frames, closed = [], True
+        for frame in frames:
+            self._handle_message(worker, wire.loads(frame))
+        if closed and worker.sock_open:
+            worker.sock_open = False
+            try:
+                self._selector.unregister(worker.sock)
+            except (KeyError, ValueError):
+                pass
+            if worker.pidfd < 0 and not dying:  # no pidfd: the closed socket is the sentinel
+                self._on_death(worker)
+
+    def _handle_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "results":
+            worker.peak_rss = max(worker.peak_rss, message[2])
+            for entry in message[1]:
+                self._on_result(worker, entry)
+        elif kind == "ready":
+            worker.state = _WorkerState.READY
+            self._failed_starts = 0
+            if self.events is not None:
+                self.events.worker_started(worker.worker_id, worker.pid,
+                                           time.monotonic() - worker.started_at)
+        elif kind == "init_error":
+            if self._broken is None:
+                self._broken = ForkjoinError(
+                    f"the pool's initializer raised {message[1]} in a worker; fix it or "
+                    f"create the pool without initializer=\n{message[2]}")
+                self._fail_everything(self._broken)
+
+    def _on_result(self, worker: _Worker, entry: tuple[Any, ...]) -> None:
+        task_id, status, start, end, payload, failures = entry
+        task = worker.in_flight.pop(task_id, None)
+        if task is None:
+            return
+        done = self._callbacks.pop(task_id)
+        if task.timeout is not None:
+            worker.exclusive = False
+            worker.task_deadline = None
+        task.start_time, task.end_time = start, end
+        if status == "unreadable":
+            error = SerializationError(
+                f"item {task.first_index}: {payload}", what="argument", side="worker",
+                index=task.first_index)
+            self._report(task, done, TaskOutcome(Status.CALL_UNREADABLE, error=error))
+            return
+        seconds = (end - start) / max(1, len(task))
+        previous = self._task_seconds
+        self._task_seconds = seconds if previous is None else (
+            previous + DURATION_SMOOTHING * (seconds - previous))
+        task.bytes_received = len(payload)
+        self._report(task, done, self._decode(task, payload, failures))
+
+    def _decode(self, task: Task, payload: bytes, failures: list[tuple[Any, ...]]) -> TaskOutcome:
+        try:
+            values = wire.loads(payload)
+        except Exception as exc:
+            error = SerializationError(
+                f"the results of items {task.first_index}..{task.first_index + len(task) - 1} "
+                f"could not be unpickled in the caller ({type(exc).__name__}: {exc})",
+                what="result", side="caller", index=task.first_index)
+            return TaskOutcome(Status.DONE, [ItemFailure(error)] * len(task), any_failed=True)
+        for position, exc_payload, type_name, message, tb_text in failures:
+            if type_name == "SerializationError" and exc_payload is None:
+                error: BaseException = SerializationError(
+                    f"item {task.first_index + position} ({task.item_repr(position)}): {message}",
+                    what="result", side="worker", index=task.first_index + position)
+            else:
+                original = None
+                if exc_payload is not None:
+                    try:
+                        original = wire.loads(exc_payload)
+                    except Exception:
+                        original = None
+                error = task_error(task, position, original, type_name, message, tb_text)
+            values[position] = ItemFailure(error)
+        return TaskOutcome(Status.DONE, values, any_failed=bool(failures))
+
+    def _report(self, task: Task, done: DoneCallback, outcome: TaskOutcome) -> None:
+        if task.cancelled and outcome.status is not Status.CANCELLED:
+            return
+        done(task, outcome)
+
+    # -- failing, closing ------------------------------------------------------------------------
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """Every task this backend holds ends with ``error`` (a broken pool, a manager bug)."""
+        outcome = TaskOutcome(Status.FAILED, error=error)
+        while self._pending:
+            task, done = self._pending.popleft()
+            self._report(task, done, outcome)
+        for worker in list(self._workers.values()):
+            for task_id, task in list(worker.in_flight.items()):
+                done = self._callbacks.pop(task_id, None)
+                if done is not None:
+                    self._report(task, done, outcome)
+            worker.in_flight.clear()
+            self._kill(worker, "broken")
+
+    def _finish_closing(self) -> bool:
+        """Progress the shutdown; True once every worker is gone."""
+        if self._cancel_pending:
+            while self._pending:
+                task, done = self._pending.popleft()
+                self._report(task, done, TaskOutcome(Status.CANCELLED))
+            for worker in self._workers.values():
+                if worker.in_flight:
+                    self._kill(worker, "shutdown")
+        if self._pending or any(w.in_flight for w in self._workers.values()):
+            return False
+        if not self._workers:
+            return True
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
+            for worker in self._workers.values():
+                if worker.state is _WorkerState.READY:
+                    worker.state = _WorkerState.STOPPING
+                    self._send(worker, ("stop",))
+                else:
+                    self._kill(worker, "shutdown")
+        return False
+
+    def _teardown(self) -> None:
+        for worker in list(self._workers.values()):
+            self._signal(worker, signal.SIGKILL)
+            self._reap(worker)
+            self._forget(worker)
+        if self._selector is not None:
+            self._selector.close()
+        self._close_fds()
+        _live_backends.discard(self)
+
+    def _close_fds(self) -> None:
+        for name in ("_watchdog_w", "_watchdog_r", "_wake_w", "_wake_r"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

@@ -1,0 +1,141 @@
+"""The everyday calls: ``map``, ``imap``, ``map_reduce``, on a reusable shared pool.
+
+The first call starts the pool's workers; later calls reuse them (no start-up), until the
+interpreter exits or a call asks for a different backend or worker count.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from ..backends.base import Backend, backend_class
+from ..devices import usable_cpu_count
+from ..errors import ForkjoinError
+from .events import EventLog
+from .options import RunOptions, options_from
+from .scheduler import Job
+from .task import CallKind
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# A worker at this depth (a pool inside a pool inside a pool) may not start more processes:
+# nested parallelism past this point only oversubscribes the cores.
+MAX_PROCESS_NESTING = 2
+
+_MISSING: Any = object()
+
+
+def nesting_depth() -> int:
+    """0 in a user's process, 1 inside a forkjoin worker, 2 inside a worker's worker..."""
+    return int(os.environ.get("FORKJOIN_WORKER_DEPTH", "0"))
+
+
+def resolve_backend_name(options: RunOptions, workers: int) -> str:
+    """The backend a call runs on: explicit, else inline for one worker or inside a worker."""
+    name = options.backend
+    depth = nesting_depth()
+    if name is None:
+        return "inline" if workers == 1 or depth > 0 else "process"
+    if name == "process" and depth >= MAX_PROCESS_NESTING:
+        raise ForkjoinError(
+            f"refusing to start worker processes {depth + 1} levels deep (a pool inside a pool "
+            f"inside a pool); run the inner call with backend='inline' or 'threads'"
+        )
+    return name
+
+
+def resolve_workers(options: RunOptions) -> int:
+    return options.workers if options.workers is not None else usable_cpu_count()
+
+
+class _SharedPools:
+    """One reusable backend per name, kept warm between calls."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[str, tuple[int, Backend, EventLog]] = {}
+
+    def get(self, name: str, workers: int) -> tuple[Backend, EventLog]:
+        with self._lock:
+            current = self._pools.get(name)
+            if current is not None:
+                asked, backend, events = current
+                if backend.alive and asked == workers:
+                    return backend, events
+                backend.shutdown(wait=False)
+            events = EventLog()
+            backend = backend_class(name)(workers, events=events)
+            self._pools[name] = (workers, backend, events)
+            return backend, events
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for _, backend, _ in pools:
+            backend.shutdown(wait=True)
+
+
+shared_pools = _SharedPools()
+
+
+def _job(fn: Callable[..., Any], items: Iterable[Any], options: RunOptions,
+         kind: CallKind = CallKind.MAP) -> Job:
+    workers = resolve_workers(options)
+    name = resolve_backend_name(options, workers)
+    backend, events = shared_pools.get(name, workers)
+    check_supported(backend, options)
+    return Job(backend, events, fn, items, options, kind)
+
+
+def check_supported(backend: Backend, options: RunOptions) -> None:
+    """Refuse options the backend cannot honour, before any work starts."""
+    if options.timeout is not None and not backend.capabilities.supports_timeout:
+        raise ValueError(
+            f"timeout= needs a backend that can stop a running task; the {backend.name!r} "
+            f"backend cannot: use backend='process'"
+        )
+
+
+def map(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> list[R]:
+    """Apply ``fn`` to every item in parallel; the results in input order, as a list.
+
+    Runs on all usable cores with no setup. Options: see ``RunOptions`` (workers, backend,
+    chunksize, ordered, retries, retry_on, timeout, progress, seed, on_error, ...).
+    """
+    return list(_job(fn, items, options_from(**options)))
+
+
+def imap(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R]:
+    """Like ``map`` but lazy: results stream back while items are still being read, and at most
+    a few tasks per worker are in memory, so endless generators are fine. ``ordered=False``
+    yields results as they finish."""
+    return iter(_job(fn, items, options_from(**options)))
+
+
+def map_reduce(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    reduce: Callable[[Any, R], Any],
+    initial: Any = _MISSING,
+    **options: Any,
+) -> Any:
+    """``functools.reduce(reduce, map(fn, items), initial)``, reducing as results arrive.
+
+    With ``ordered=False`` results are reduced in completion order: only correct for a
+    commutative ``reduce`` (like ``operator.add`` on integers), but nothing waits.
+    """
+    return reduce_results(_job(fn, items, options_from(**options)), reduce, initial)
+
+
+def reduce_results(values: Iterable[Any], reduce: Callable[[Any, Any], Any], initial: Any) -> Any:
+    """Fold results into one value as they arrive (``functools.reduce`` semantics)."""
+    accumulator = initial
+    for value in values:
+        accumulator = value if accumulator is _MISSING else reduce(accumulator, value)
+    if accumulator is _MISSING:
+        raise TypeError("map_reduce() of no items with no initial value")
+    return accumulator

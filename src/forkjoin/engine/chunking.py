@@ -1,0 +1,78 @@
+"""split: cutting a stream of items into tasks, sized by measurement.
+
+With ``chunksize="auto"`` the first tasks are small and double in size until the first results
+report how long an item takes to compute and how many bytes it costs to send; from then on each
+chunk aims at ``TARGET_TASK_SECONDS`` of work (joblib's auto-batching idea, but measured per item
+rather than per batch), capped so that
+
+- a known-length input still gives every worker ``CHUNKS_PER_WORKER`` chunks (balance at the end),
+- a chunk never carries more than ``TARGET_TASK_BYTES`` of pickled items (bounded memory),
+- a chunk never exceeds ``MAX_AUTO_CHUNKSIZE`` items (bounded memory for endless inputs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+# Work per task: long enough that per-task overhead (~50-100 us round trip) is < 1%, short
+# enough to stream results and balance load. Chosen with benchmarks/bench_engine.py.
+TARGET_TASK_SECONDS = 0.02
+# Chunks per worker for inputs of known length, so the last chunks do not leave workers idle.
+CHUNKS_PER_WORKER = 4
+# Pickled bytes per task before the chunk is cut, whatever the timing says.
+TARGET_TASK_BYTES = 8 * 2**20
+# Items per task, at most, in auto mode.
+MAX_AUTO_CHUNKSIZE = 50_000
+# Smoothing of the per-item measurements (exponentially weighted).
+SMOOTHING = 0.3
+
+
+class AutoChunker:
+    """Decides the size of the next chunk from what previous chunks measured."""
+
+    def __init__(self, workers: int, total: int | None, chunksize: int | str = "auto") -> None:
+        self.fixed = chunksize if isinstance(chunksize, int) else None
+        self.cap = MAX_AUTO_CHUNKSIZE
+        if total is not None:
+            self.cap = max(1, min(self.cap, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
+        self.seconds_per_item: float | None = None
+        self.bytes_per_item: float | None = None
+        self._warmup_size = 1
+
+    def next_size(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        size = self.cap
+        if self.seconds_per_item is None:
+            size = min(size, self._warmup_size)
+            self._warmup_size *= 2
+        else:
+            size = min(size, max(1, int(TARGET_TASK_SECONDS / max(self.seconds_per_item, 1e-7))))
+        if self.bytes_per_item:
+            size = min(size, max(1, int(TARGET_TASK_BYTES / self.bytes_per_item)))
+        return size
+
+    def observe_compute(self, items: int, seconds: float) -> None:
+        """A task of ``items`` items took ``seconds`` of compute in its worker."""
+        if items <= 0 or self.fixed is not None:
+            return
+        per_item = seconds / items
+        previous = self.seconds_per_item
+        self.seconds_per_item = per_item if previous is None else previous + SMOOTHING * (
+            per_item - previous)
+
+    def observe_bytes(self, items: int, nbytes: int) -> None:
+        """A task of ``items`` items pickled to ``nbytes``."""
+        if items <= 0 or nbytes <= 0 or self.fixed is not None:
+            return
+        per_item = nbytes / items
+        previous = self.bytes_per_item
+        self.bytes_per_item = per_item if previous is None else previous + SMOOTHING * (
+            per_item - previous)
+
+
+def take_chunk(iterator: Iterator[Any], size: int) -> list[Any]:
+    return list(itertools.islice(iterator, size))

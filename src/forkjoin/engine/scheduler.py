@@ -1,0 +1,239 @@
+"""The scheduler: one parallel call from items to merged results.
+
+::
+
+    items (any iterable, maybe endless)
+      │  split: AutoChunker sizes each chunk from measured item cost (chunking.py)
+      ▼
+    Task(chunk, fn, attempt) ──submit──> backend ──runs──> done(task, outcome) ──> outcome queue
+      ▲   at most `window` tasks submitted and not yet merged (backpressure)         │
+      │                                                                             ▼
+      └──── retry (worker died, retry_on) / split (isolate a bad item) <── handle outcome
+                                                                                    │
+                                  merge: in input order (OrderedMerge) or as they finish
+                                                                                    ▼
+                                                                       results to the caller
+
+The caller's thread runs this loop as a generator: it pulls items only when the window has
+room, so an endless generator keeps memory flat, and an exception from the input iterator
+surfaces in the caller. Every finished task goes into the event log.
+"""
+
+from __future__ import annotations
+
+import queue
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
+from typing import Any
+
+from ..backends.base import Backend
+from ..errors import SerializationError
+from .chunking import AutoChunker, take_chunk
+from .events import EventLog
+from .merge import OrderedMerge
+from .options import RunOptions
+from .progress import ProgressBar
+from .task import CallKind, FunctionRef, ItemFailure, Status, Task, TaskOutcome
+
+# Tasks submitted and not yet merged, per worker: enough to keep every worker fed while results
+# travel back, few enough that memory stays bounded and a failure cancels little work.
+IN_FLIGHT_PER_WORKER = 4
+# How long one wait for an outcome blocks before looping (keeps Ctrl-C prompt everywhere).
+WAIT_SLICE_SECONDS = 1.0
+
+_SKIPPED = object()
+
+
+def _length(items: Iterable[Any]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def should_retry(error: BaseException, options: RunOptions) -> bool:
+    """True if a task's exception is one the caller asked to retry (``retry_on=``)."""
+    retry_on = options.retry_on
+    if not retry_on:
+        return False
+    return isinstance(error, retry_on) or isinstance(getattr(error, "original", None), retry_on)
+
+
+class Job:
+    """One map / imap / map_reduce call running on a backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        events: EventLog,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        options: RunOptions,
+        kind: CallKind = CallKind.MAP,
+    ) -> None:
+        self.backend = backend
+        self.events = events
+        self.options = options
+        self.kind = kind
+        self.function = FunctionRef(fn)
+        total = _length(items)
+        self.items = iter(items)
+        chunksize = options.chunksize
+        if chunksize == "auto" and options.timeout is not None:
+            chunksize = 1  # a timeout is per task; with one item per task it is per item
+        self.chunker = AutoChunker(max(1, backend.workers), total, chunksize)
+        self.window = options.max_in_flight or IN_FLIGHT_PER_WORKER * max(1, backend.workers)
+        self.outcomes: queue.SimpleQueue[tuple[Task, TaskOutcome]] = queue.SimpleQueue()
+        self.outstanding: dict[int, Task] = {}
+        self.next_index = 0
+        self.exhausted = False
+        self.merge = OrderedMerge() if options.ordered else None
+        self.skipped = 0
+        self.total = total
+        self.progress: ProgressBar | None = None
+
+    # -- split and submit ------------------------------------------------------------------------
+
+    def _done(self, task: Task, outcome: TaskOutcome) -> None:
+        self.outcomes.put((task, outcome))  # called from backend threads
+
+    def _load(self) -> int:
+        return len(self.outstanding) + (len(self.merge) if self.merge is not None else 0)
+
+    def _fill(self) -> None:
+        while not self.exhausted and self._load() < self.window:
+            size = self.chunker.next_size()
+            chunk = take_chunk(self.items, size)
+            if len(chunk) < size:
+                self.exhausted = True
+            if not chunk:
+                break
+            task = Task(
+                function=self.function, kind=self.kind, items=chunk,
+                first_index=self.next_index, timeout=self.options.timeout,
+                seed=self.options.seed, resources=self.options.resources,
+            )
+            self.next_index += len(chunk)
+            self._submit(task)
+
+    def _submit(self, task: Task) -> None:
+        self.outstanding[task.task_id] = task
+        try:
+            self.backend.submit(task, self._done)
+        except SerializationError as exc:
+            if exc.what == "function":
+                raise
+            if len(task) > 1:  # find out which items cannot be pickled; send the rest
+                del self.outstanding[task.task_id]
+                for single in task.split():
+                    self._submit(single)
+                return
+            self.outcomes.put((task, TaskOutcome(Status.DONE, [ItemFailure(exc)], any_failed=True)))
+            return
+        except BaseException:
+            self.outstanding.pop(task.task_id, None)
+            raise
+        self.events.task_submitted()
+        self.chunker.observe_bytes(len(task), task.bytes_sent)
+
+    # -- run: wait for outcomes ------------------------------------------------------------------
+
+    def _next_outcome(self) -> tuple[Task, TaskOutcome]:
+        while True:
+            try:
+                return self.outcomes.get(timeout=WAIT_SLICE_SECONDS)
+            except queue.Empty:
+                continue
+
+    def __iter__(self) -> Iterator[Any]:
+        abnormal = False
+        self.progress = ProgressBar(self.total, self.options.progress)
+        try:
+            while True:
+                self._fill()
+                if not self.outstanding:
+                    if self.exhausted:
+                        break
+                    continue
+                task, outcome = self._next_outcome()
+                if self.outstanding.pop(task.task_id, None) is None:
+                    continue  # a task this job already gave up on
+                for value in self._handle(task, outcome):
+                    yield value
+            if self.skipped:
+                warnings.warn(f"{self.skipped} item(s) failed and were skipped (on_error='skip')",
+                              RuntimeWarning, stacklevel=3)
+        except BaseException as exc:
+            # Ctrl-C (or SystemExit) stops running tasks too; anything else lets them finish.
+            abnormal = not isinstance(exc, (Exception, GeneratorExit))
+            raise
+        finally:
+            self.progress.close()
+            if self.outstanding:
+                self.backend.cancel(list(self.outstanding.values()), kill_running=abnormal)
+                self.outstanding.clear()
+
+    # -- sync: decide what an outcome means ------------------------------------------------------
+
+    def _handle(self, task: Task, outcome: TaskOutcome) -> list[Any]:
+        status = outcome.status
+        self.events.task_finished(task, status)
+        options = self.options
+        if status is Status.DONE:
+            if task.end_time:
+                self.chunker.observe_compute(len(task), task.end_time - task.start_time)
+            if outcome.any_failed:
+                return self._with_failures(task, outcome.values)
+            return self._emit(task.first_index, outcome.values)
+        if status is Status.CRASHED or status is Status.CALL_UNREADABLE:
+            if len(task) > 1:
+                # Which item was it? Run them one by one; this first death is charged to none.
+                for single in task.split():
+                    self._submit(single)
+                return []
+            if status is Status.CRASHED and task.attempt < options.retries:
+                self.events.task_retried()
+                self._submit(task.retry())
+                return []
+        if status is Status.CANCELLED:
+            raise CancelledError("the pool was shut down while this call was running")
+        assert outcome.error is not None
+        return self._with_failures(task, [ItemFailure(outcome.error)] * len(task))
+
+    def _with_failures(self, task: Task, values: list[Any]) -> list[Any]:
+        """Retry what ``retry_on`` names; apply ``on_error`` to the rest."""
+        out: list[Any] = []
+        run_start = 0
+        for position, value in enumerate(values):
+            if not isinstance(value, ItemFailure):
+                continue
+            if should_retry(value.error, self.options) and task.attempt < self.options.retries:
+                out += self._emit(task.first_index + run_start, values[run_start:position])
+                run_start = position + 1
+                retry = task.split()[position].retry() if len(task) > 1 else task.retry()
+                self.events.task_retried()
+                self._submit(retry)
+                continue
+            self.events.task_failed()
+            if self.options.on_error == "raise":
+                raise value.error
+            if self.options.on_error == "skip":
+                self.skipped += 1
+                values[position] = _SKIPPED
+            else:
+                values[position] = value.error
+        out += self._emit(task.first_index + run_start, values[run_start:])
+        return out
+
+    # -- merge -----------------------------------------------------------------------------------
+
+    def _emit(self, first_index: int, values: list[Any]) -> list[Any]:
+        if self.progress is not None and self.progress.active:
+            self.progress.update(len(values))
+        if self.merge is not None:
+            self.merge.add(first_index, values)
+            values = self.merge.pop_ready()
+        if self.skipped:
+            values = [v for v in values if v is not _SKIPPED]
+        return values

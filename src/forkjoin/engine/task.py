@@ -1,0 +1,181 @@
+"""The task model: what one unit of parallel work is, and what comes back.
+
+A ``Task`` is a chunk of consecutive items plus the function to apply, the attempt number and the
+limits it runs under. Backends fill in where and when it ran; the engine reads that into the event
+log. A ``TaskOutcome`` is what a backend reports when the task is over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from ..errors import _short_repr
+
+
+class CallKind(IntEnum):
+    """How the function is applied to each item of a task."""
+
+    MAP = 0  # fn(item)
+    STAR = 1  # fn(*item)
+    CALL = 2  # fn(*args, **kwargs); the item is (args, kwargs)
+
+
+_function_keys = itertools.count(1)
+
+
+class FunctionRef:
+    """A function plus a key that names it on the wire, so a worker receives it once.
+
+    The pickled form is computed lazily by the backend that needs it and cached here.
+    """
+
+    __slots__ = ("fn", "key", "payload")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.key = next(_function_keys)
+        self.payload: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"FunctionRef({getattr(self.fn, '__qualname__', self.fn)!r}, key={self.key})"
+
+
+class FunctionRefCache:
+    """Reuses one FunctionRef per function object for ``submit`` (bounded, thread-safe)."""
+
+    MAX_ENTRIES = 128  # more distinct functions than this in one pool just re-send them
+
+    def __init__(self) -> None:
+        self._refs: OrderedDict[int, FunctionRef] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, fn: Callable[..., Any]) -> FunctionRef:
+        with self._lock:
+            ref = self._refs.get(id(fn))
+            if ref is not None and ref.fn is fn:
+                self._refs.move_to_end(id(fn))
+                return ref
+            ref = FunctionRef(fn)  # holds fn strongly, so its id cannot be reused meanwhile
+            self._refs[id(fn)] = ref
+            if len(self._refs) > self.MAX_ENTRIES:
+                self._refs.popitem(last=False)
+            return ref
+
+
+_task_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Task:
+    """One unit of work: ``items[i]`` is the item with global index ``first_index + i``."""
+
+    function: FunctionRef
+    kind: CallKind
+    items: list[Any]
+    first_index: int
+    attempt: int = 0
+    timeout: float | None = None
+    seed: int | None = None
+    resources: Mapping[str, float] | None = None
+    future: Future[Any] | None = None
+    task_id: int = field(default_factory=lambda: next(_task_ids))
+    cancelled: bool = False
+    # Filled by the backend: where and when the task ran, and bytes moved.
+    payload: Any = None
+    worker: int = -1
+    submit_time: float = 0.0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def claim(self) -> bool:
+        """Called by a backend just before the task starts; False if it was cancelled."""
+        if self.cancelled:
+            return False
+        future = self.future
+        if future is not None and not future.running():
+            return future.set_running_or_notify_cancel()
+        return True
+
+    def item_repr(self, position: int) -> str:
+        item = self.items[position]
+        if self.kind is CallKind.CALL:
+            args, kwargs = item
+            parts = [_short_repr(a, 30) for a in args]
+            parts += [f"{k}={_short_repr(v, 30)}" for k, v in kwargs.items()]
+            return _short_repr(f"({', '.join(parts)})")
+        return _short_repr(item)
+
+    def split(self) -> list[Task]:
+        """One task per item, keeping attempt and limits: used to isolate a failing item."""
+        return [
+            Task(
+                function=self.function,
+                kind=self.kind,
+                items=[item],
+                first_index=self.first_index + i,
+                attempt=self.attempt,
+                timeout=self.timeout,
+                seed=self.seed,
+                resources=self.resources,
+                future=self.future,
+            )
+            for i, item in enumerate(self.items)
+        ]
+
+    def retry(self) -> Task:
+        """A fresh copy of this task for its next attempt."""
+        return Task(
+            function=self.function,
+            kind=self.kind,
+            items=self.items,
+            first_index=self.first_index,
+            attempt=self.attempt + 1,
+            timeout=self.timeout,
+            seed=self.seed,
+            resources=self.resources,
+            future=self.future,
+        )
+
+
+class ItemFailure:
+    """Stands in place of a result for an item that failed; ``error`` is what to raise."""
+
+    __slots__ = ("error", "retryable")
+
+    def __init__(self, error: BaseException, retryable: bool = False) -> None:
+        self.error = error
+        self.retryable = retryable
+
+    def __repr__(self) -> str:
+        return f"ItemFailure({self.error!r})"
+
+
+class Status(IntEnum):
+    """How a task ended, as a backend reports it."""
+
+    DONE = 0  # ran; ``values`` has one entry per item (some may be ItemFailure)
+    CRASHED = 1  # the worker died; ``error`` is a WorkerCrashedError
+    TIMED_OUT = 2  # ran past its timeout; ``error`` is a TaskTimeoutError
+    CALL_UNREADABLE = 3  # the worker could not unpickle the call; ``error`` a SerializationError
+    CANCELLED = 4  # dropped before or while running, at the caller's request
+    FAILED = 5  # could not run at all (broken pool); ``error`` says why; never retried
+
+
+@dataclass
+class TaskOutcome:
+    status: Status
+    values: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+    any_failed: bool = False
