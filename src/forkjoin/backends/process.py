@@ -477,8 +477,9 @@ class ProcessBackend(Backend):
         else:
             how, signal_name = f"exited with code {exitcode}", ""
         peak = worker.peak_rss
-        hint = ("likely out of memory: lower workers= or the size of each task"
-                if signal_name == "SIGKILL" else "the task crashed the interpreter or exited")
+        hint = ("SIGKILL usually means the out-of-memory killer: lower workers= or the memory "
+                "each task needs" if signal_name == "SIGKILL"
+                else "the task crashed the interpreter or called exit")
         items = f"item {task.first_index}" + (f" (one of {len(task)} in its chunk)"
                                               if len(task) > 1 else f" ({task.item_repr(0)})")
         return TaskOutcome(Status.CRASHED, error=WorkerCrashedError(
