@@ -129,7 +129,11 @@ def _task_error_class_for(original_cls: type) -> type:
             cls = type(
                 f"TaskError[{original_cls.__name__}]",
                 (TaskError, original_cls),
-                {"__module__": __name__, "__init__": TaskError.__init__, "__str__": TaskError.__str__},
+                {
+                    "__module__": __name__,
+                    "__init__": TaskError.__init__,
+                    "__str__": TaskError.__str__,
+                },
             )
         except TypeError:  # final classes or layout conflicts: plain TaskError is still correct
             cls = TaskError
@@ -148,14 +152,16 @@ def make_task_error(
 ) -> TaskError:
     """Build the TaskError a caller sees: an instance of the original exception type too."""
     cls: type = TaskError
-    original_cls = type(original) if original is not None else getattr(builtins, original_type, None)
+    original_cls = (
+        type(original) if original is not None else getattr(builtins, original_type, None)
+    )
     if (
         isinstance(original_cls, type)
         and issubclass(original_cls, Exception)
         and not issubclass(original_cls, ForkjoinError)
     ):
         cls = _task_error_class_for(original_cls)
-    error: TaskError = cls.__new__(cls)
+    error: TaskError = cls.__new__(cls)  # type: ignore[call-overload]
     TaskError.__init__(
         error,
         message,
@@ -221,7 +227,10 @@ class TaskTimeoutError(ForkjoinError, TimeoutError):
         self.index = index
 
     def __reduce__(self) -> Any:
-        return (_rebuild_kw, (type(self), str(self), {"timeout": self.timeout, "index": self.index}))
+        return (
+            _rebuild_kw,
+            (type(self), str(self), {"timeout": self.timeout, "index": self.index}),
+        )
 
 
 class SerializationError(ForkjoinError):

@@ -149,15 +149,11 @@ def backend_class(name: str) -> type[Backend]:
     try:
         module_name, class_name, extra = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"unknown backend {name!r}; choose one of {backend_names()}"
-        ) from None
+        raise ValueError(f"unknown backend {name!r}; choose one of {backend_names()}") from None
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         hint = f'pip install "forkjoin[{extra}]"' if extra else "reinstall forkjoin"
-        raise BackendUnavailableError(
-            f"backend {name!r} is not available ({exc}); {hint}"
-        ) from exc
+        raise BackendUnavailableError(f"backend {name!r} is not available ({exc}); {hint}") from exc
     cls: type[Backend] = getattr(module, class_name)
     return cls

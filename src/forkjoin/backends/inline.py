@@ -20,7 +20,11 @@ def run_task_here(task: Task) -> TaskOutcome:
     task.worker = 0
     try:
         run = run_chunk(
-            task.function.fn, task.kind, task.items, task.first_index, task.seed,
+            task.function.fn,
+            task.kind,
+            task.items,
+            task.first_index,
+            task.seed,
             seed_globals=False,
         )
     except SystemExit as exc:  # a task must not end the caller's program

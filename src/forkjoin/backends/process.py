@@ -79,8 +79,14 @@ class _WorkerState(Enum):
 class _Worker:
     """The caller's view of one worker process."""
 
-    def __init__(self, worker_id: int, proc: subprocess.Popen[bytes], sock: socket.socket,
-                 pidfd: int, slot: mmap.mmap | None) -> None:
+    def __init__(
+        self,
+        worker_id: int,
+        proc: subprocess.Popen[bytes],
+        sock: socket.socket,
+        pidfd: int,
+        slot: mmap.mmap | None,
+    ) -> None:
         self.worker_id = worker_id
         self.proc = proc
         self.pid = proc.pid
@@ -165,7 +171,10 @@ class ProcessBackend(Backend):
             except Exception as exc:
                 raise SerializationError(
                     f"the pool's initializer or initargs could not be pickled: "
-                    f"{type(exc).__name__}: {exc}", what="function", side="caller") from exc
+                    f"{type(exc).__name__}: {exc}",
+                    what="function",
+                    side="caller",
+                ) from exc
         _live_backends.add(self)
 
     # -- the caller's side -----------------------------------------------------------------------
@@ -183,14 +192,18 @@ class ProcessBackend(Backend):
                 raise SerializationError(
                     f"the function {getattr(function.fn, '__qualname__', function.fn)!r} could "
                     f"not be pickled ({type(exc).__name__}: {exc}); define it at module level "
-                    f"or make what it captures picklable", what="function", side="caller",
+                    f"or make what it captures picklable",
+                    what="function",
+                    side="caller",
                 ) from exc
         try:
             task.payload = wire.dumps(task.items)
         except Exception as exc:
             raise SerializationError(
                 f"item {task.first_index} could not be pickled to send to a worker "
-                f"({type(exc).__name__}: {exc})", what="argument", side="caller",
+                f"({type(exc).__name__}: {exc})",
+                what="argument",
+                side="caller",
                 index=task.first_index,
             ) from exc
         task.bytes_sent = len(task.payload)
@@ -351,16 +364,23 @@ class ProcessBackend(Backend):
             os.ftruncate(slot_fd, SLOT.size)
             slot = mmap.mmap(slot_fd, SLOT.size)
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-        code = _BOOT.format(package_parent=package_parent, sock=child_sock.fileno(),
-                            watchdog=self._watchdog_r, slot=slot_fd)
+        code = _BOOT.format(
+            package_parent=package_parent,
+            sock=child_sock.fileno(),
+            watchdog=self._watchdog_r,
+            slot=slot_fd,
+        )
         if not hasattr(self, "_env"):
             self._env = _worker_environment(self.workers)
             self._env["FORKJOIN_WORKER_DEPTH"] = str(self._depth)
         fds = [child_sock.fileno(), self._watchdog_r] + ([slot_fd] if slot_fd >= 0 else [])
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
         try:
             proc = subprocess.Popen(
-                [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code],
-                pass_fds=fds, env=self._env, stdin=subprocess.DEVNULL,
+                [sys.executable, *flags, "-c", code],
+                pass_fds=fds,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: Ctrl-C stays with the caller
             )
         finally:
@@ -464,10 +484,15 @@ class ProcessBackend(Backend):
     def _death_outcome(self, worker: _Worker, task: Task, exitcode: int | None) -> TaskOutcome:
         task.end_time = time.monotonic()
         if worker.kill_reason == "timeout":
-            return TaskOutcome(Status.TIMED_OUT, error=TaskTimeoutError(
-                f"item {task.first_index} ({task.item_repr(0)}) ran past its timeout of "
-                f"{task.timeout:g} s; its worker was stopped and replaced",
-                timeout=task.timeout or 0.0, index=task.first_index))
+            return TaskOutcome(
+                Status.TIMED_OUT,
+                error=TaskTimeoutError(
+                    f"item {task.first_index} ({task.item_repr(0)}) ran past its timeout of "
+                    f"{task.timeout:g} s; its worker was stopped and replaced",
+                    timeout=task.timeout or 0.0,
+                    index=task.first_index,
+                ),
+            )
         if exitcode is not None and exitcode < 0:
             try:
                 how = f"was killed by {signal.Signals(-exitcode).name}"
@@ -477,16 +502,27 @@ class ProcessBackend(Backend):
         else:
             how, signal_name = f"exited with code {exitcode}", ""
         peak = worker.peak_rss
-        hint = ("SIGKILL usually means the out-of-memory killer: lower workers= or the memory "
-                "each task needs" if signal_name == "SIGKILL"
-                else "the task crashed the interpreter or called exit")
-        items = f"item {task.first_index}" + (f" (one of {len(task)} in its chunk)"
-                                              if len(task) > 1 else f" ({task.item_repr(0)})")
-        return TaskOutcome(Status.CRASHED, error=WorkerCrashedError(
-            f"worker {worker.worker_id} (pid {worker.pid}) {how} while running {items} "
-            f"(peak RSS {peak / 2**20:.1f} MiB): {hint}",
-            exitcode=exitcode, signal_name=signal_name, peak_rss=peak, index=task.first_index,
-            attempts=task.attempt + 1))
+        hint = (
+            "SIGKILL usually means the out-of-memory killer: lower workers= or the memory "
+            "each task needs"
+            if signal_name == "SIGKILL"
+            else "the task crashed the interpreter or called exit"
+        )
+        items = f"item {task.first_index}" + (
+            f" (one of {len(task)} in its chunk)" if len(task) > 1 else f" ({task.item_repr(0)})"
+        )
+        return TaskOutcome(
+            Status.CRASHED,
+            error=WorkerCrashedError(
+                f"worker {worker.worker_id} (pid {worker.pid}) {how} while running {items} "
+                f"(peak RSS {peak / 2**20:.1f} MiB): {hint}",
+                exitcode=exitcode,
+                signal_name=signal_name,
+                peak_rss=peak,
+                index=task.first_index,
+                attempts=task.attempt + 1,
+            ),
+        )
 
     # -- moving tasks and results ----------------------------------------------------------------
 
@@ -509,8 +545,11 @@ class ProcessBackend(Backend):
         if not pending:
             return
         budget = self._prefetch_budget()
-        ready = [w for w in self._workers.values()
-                 if w.state is _WorkerState.READY and w.kill_reason is None and not w.exclusive]
+        ready = [
+            w
+            for w in self._workers.values()
+            if w.state is _WorkerState.READY and w.kill_reason is None and not w.exclusive
+        ]
         ready.sort(key=lambda w: len(w.in_flight))
         for worker in ready:
             room = budget - len(worker.in_flight)
@@ -548,8 +587,15 @@ class ProcessBackend(Backend):
             if len(functions) > FUNCTION_CACHE_SIZE:
                 functions.popitem(last=False)
             payload = function.payload
-        return (task.task_id, function.key, payload, int(task.kind), task.payload,
-                task.first_index, task.seed)
+        return (
+            task.task_id,
+            function.key,
+            payload,
+            int(task.kind),
+            task.payload,
+            task.first_index,
+            task.seed,
+        )
 
     def _send(self, worker: _Worker, message: Any) -> None:
         assert self._selector is not None
@@ -561,8 +607,9 @@ class ProcessBackend(Backend):
             return
         if worker.writer and not worker.want_write:
             worker.want_write = True
-            self._selector.modify(worker.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                  (worker, "sock"))
+            self._selector.modify(
+                worker.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, (worker, "sock")
+            )
 
     def _flush(self, worker: _Worker) -> None:
         assert self._selector is not None
@@ -602,13 +649,15 @@ class ProcessBackend(Backend):
             worker.state = _WorkerState.READY
             self._failed_starts = 0
             if self.events is not None:
-                self.events.worker_started(worker.worker_id, worker.pid,
-                                           time.monotonic() - worker.started_at)
+                self.events.worker_started(
+                    worker.worker_id, worker.pid, time.monotonic() - worker.started_at
+                )
         elif kind == "init_error":
             if self._broken is None:
                 self._broken = ForkjoinError(
                     f"the pool's initializer raised {message[1]} in a worker; fix it or "
-                    f"create the pool without initializer=\n{message[2]}")
+                    f"create the pool without initializer=\n{message[2]}"
+                )
                 self._fail_everything(self._broken)
 
     def _on_result(self, worker: _Worker, entry: tuple[Any, ...]) -> None:
@@ -623,14 +672,18 @@ class ProcessBackend(Backend):
         task.start_time, task.end_time = start, end
         if status == "unreadable":
             error = SerializationError(
-                f"item {task.first_index}: {payload}", what="argument", side="worker",
-                index=task.first_index)
+                f"item {task.first_index}: {payload}",
+                what="argument",
+                side="worker",
+                index=task.first_index,
+            )
             self._report(task, done, TaskOutcome(Status.CALL_UNREADABLE, error=error))
             return
         seconds = (end - start) / max(1, len(task))
         previous = self._task_seconds
-        self._task_seconds = seconds if previous is None else (
-            previous + DURATION_SMOOTHING * (seconds - previous))
+        self._task_seconds = (
+            seconds if previous is None else (previous + DURATION_SMOOTHING * (seconds - previous))
+        )
         task.bytes_received = len(payload)
         self._report(task, done, self._decode(task, payload, failures))
 
@@ -638,16 +691,22 @@ class ProcessBackend(Backend):
         try:
             values = wire.loads(payload)
         except Exception as exc:
-            error = SerializationError(
+            unreadable = SerializationError(
                 f"the results of items {task.first_index}..{task.first_index + len(task) - 1} "
                 f"could not be unpickled in the caller ({type(exc).__name__}: {exc})",
-                what="result", side="caller", index=task.first_index)
-            return TaskOutcome(Status.DONE, [ItemFailure(error)] * len(task), any_failed=True)
+                what="result",
+                side="caller",
+                index=task.first_index,
+            )
+            return TaskOutcome(Status.DONE, [ItemFailure(unreadable)] * len(task), any_failed=True)
         for position, exc_payload, type_name, message, tb_text in failures:
             if type_name == "SerializationError" and exc_payload is None:
                 error: BaseException = SerializationError(
                     f"item {task.first_index + position} ({task.item_repr(position)}): {message}",
-                    what="result", side="worker", index=task.first_index + position)
+                    what="result",
+                    side="worker",
+                    index=task.first_index + position,
+                )
             else:
                 original = None
                 if exc_payload is not None:
@@ -674,9 +733,9 @@ class ProcessBackend(Backend):
             self._report(task, done, outcome)
         for worker in list(self._workers.values()):
             for task_id, task in list(worker.in_flight.items()):
-                done = self._callbacks.pop(task_id, None)
-                if done is not None:
-                    self._report(task, done, outcome)
+                callback = self._callbacks.pop(task_id, None)
+                if callback is not None:
+                    self._report(task, callback, outcome)
             worker.in_flight.clear()
             self._kill(worker, "broken")
 

@@ -70,7 +70,7 @@ def _exception_record(position: int, exc: BaseException, tb_text: str) -> tuple[
 
     try:
         payload: bytes | None = dumps(exc)
-        pickle.loads(payload)  # many exceptions pickle but cannot be rebuilt: check here
+        pickle.loads(payload)  # type: ignore[arg-type]  # many exceptions pickle but cannot be rebuilt: check here
     except Exception:
         payload = None
     return (position, payload, type(exc).__name__, str(exc), tb_text)
@@ -123,8 +123,10 @@ class Worker:
             try:
                 fn = pickle.loads(payload)
             except Exception as exc:
-                fn = _Unreadable(f"the function could not be unpickled in the worker: "
-                                 f"{type(exc).__name__}: {exc}")
+                fn = _Unreadable(
+                    f"the function could not be unpickled in the worker: "
+                    f"{type(exc).__name__}: {exc}"
+                )
             functions[key] = fn
             if len(functions) > FUNCTION_CACHE_SIZE:
                 functions.popitem(last=False)
@@ -145,14 +147,18 @@ class Worker:
         try:
             items = pickle.loads(payload)
         except Exception as exc:
-            message = (f"the task's arguments could not be unpickled in the worker: "
-                       f"{type(exc).__name__}: {exc}")
+            message = (
+                f"the task's arguments could not be unpickled in the worker: "
+                f"{type(exc).__name__}: {exc}"
+            )
             self.outbox.append((task_id, "unreadable", 0.0, 0.0, message, ()))
             return
         run = run_chunk(fn, kind, items, first_index, seed)
         failures = [_exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
         values_payload = _encode_values(run.values, failures)
-        self.outbox.append((task_id, "done", run.start_time, run.end_time, values_payload, failures))
+        self.outbox.append(
+            (task_id, "done", run.start_time, run.end_time, values_payload, failures)
+        )
 
     def serve(self) -> None:
         from .wire import recv_frame

@@ -82,8 +82,9 @@ class _SharedPools:
 shared_pools = _SharedPools()
 
 
-def _job(fn: Callable[..., Any], items: Iterable[Any], options: RunOptions,
-         kind: CallKind = CallKind.MAP) -> Job:
+def _job(
+    fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, kind: CallKind = CallKind.MAP
+) -> Job:
     workers = resolve_workers(options)
     name = resolve_backend_name(options, workers)
     backend, events = shared_pools.get(name, workers)

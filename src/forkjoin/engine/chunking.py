@@ -61,8 +61,9 @@ class AutoChunker:
             return
         per_item = seconds / items
         previous = self.seconds_per_item
-        self.seconds_per_item = per_item if previous is None else previous + SMOOTHING * (
-            per_item - previous)
+        self.seconds_per_item = (
+            per_item if previous is None else previous + SMOOTHING * (per_item - previous)
+        )
 
     def observe_bytes(self, items: int, nbytes: int) -> None:
         """A task of ``items`` items pickled to ``nbytes``."""
@@ -70,8 +71,9 @@ class AutoChunker:
             return
         per_item = nbytes / items
         previous = self.bytes_per_item
-        self.bytes_per_item = per_item if previous is None else previous + SMOOTHING * (
-            per_item - previous)
+        self.bytes_per_item = (
+            per_item if previous is None else previous + SMOOTHING * (per_item - previous)
+        )
 
 
 def take_chunk(iterator: Iterator[Any], size: int) -> list[Any]:

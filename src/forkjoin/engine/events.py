@@ -106,8 +106,16 @@ class EventLog:
     def task_finished(self, task: Task, status: Status) -> None:
         merge_time = time.monotonic()
         record = TaskRecord(
-            task.task_id, task.worker, task.attempt, len(task.items), task.submit_time,
-            task.start_time, task.end_time, merge_time, task.bytes_sent, task.bytes_received,
+            task.task_id,
+            task.worker,
+            task.attempt,
+            len(task.items),
+            task.submit_time,
+            task.start_time,
+            task.end_time,
+            merge_time,
+            task.bytes_sent,
+            task.bytes_received,
             int(status),
         )
         busy = task.end_time - task.start_time if task.end_time else 0.0
@@ -146,7 +154,8 @@ class EventLog:
     def worker_started(self, worker: int, pid: int, startup_seconds: float) -> None:
         with self._lock:
             self.workers.append(
-                WorkerRecord(time.monotonic(), "start", worker, pid, startup_seconds, 0))
+                WorkerRecord(time.monotonic(), "start", worker, pid, startup_seconds, 0)
+            )
             self._stats.workers_started += 1
             usage = self._stats.workers.setdefault(worker, WorkerUsage())
             usage.pid, usage.alive = pid, True
@@ -164,13 +173,14 @@ class EventLog:
     def stats(self) -> Stats:
         """A consistent copy of the counters."""
         with self._lock:
-            snapshot = Stats(**{
-                name: getattr(self._stats, name)
-                for name in self._stats.__dataclass_fields__ if name != "workers"
-            })
-            snapshot.workers = {
-                k: WorkerUsage(**vars(v)) for k, v in self._stats.workers.items()
-            }
+            snapshot = Stats(
+                **{
+                    name: getattr(self._stats, name)
+                    for name in self._stats.__dataclass_fields__
+                    if name != "workers"
+                }
+            )
+            snapshot.workers = {k: WorkerUsage(**vars(v)) for k, v in self._stats.workers.items()}
         snapshot.elapsed_seconds = time.monotonic() - self.created
         return snapshot
 

@@ -50,10 +50,10 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ValueError(f"workers must be a positive integer or None, got {self.workers!r}")
-        if self.chunksize != "auto" and (
-            not isinstance(self.chunksize, int) or self.chunksize < 1
-        ):
-            raise ValueError(f'chunksize must be a positive integer or "auto", got {self.chunksize!r}')
+        if self.chunksize != "auto" and (not isinstance(self.chunksize, int) or self.chunksize < 1):
+            raise ValueError(
+                f'chunksize must be a positive integer or "auto", got {self.chunksize!r}'
+            )
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
         if self.timeout is not None and not self.timeout > 0:

@@ -62,13 +62,15 @@ class Pool(Executor):
         resources: dict[str, float] | None = None,
         **options: Any,
     ) -> None:
-        self.options = options_from(workers=workers, backend=backend, resources=resources,
-                                    **options)
+        self.options = options_from(
+            workers=workers, backend=backend, resources=resources, **options
+        )
         self.workers = resolve_workers(self.options)
         self.backend_name = resolve_backend_name(self.options, self.workers)
         self._events = EventLog()
         self._backend = backend_class(self.backend_name)(
-            self.workers, events=self._events, initializer=initializer, initargs=initargs)
+            self.workers, events=self._events, initializer=initializer, initargs=initargs
+        )
         check_supported(self._backend, self.options)
         self._functions = FunctionRefCache()
         self._submit_index = itertools.count()
@@ -76,8 +78,10 @@ class Pool(Executor):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"<forkjoin.Pool backend={self.backend_name!r} workers={self.workers} "
-                f"state={self._state.value}>")
+        return (
+            f"<forkjoin.Pool backend={self.backend_name!r} workers={self.workers} "
+            f"state={self._state.value}>"
+        )
 
     @property
     def state(self) -> PoolState:
@@ -85,8 +89,10 @@ class Pool(Executor):
 
     def _check_running(self, action: str) -> None:
         if self._state is not PoolState.RUNNING:
-            raise RuntimeError(f"cannot {action}: the pool is {self._state.value}; create a new "
-                               f"Pool (or use forkjoin.map, which manages one for you)")
+            raise RuntimeError(
+                f"cannot {action}: the pool is {self._state.value}; create a new "
+                f"Pool (or use forkjoin.map, which manages one for you)"
+            )
 
     # -- Executor --------------------------------------------------------------------------------
 
@@ -95,9 +101,14 @@ class Pool(Executor):
         self._check_running("submit")
         future: Future[R] = Future()
         task = Task(
-            function=self._functions.get(fn), kind=CallKind.CALL, items=[(args, kwargs)],
-            first_index=next(self._submit_index), timeout=self.options.timeout,
-            seed=self.options.seed, resources=self.options.resources, future=future,
+            function=self._functions.get(fn),
+            kind=CallKind.CALL,
+            items=[(args, kwargs)],
+            first_index=next(self._submit_index),
+            timeout=self.options.timeout,
+            seed=self.options.seed,
+            resources=self.options.resources,
+            future=future,
         )
         self._submit_task(task)
         return future
@@ -134,8 +145,12 @@ class Pool(Executor):
             return
         elif status is Status.CANCELLED:
             if not future.cancel():
-                _settle(future, error=CancelledError("the pool was shut down with "
-                                                     "cancel_futures=True while this task ran"))
+                _settle(
+                    future,
+                    error=CancelledError(
+                        "the pool was shut down with cancel_futures=True while this task ran"
+                    ),
+                )
             return
         else:
             assert outcome.error is not None
@@ -159,7 +174,7 @@ class Pool(Executor):
         options["chunksize"] = chunksize
         if len(iterables) == 1:
             return self.imap(fn, iterables[0], **options)
-        return iter(self._job(fn, zip(*iterables), options, CallKind.STAR))
+        return iter(self._job(fn, zip(*iterables, strict=False), options, CallKind.STAR))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers. ``cancel_futures=True`` cancels pending tasks and stops running
@@ -170,13 +185,20 @@ class Pool(Executor):
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:  # type: ignore[override]
         # Ctrl-C inside the with-block should not then wait for every queued task.
-        self.shutdown(wait=True, cancel_futures=exc_type is not None and
-                      issubclass(exc_type, KeyboardInterrupt))
+        self.shutdown(
+            wait=True,
+            cancel_futures=exc_type is not None and issubclass(exc_type, KeyboardInterrupt),
+        )
 
     # -- forkjoin's calls ------------------------------------------------------------------------
 
-    def _job(self, fn: Callable[..., Any], items: Iterable[Any], options: dict[str, Any],
-             kind: CallKind = CallKind.MAP) -> Job:
+    def _job(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        options: dict[str, Any],
+        kind: CallKind = CallKind.MAP,
+    ) -> Job:
         self._check_running("run a map")
         run_options: RunOptions = options_from(self.options, **options)
         check_supported(self._backend, run_options)
@@ -190,9 +212,14 @@ class Pool(Executor):
         """``forkjoin.map`` on this pool's workers (a list, in order)."""
         return list(self._job(fn, items, options))
 
-    def map_reduce(self, fn: Callable[[T], R], items: Iterable[T],
-                   reduce: Callable[[Any, R], Any], initial: Any = _MISSING,
-                   **options: Any) -> Any:
+    def map_reduce(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        reduce: Callable[[Any, R], Any],
+        initial: Any = _MISSING,
+        **options: Any,
+    ) -> Any:
         """``forkjoin.map_reduce`` on this pool's workers."""
         return reduce_results(self._job(fn, items, options), reduce, initial)
 

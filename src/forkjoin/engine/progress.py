@@ -26,8 +26,15 @@ class ProgressBar:
         try:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=description, unit="item", delay=delay,
-                             mininterval=0.2, dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(
+                total=total,
+                desc=description,
+                unit="item",
+                delay=delay,
+                mininterval=0.2,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
             return
         except ImportError:
             pass

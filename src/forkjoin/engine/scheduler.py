@@ -110,9 +110,13 @@ class Job:
             if not chunk:
                 break
             task = Task(
-                function=self.function, kind=self.kind, items=chunk,
-                first_index=self.next_index, timeout=self.options.timeout,
-                seed=self.options.seed, resources=self.options.resources,
+                function=self.function,
+                kind=self.kind,
+                items=chunk,
+                first_index=self.next_index,
+                timeout=self.options.timeout,
+                seed=self.options.seed,
+                resources=self.options.resources,
             )
             self.next_index += len(chunk)
             self._submit(task)
@@ -159,11 +163,13 @@ class Job:
                 task, outcome = self._next_outcome()
                 if self.outstanding.pop(task.task_id, None) is None:
                     continue  # a task this job already gave up on
-                for value in self._handle(task, outcome):
-                    yield value
+                yield from self._handle(task, outcome)
             if self.skipped:
-                warnings.warn(f"{self.skipped} item(s) failed and were skipped (on_error='skip')",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"{self.skipped} item(s) failed and were skipped (on_error='skip')",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         except BaseException as exc:
             # Ctrl-C (or SystemExit) stops running tasks too; anything else lets them finish.
             abnormal = not isinstance(exc, (Exception, GeneratorExit))
