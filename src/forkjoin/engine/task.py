@@ -57,44 +57,73 @@ class FunctionRefCache:
         self._lock = threading.Lock()
 
     def get(self, fn: Callable[..., Any]) -> FunctionRef:
+        ref = self._refs.get(id(fn))  # lock-free hit: the common case of one hot function
+        if ref is not None and ref.fn is fn:
+            return ref
         with self._lock:
-            ref = self._refs.get(id(fn))
-            if ref is not None and ref.fn is fn:
-                self._refs.move_to_end(id(fn))
-                return ref
             ref = FunctionRef(fn)  # holds fn strongly, so its id cannot be reused meanwhile
             self._refs[id(fn)] = ref
             if len(self._refs) > self.MAX_ENTRIES:
-                self._refs.popitem(last=False)
+                self._refs.popitem(last=False)  # oldest first: a re-used function is re-sent
             return ref
 
 
 _task_ids = itertools.count(1)
 
 
-@dataclass(eq=False)
 class Task:
-    """One unit of work: ``items[i]`` is the item with global index ``first_index + i``."""
+    """One unit of work: ``items[i]`` is the item with global index ``first_index + i``.
 
-    function: FunctionRef
-    kind: CallKind
-    items: list[Any]
-    first_index: int
-    attempt: int = 0
-    timeout: float | None = None
-    seed: int | None = None
-    resources: Mapping[str, float] | None = None
-    future: Future[Any] | None = None
-    task_id: int = field(default_factory=lambda: next(_task_ids))
-    cancelled: bool = False
-    # Filled by the backend: where and when the task ran, and bytes moved.
-    payload: Any = None
-    worker: int = -1
-    submit_time: float = 0.0
-    start_time: float = 0.0
-    end_time: float = 0.0
-    bytes_sent: int = 0
-    bytes_received: int = 0
+    A plain class with ``__slots__`` rather than a dataclass: one is built per submitted task,
+    so construction cost is on the hot path.
+    """
+
+    __slots__ = (
+        "function", "kind", "items", "first_index", "attempt", "timeout", "seed", "resources",
+        "future", "task_id", "cancelled", "claimed",
+        # Filled by the backend: the encoded items, where and when the task ran, bytes moved.
+        "payload", "worker", "submit_time", "start_time", "end_time", "bytes_sent",
+        "bytes_received",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        function: FunctionRef,
+        kind: CallKind,
+        items: list[Any],
+        first_index: int,
+        attempt: int = 0,
+        timeout: float | None = None,
+        seed: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        future: Future[Any] | None = None,
+        claimed: bool = False,
+    ) -> None:
+        self.function = function
+        self.kind = kind
+        self.items = items
+        self.first_index = first_index
+        self.attempt = attempt
+        self.timeout = timeout
+        self.seed = seed
+        self.resources = resources
+        self.future = future
+        self.task_id = next(_task_ids)
+        self.cancelled = False
+        self.claimed = claimed
+        self.payload: Any = None
+        self.worker = -1
+        self.submit_time = 0.0
+        self.start_time = 0.0
+        self.end_time = 0.0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Task(id={self.task_id}, items={self.first_index}.."
+            f"{self.first_index + len(self.items) - 1}, attempt={self.attempt})"
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -103,9 +132,10 @@ class Task:
         """Called by a backend just before the task starts; False if it was cancelled."""
         if self.cancelled:
             return False
-        future = self.future
-        if future is not None and not future.running():
-            return future.set_running_or_notify_cancel()
+        if not self.claimed:
+            self.claimed = True  # a requeued or retried task has claimed its future already
+            if self.future is not None:
+                return self.future.set_running_or_notify_cancel()
         return True
 
     def item_repr(self, position: int) -> str:
@@ -130,6 +160,7 @@ class Task:
                 seed=self.seed,
                 resources=self.resources,
                 future=self.future,
+                claimed=self.claimed,
             )
             for i, item in enumerate(self.items)
         ]
@@ -146,6 +177,7 @@ class Task:
             seed=self.seed,
             resources=self.resources,
             future=self.future,
+            claimed=self.claimed,
         )
 
 
