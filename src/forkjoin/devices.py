@@ -83,6 +83,32 @@ def thread_cap_env(threads: int) -> dict[str, str]:
     return {name: str(max(1, threads)) for name in THREAD_CAP_VARIABLES}
 
 
+_MEMORY_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_memory(amount: int | float | str) -> int:
+    """Bytes from ``4_000_000``, ``"4GB"``, ``"512 MiB"``."""
+    if isinstance(amount, (int, float)):
+        return int(amount)
+    text = amount.strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    if unit not in _MEMORY_UNITS or not number:
+        raise ValueError(f"cannot read {amount!r} as an amount of memory; write e.g. '4GB'")
+    return int(float(number) * _MEMORY_UNITS[unit])
+
+
 def _gpus_from_nvidia_smi() -> list[GPUInfo]:
     exe = shutil.which("nvidia-smi")
     if exe is None:

@@ -112,6 +112,8 @@ class _Worker:
 
 
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+# A forked child inherits these objects but not their threads or workers: forget them there.
+os.register_at_fork(after_in_child=_live_backends.clear)
 
 
 def _shutdown_all_at_exit() -> None:
@@ -142,6 +144,7 @@ class ProcessBackend(Backend):
 
     def __init__(self, workers: int, **kwargs: Any) -> None:
         super().__init__(workers, **kwargs)
+        self._pid = os.getpid()
         self._pending: deque[tuple[Task, DoneCallback]] = deque()
         self._commands: deque[Any] = deque()
         self._lock = threading.Lock()
@@ -180,6 +183,11 @@ class ProcessBackend(Backend):
     # -- the caller's side -----------------------------------------------------------------------
 
     def submit(self, task: Task, done: DoneCallback) -> None:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                "this process pool belongs to the parent of a forked process; create a new "
+                "Pool in the child"
+            )
         if self._broken is not None:
             raise self._broken
         if self._closing:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from ..backends.base import Backend, backend_class
 from ..devices import usable_cpu_count
-from ..errors import ForkjoinError
+from ..errors import ForkjoinError, ResourceError
 from .events import EventLog
 from .options import RunOptions, options_from
 from .scheduler import Job
@@ -81,6 +81,9 @@ class _SharedPools:
 
 shared_pools = _SharedPools()
 
+# A forked child must not talk to its parent's workers: it starts pools of its own when needed.
+os.register_at_fork(after_in_child=lambda: shared_pools._pools.clear())
+
 
 def _job(
     fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, kind: CallKind = CallKind.MAP
@@ -99,6 +102,27 @@ def check_supported(backend: Backend, options: RunOptions) -> None:
             f"timeout= needs a backend that can stop a running task; the {backend.name!r} "
             f"backend cannot: use backend='process'"
         )
+    if options.resources:
+        check_resources(options.resources)
+
+
+def check_resources(resources: Any) -> None:
+    """Fail at once, with what the machine has, when no worker could ever satisfy a request."""
+    from ..devices import devices, parse_memory
+
+    machine = devices()
+    unknown = set(resources) - {"cpu", "gpu", "memory"}
+    if unknown:
+        raise ResourceError(f"unknown resource(s) {sorted(unknown)}; use cpu, gpu and memory")
+    have = {"cpu": machine.cpus, "gpu": len(machine.gpus), "memory": machine.memory_total}
+    for name, amount in resources.items():
+        wanted = parse_memory(amount) if name == "memory" else float(amount)
+        if wanted < 0 or wanted > have[name]:
+            raise ResourceError(
+                f"a task asks for {name}={amount!r} but this machine has {name}={have[name]} "
+                f"(cpus={machine.cpus}, gpus={len(machine.gpus)}, "
+                f"memory={machine.memory_total / 2**30:.1f} GiB); lower the request"
+            )
 
 
 def map(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> list[R]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from enum import Enum
@@ -76,6 +77,8 @@ class Pool(Executor):
         self._submit_index = itertools.count()
         self._state = PoolState.RUNNING
         self._lock = threading.Lock()
+        # A pool dropped without shutdown() still stops its workers once garbage-collected.
+        weakref.finalize(self, self._backend.shutdown, False)
 
     def __repr__(self) -> str:
         return (
