@@ -687,7 +687,7 @@ class ProcessBackend(Backend):
             )
             self._report(task, done, TaskOutcome(Status.CALL_UNREADABLE, error=error))
             return
-        seconds = (end - start) / max(1, len(task))
+        seconds = end - start  # per task, not per item: the prefetch budget counts tasks
         previous = self._task_seconds
         self._task_seconds = (
             seconds if previous is None else (previous + DURATION_SMOOTHING * (seconds - previous))
