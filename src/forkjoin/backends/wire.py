@@ -25,11 +25,16 @@ def dumps(obj: Any) -> bytes:
     """Pickle fast with the standard pickler; fall back to cloudpickle for lambdas, closures and
     classes defined in ``__main__`` or a notebook (pickled by value)."""
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL)
     except Exception:
+        data = b"__main__"
+    # Instances of classes defined in the caller's script pickle as a reference to ``__main__``,
+    # which a worker cannot resolve (it does not re-run the script): send those by value.
+    if b"__main__" in data:
         import cloudpickle
 
         return cloudpickle.dumps(obj, PROTOCOL)
+    return data
 
 
 def dumps_by_value(obj: Any) -> bytes:
