@@ -1,0 +1,139 @@
+"""The benchmark's harness: settings, round-robin timing, and pool housekeeping.
+
+Shared by the section modules (``_throughput``, ``_latency``); ``bench_engine`` runs them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Clock = Callable[[], float]
+Log = Callable[[str], None]
+# A case runs once and returns (seconds, extra): what it measured and anything it wants kept.
+Case = Callable[[Clock], tuple[float, Any]]
+
+WORKERS = 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and repeat counts; ``QUICK`` trades precision for a ~1 minute run."""
+
+    submit_tasks: int = 20_000
+    submit_repeats: int = 5  # forkjoin and multiprocessing.Pool: the pair the goal compares
+    submit_slow_repeats: int = 3  # ProcessPoolExecutor and joblib: ~5-10 s per run here
+    map_items: int = 100_000
+    map_repeats: int = 15  # ~30 ms a run: many runs are cheap and steady the best and the median
+    map_slow_repeats: int = 3  # joblib: ~1 s a run
+    chunksizes: tuple[int, ...] = (1_000, 5_000, 12_500, 25_000, 50_000)
+    cpu_tasks: int = 16
+    cpu_task_seconds: float = 0.25
+    cpu_repeats: int = 3
+    cold_repeats: int = 5
+    warm_repeats: int = 30
+    warm_items: int = 100
+    eventlog_loops: int = 200_000
+    eventlog_repeats: int = 5
+    warmup_tasks: int = 200  # per pool, before timing: starts every worker, ships functions
+
+
+FULL = Settings()
+QUICK = Settings(
+    submit_tasks=5_000,
+    submit_repeats=3,
+    submit_slow_repeats=2,
+    map_repeats=5,
+    map_slow_repeats=2,
+    cpu_task_seconds=0.1,
+    cpu_repeats=2,
+    cold_repeats=3,
+    warm_repeats=15,
+    eventlog_loops=100_000,
+    eventlog_repeats=3,
+)
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> Case:
+    """A case that times one call of ``fn`` and keeps its return value as the extra."""
+
+    def case(clock: Clock) -> tuple[float, Any]:
+        start = clock()
+        value = fn()
+        return clock() - start, value
+
+    return case
+
+
+def round_robin(
+    cases: dict[str, Case], repeats: int | dict[str, int], clock: Clock
+) -> dict[str, list[tuple[float, Any]]]:
+    """Run every case ``repeats`` times, taking turns: round 1 runs each case once, then round 2.
+
+    ``repeats`` may differ per case; a case drops out of the rounds once it has its runs.
+    """
+    wanted = repeats if isinstance(repeats, dict) else dict.fromkeys(cases, repeats)
+    samples: dict[str, list[tuple[float, Any]]] = {name: [] for name in cases}
+    for round_number in range(max(wanted.values(), default=0)):
+        for name, case in cases.items():
+            if round_number < wanted[name]:
+                samples[name].append(case(clock))
+    return samples
+
+
+def check_equal(name: str, got: Any, expected: Any) -> None:
+    """A benchmark of wrong answers is worthless: stop at once if a contender returns one."""
+    if got != expected:
+        shown = repr(got)[:200]
+        raise AssertionError(f"{name} returned a wrong result: {shown}")
+
+
+def shutdown_shared() -> None:
+    """Stop forkjoin's shared pools and joblib's reusable executor (each section starts clean)."""
+    from forkjoin.engine.api import shared_pools
+
+    shared_pools.shutdown()
+    try:
+        from joblib.externals.loky import get_reusable_executor
+    except ImportError:
+        return
+    get_reusable_executor().shutdown(wait=True)
+
+
+def wait_until_ready(stats: Callable[[], Any], timeout: float = 60.0) -> None:
+    """Block until every forkjoin worker has said it is ready.
+
+    A short warm-up job can finish on the first worker before the second is up; "warm pool" here
+    means every worker is running, as the peers' warm-ups guarantee for them.
+    """
+    deadline = time.monotonic() + timeout
+    while stats().workers_started < WORKERS:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"forkjoin workers not ready after {timeout:g} s")
+        time.sleep(0.01)
+
+
+def shared_pool_stats() -> Any:
+    """Stats of the shared pool that ``fj.map(..., workers=WORKERS)`` runs on."""
+    from forkjoin.engine.api import shared_pools
+
+    return shared_pools.get("process", WORKERS)[1].stats()
+
+
+def have_joblib() -> bool:
+    try:
+        import joblib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def mp_label() -> str:
+    import multiprocessing
+
+    return f"multiprocessing.Pool ({multiprocessing.get_start_method()})"
