@@ -221,6 +221,14 @@ def test_info_json() -> None:
     assert set(info["packages"]) >= {"numpy", "cloudpickle", "pyarrow", "torch", "ray", "dask"}
 
 
+def test_info_text_lists_gpus() -> None:
+    from forkjoin.sysinfo import collect_info, format_info
+
+    info = collect_info()
+    info["gpus"] = [{"index": 0, "name": "NVIDIA H200", "memory_total": 150 * 2**30}]
+    assert "gpus       0: NVIDIA H200, 150.0 GiB" in format_info(info).splitlines()
+
+
 def test_info_never_imports_optional_engines(tmp_path: Path) -> None:
     code = (
         "import io, sys; from forkjoin.cli import main; main(['info'], stdout=io.StringIO()); "
@@ -379,6 +387,17 @@ def test_map_result_that_is_not_json(jobs_module: str, tmp_path: Path) -> None:
         assert code == EXIT_FAILURE
         assert "line 1: the result cannot be written as JSON" in err
         assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_map_options_the_engine_refuses(jobs_module: str, tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", ["a"])
+    code, _, err = call(
+        "map", f"{jobs_module}:shout", "in.jsonl", "-o", "out.jsonl", "--backend", "threads",
+        "--timeout", "1",
+    )  # fmt: skip
+    assert code == EXIT_USAGE
+    assert "timeout= needs a backend that can stop a running task" in err
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_map_missing_input(jobs_module: str, tmp_path: Path) -> None:

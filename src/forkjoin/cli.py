@@ -308,6 +308,9 @@ def cmd_map(args: argparse.Namespace, streams: Streams) -> int:
             streams.note("map", f"{args.output} was not written")
         _explain(streams, exc, args.verbose)
         return EXIT_FAILURE
+    except (ValueError, TypeError) as exc:  # options the engine refused (task errors are above)
+        streams.error("map", str(exc))
+        return EXIT_USAGE
     except OSError as exc:
         if exc.filename:
             streams.error("map", f"cannot open {exc.filename}: {exc.strerror}")
