@@ -57,6 +57,9 @@ MAX_PREFETCH_TASKS = 1024
 NO_PREFETCH_ABOVE_SECONDS = 0.05
 # A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
 TERM_GRACE_SECONDS = 1.0
+# A task whose caller stopped waiting (broke out of imap) may finish within this long; after
+# that its worker is stopped so the pool is free for the next call.
+ABANDONED_TASK_GRACE_SECONDS = 1.0
 # At shutdown, workers get a stop message, then SIGKILL after this long.
 STOP_GRACE_SECONDS = 2.0
 # This many workers in a row dying before they are ready means they cannot start at all.
@@ -104,6 +107,7 @@ class _Worker:
         self.task_deadline: float | None = None
         self.kill_reason: str | None = None
         self.kill_deadline: float | None = None
+        self.abandon_deadline: float | None = None  # when to stop tasks nobody waits for
         self.peak_rss = 0
         self.sock_open = True
 
@@ -226,9 +230,9 @@ class ProcessBackend(Backend):
         tasks = list(tasks)
         for task in tasks:
             task.cancelled = True
-        if kill_running and self._manager is not None:
-            ids = {task.task_id for task in tasks}
-            self._commands.append(("kill_tasks", ids))
+        if self._manager is not None:
+            grace = 0.0 if kill_running else ABANDONED_TASK_GRACE_SECONDS
+            self._commands.append(("cancel", (grace, {task.task_id for task in tasks})))
             self._wake()
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
@@ -329,6 +333,8 @@ class ProcessBackend(Backend):
                 deadlines.append(worker.task_deadline)
             if worker.kill_deadline is not None:
                 deadlines.append(worker.kill_deadline)
+            if worker.abandon_deadline is not None:
+                deadlines.append(worker.abandon_deadline)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -339,6 +345,10 @@ class ProcessBackend(Backend):
             if worker.kill_deadline is not None and now >= worker.kill_deadline:
                 self._signal(worker, signal.SIGKILL)
                 worker.kill_deadline = None
+            if worker.abandon_deadline is not None and now >= worker.abandon_deadline:
+                worker.abandon_deadline = None
+                if any(task.cancelled for task in worker.in_flight.values()):
+                    self._kill(worker, "cancelled")
             if worker.task_deadline is not None and now >= worker.task_deadline:
                 worker.task_deadline = None
                 self._kill(worker, "timeout")
@@ -349,16 +359,21 @@ class ProcessBackend(Backend):
 
     def _run_commands(self) -> None:
         while self._commands:
-            command, argument = self._commands.popleft()
-            if command == "kill_tasks":
+            command, (grace, task_ids) = self._commands.popleft()
+            if command == "cancel":
+                deadline = time.monotonic() + grace
                 for worker in list(self._workers.values()):
-                    if any(task_id in argument for task_id in worker.in_flight):
-                        self._kill(worker, "cancelled")
+                    if any(task_id in task_ids for task_id in worker.in_flight):
+                        if grace <= 0:
+                            self._kill(worker, "cancelled")
+                        elif worker.abandon_deadline is None:
+                            worker.abandon_deadline = deadline
 
     # -- starting and stopping workers -----------------------------------------------------------
 
     def _spawn_missing(self) -> None:
-        if self._closing or self._broken is not None:
+        """Keep the pool at full strength; while closing, only as needed to finish the queue."""
+        if self._broken is not None or (self._closing and not self._pending):
             return
         while len(self._workers) < self.workers:
             self._spawn()
@@ -756,6 +771,14 @@ class ProcessBackend(Backend):
             for worker in self._workers.values():
                 if worker.in_flight:
                     self._kill(worker, "shutdown")
+        pending = self._pending  # nobody waits for cancelled tasks: drop them, stop running ones
+        for _ in range(len(pending)):
+            entry = pending.popleft()
+            if not entry[0].cancelled:
+                pending.append(entry)
+        for worker in self._workers.values():
+            if worker.in_flight and all(t.cancelled for t in worker.in_flight.values()):
+                self._kill(worker, "cancelled")
         if self._pending or any(w.in_flight for w in self._workers.values()):
             return False
         if not self._workers:

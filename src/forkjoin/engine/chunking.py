@@ -1,8 +1,9 @@
 """split: cutting a stream of items into tasks, sized by measurement.
 
-With ``chunksize="auto"`` the first tasks are small and double in size until the first results
-report how long an item takes to compute and how many bytes it costs to send; from then on each
-chunk aims at ``TARGET_TASK_SECONDS`` of work (joblib's auto-batching idea, but measured per item
+With ``chunksize="auto"`` the first tasks hold one item each, until the first result reports how
+long an item takes to compute (for tiny items that is one round trip, ~0.2 ms; for slow items the
+window is then full of single items, which is the balance they need). From then on each chunk
+aims at ``TARGET_TASK_SECONDS`` of work (joblib's auto-batching idea, but measured per item
 rather than per batch), capped so that
 
 - a known-length input still gives every worker ``CHUNKS_PER_WORKER`` chunks (balance at the end),
@@ -40,15 +41,13 @@ class AutoChunker:
             self.cap = max(1, min(self.cap, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
         self.seconds_per_item: float | None = None
         self.bytes_per_item: float | None = None
-        self._warmup_size = 1
 
     def next_size(self) -> int:
         if self.fixed is not None:
             return self.fixed
         size = self.cap
         if self.seconds_per_item is None:
-            size = min(size, self._warmup_size)
-            self._warmup_size *= 2
+            size = 1
         else:
             size = min(size, max(1, int(TARGET_TASK_SECONDS / max(self.seconds_per_item, 1e-7))))
         if self.bytes_per_item:

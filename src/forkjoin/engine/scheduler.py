@@ -39,6 +39,9 @@ from .task import CallKind, FunctionRef, ItemFailure, Status, Task, TaskOutcome
 # Tasks submitted and not yet merged, per worker: enough to keep every worker fed while results
 # travel back, few enough that memory stays bounded and a failure cancels little work.
 IN_FLIGHT_PER_WORKER = 4
+# Results buffered in ordered mode, waiting for an earlier slow task, as a multiple of the
+# window: lets fast workers run ahead of one slow task without unbounded memory.
+REORDER_ALLOWANCE = 4
 # How long one wait for an outcome blocks before looping (keeps Ctrl-C prompt everywhere).
 WAIT_SLICE_SECONDS = 1.0
 
@@ -98,11 +101,13 @@ class Job:
     def _done(self, task: Task, outcome: TaskOutcome) -> None:
         self.outcomes.put((task, outcome))  # called from backend threads
 
-    def _load(self) -> int:
-        return len(self.outstanding) + (len(self.merge) if self.merge is not None else 0)
+    def _has_room(self) -> bool:
+        if len(self.outstanding) >= self.window:
+            return False
+        return self.merge is None or len(self.merge) < REORDER_ALLOWANCE * self.window
 
     def _fill(self) -> None:
-        while not self.exhausted and self._load() < self.window:
+        while not self.exhausted and self._has_room():
             size = self.chunker.next_size()
             chunk = take_chunk(self.items, size)
             if len(chunk) < size:

@@ -144,7 +144,8 @@ class Task:
             args, kwargs = item
             parts = [_short_repr(a, 30) for a in args]
             parts += [f"{k}={_short_repr(v, 30)}" for k, v in kwargs.items()]
-            return _short_repr(f"({', '.join(parts)})")
+            text = f"({', '.join(parts)})"
+            return text if len(text) <= 80 else text[:77] + "..."
         return _short_repr(item)
 
     def split(self) -> list[Task]:
