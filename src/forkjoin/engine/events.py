@@ -14,16 +14,20 @@ benchmarks/bench_engine.py measures the cost per task.
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any, NamedTuple
 
 from .task import Status, Task
 
 # Most recent task records kept for analysis; older ones only live on in the counters.
 MAX_TASK_RECORDS = 200_000
+_now = time.monotonic
+
 # Fresh records are folded into the counters at least this often (bounds the unfolded backlog).
 FOLD_EVERY = 4096
 
@@ -98,45 +102,46 @@ class EventLog:
 
     def __init__(self, max_task_records: int = MAX_TASK_RECORDS) -> None:
         self.created = time.monotonic()
-        self.tasks: deque[TaskRecord] = deque(maxlen=max_task_records)
+        self.tasks: deque[tuple[Any, ...]] = deque(maxlen=max_task_records)  # TaskRecord fields
         self.workers: list[WorkerRecord] = []
-        self._fresh: deque[tuple[Any, ...]] = deque()  # records not yet folded into counters
+        self._fresh_tasks: deque[tuple[Any, ...]] = deque()  # not yet folded into counters
+        self._fresh_events: deque[tuple[str, Any]] = deque()
         self._submitted: deque[int] = deque()
         self._fold_lock = threading.Lock()
         self._stats = Stats()
 
-    # -- recording (hot path: no locks) ----------------------------------------------------------
+    # -- recording (hot path: no locks, one tuple) -----------------------------------------------
 
     def task_submitted(self, n: int = 1) -> None:
         self._submitted.append(n)
 
     def task_finished(self, task: Task, status: Status) -> None:
-        fresh = self._fresh
+        fresh = self._fresh_tasks
+        now = _now()
+        end = task.end_time or now  # a task that never ran counts as starting and ending here
         fresh.append((
             task.task_id, task.worker, task.attempt, len(task.items), task.submit_time,
-            task.start_time, task.end_time, time.monotonic(), task.bytes_sent,
-            task.bytes_received, int(status),
+            task.start_time or end, end, now, task.bytes_sent, task.bytes_received, status,
         ))  # fmt: skip
         if len(fresh) >= FOLD_EVERY:
             self._fold()
 
     def task_retried(self) -> None:
-        self._fresh.append(("retried",))
+        self._fresh_events.append(("retried", None))
 
     def task_failed(self) -> None:
-        self._fresh.append(("failed",))
+        self._fresh_events.append(("failed", None))
 
     # -- the EventSink protocol for backends -----------------------------------------------------
 
     def worker_started(self, worker: int, pid: int, startup_seconds: float) -> None:
-        self._fresh.append(
-            ("worker", WorkerRecord(time.monotonic(), "start", worker, pid, startup_seconds, 0))
-        )
+        record = WorkerRecord(_now(), "start", worker, pid, startup_seconds, 0)
+        self._fresh_events.append(("worker", record))
 
     def worker_exited(self, worker: int, pid: int, exitcode: int | None, peak_rss: int) -> None:
         code = float(exitcode) if exitcode is not None else float("nan")
-        self._fresh.append(
-            ("worker", WorkerRecord(time.monotonic(), "exit", worker, pid, code, peak_rss))
+        self._fresh_events.append(
+            ("worker", WorkerRecord(_now(), "exit", worker, pid, code, peak_rss))
         )
 
     # -- folding records into counters -----------------------------------------------------------
@@ -147,41 +152,53 @@ class EventLog:
             submitted = self._submitted
             while submitted:
                 stats.tasks_submitted += submitted.popleft()
-            fresh = self._fresh
-            while fresh:
-                record = fresh.popleft()
-                if len(record) == len(TaskRecord._fields):
-                    self._fold_task(TaskRecord._make(record))
-                elif record[0] == "worker":
-                    self._fold_worker(record[1])
-                elif record[0] == "retried":
+            self._fold_tasks()
+            events = self._fresh_events
+            while events:
+                kind, record = events.popleft()
+                if kind == "worker":
+                    self._fold_worker(record)
+                elif kind == "retried":
                     stats.tasks_retried += 1
                 else:
                     stats.tasks_failed += 1
 
-    def _fold_task(self, record: TaskRecord) -> None:
-        self.tasks.append(record)
+    def _fold_tasks(self) -> None:
+        """Sum the fresh task records into the counters, column by column (C-speed sums)."""
+        fresh = self._fresh_tasks
+        if not fresh:
+            return
+        pop = fresh.popleft
+        batch = [pop() for _ in range(len(fresh))]  # appends may continue meanwhile
+        self.tasks.extend(batch)
+        columns = zip(*batch)  # noqa: B905  (records all have the same length)
+        _, workers, _, sizes, submits, starts, ends, _, sent, received, statuses = columns
+        busy = list(map(operator.sub, ends, starts))
         stats = self._stats
-        busy = record.end_time - record.start_time if record.end_time else 0.0
-        stats.tasks_done += 1
-        stats.bytes_sent += record.bytes_sent
-        stats.bytes_received += record.bytes_received
-        stats.busy_seconds += busy
-        if record.start_time:
-            stats.queue_seconds += max(0.0, record.start_time - record.submit_time)
-        status = record.status
-        if status == Status.DONE:
-            stats.items_done += record.items
-        elif status == Status.CRASHED:
-            stats.worker_crashes += 1
-        elif status == Status.TIMED_OUT:
-            stats.timeouts += 1
-        usage = stats.workers.get(record.worker)
-        if usage is None:
-            usage = stats.workers[record.worker] = WorkerUsage()
-        usage.tasks += 1
-        usage.items += record.items
-        usage.busy_seconds += busy
+        stats.tasks_done += len(batch)
+        stats.bytes_sent += sum(sent)
+        stats.bytes_received += sum(received)
+        stats.busy_seconds += sum(busy)
+        stats.queue_seconds += sum(map(operator.sub, starts, submits))
+        done = statuses.count(Status.DONE)  # tuple.count: no hashing of enum members
+        if done == len(batch):
+            stats.items_done += sum(sizes)
+        else:
+            stats.items_done += sum(n for n, s in zip(sizes, statuses, strict=True) if s == 0)
+            stats.worker_crashes += statuses.count(Status.CRASHED)
+            stats.timeouts += statuses.count(Status.TIMED_OUT)
+        usage_of = stats.workers
+        for worker, count in Counter(workers).items():
+            usage = usage_of.get(worker)
+            if usage is None:
+                usage = usage_of[worker] = WorkerUsage()
+            usage.tasks += count
+            if count == len(batch):
+                usage.items += sum(sizes)
+                usage.busy_seconds += sum(busy)
+            else:  # C-speed selection per worker: workers are few, records many
+                usage.items += sum(compress(sizes, map(worker.__eq__, workers)))
+                usage.busy_seconds += sum(compress(busy, map(worker.__eq__, workers)))
 
     def _fold_worker(self, record: WorkerRecord) -> None:
         self.workers.append(record)
@@ -212,7 +229,7 @@ class EventLog:
     def task_records(self) -> list[TaskRecord]:
         self._fold()
         with self._fold_lock:
-            return list(self.tasks)
+            return [TaskRecord._make(record) for record in self.tasks]
 
     def worker_records(self) -> list[WorkerRecord]:
         self._fold()
