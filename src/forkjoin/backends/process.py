@@ -116,8 +116,16 @@ class _Worker:
 
 
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
-# A forked child inherits these objects but not their threads or workers: forget them there.
-os.register_at_fork(after_in_child=_live_backends.clear)
+
+
+def _disown_after_fork() -> None:
+    """A forked child inherits these objects but not their threads or workers."""
+    for backend in _live_backends:
+        backend._forked = True
+    _live_backends.clear()
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def _shutdown_all_at_exit() -> None:
@@ -148,7 +156,7 @@ class ProcessBackend(Backend):
 
     def __init__(self, workers: int, **kwargs: Any) -> None:
         super().__init__(workers, **kwargs)
-        self._pid = os.getpid()
+        self._forked = False  # set in a forked child, which cannot use its parent's workers
         self._pending: deque[tuple[Task, DoneCallback]] = deque()
         self._commands: deque[Any] = deque()
         self._lock = threading.Lock()
@@ -187,7 +195,7 @@ class ProcessBackend(Backend):
     # -- the caller's side -----------------------------------------------------------------------
 
     def submit(self, task: Task, done: DoneCallback) -> None:
-        if self._pid != os.getpid():
+        if self._forked:
             raise RuntimeError(
                 "this process pool belongs to the parent of a forked process; create a new "
                 "Pool in the child"
@@ -574,8 +582,11 @@ class ProcessBackend(Backend):
             if w.state is _WorkerState.READY and w.kill_reason is None and not w.exclusive
         ]
         ready.sort(key=lambda w: len(w.in_flight))
-        for worker in ready:
-            room = budget - len(worker.in_flight)
+        for position, worker in enumerate(ready):
+            # An even share of what is waiting, so a burst of tasks is not all queued on the
+            # first idle worker while the others stay idle.
+            share = -(-len(pending) // (len(ready) - position))
+            room = min(budget - len(worker.in_flight), share)
             batch: list[tuple[Any, ...]] = []
             now = time.monotonic()
             while room > 0 and pending:

@@ -183,6 +183,14 @@ class Worker:
 
 
 def main(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
+    """Entry point of a worker process (see process.py for how it is started)."""
+    try:
+        _serve(sock_fd, watchdog_fd, slot_fd)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the caller went away: nothing to report to, nobody to tell
+
+
+def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     threading.Thread(target=_watch_parent, args=(watchdog_fd,), daemon=True).start()
     sock = socket.socket(fileno=sock_fd)
