@@ -1,4 +1,4 @@
-"""devices.py: what the machine has, and the per-worker thread caps."""
+"""machine.py (fj.devices): what the machine has, and the per-worker thread caps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 
 import forkjoin as fj
-from forkjoin.devices import THREAD_CAP_VARIABLES, parse_memory, thread_cap_env, usable_cpu_count
+from forkjoin.machine import THREAD_CAP_VARIABLES, parse_memory, thread_cap_env, usable_cpu_count
 
 
 def test_usable_cpus_follow_affinity() -> None:

@@ -6,28 +6,39 @@ them in parallel, sync what must be shared (results, progress, failures), merge 
 >>> import forkjoin as fj
 >>> fj.map(abs, [-1, -2, 3], workers=1)
 [1, 2, 3]
+
+Names are loaded on first use (PEP 562), so ``import forkjoin`` is cheap, and so is the start of
+each worker process, which imports only the modules it runs.
 """
 
 from __future__ import annotations
 
-from .devices import DeviceInfo, GPUInfo, devices
-from .engine.api import imap, map, map_reduce
-from .engine.events import Stats
-from .engine.options import RunOptions
-from .engine.pool import Pool
-from .engine.seeding import rng
-from .errors import (
-    BackendUnavailableError,
-    DataError,
-    ForkjoinError,
-    ResourceError,
-    SerializationError,
-    TaskError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "map": "forkjoin.engine.api",
+    "imap": "forkjoin.engine.api",
+    "map_reduce": "forkjoin.engine.api",
+    "Pool": "forkjoin.engine.pool",
+    "RunOptions": "forkjoin.engine.options",
+    "Stats": "forkjoin.engine.events",
+    "rng": "forkjoin.engine.seeding",
+    "devices": "forkjoin.machine",
+    "DeviceInfo": "forkjoin.machine",
+    "GPUInfo": "forkjoin.machine",
+    "ForkjoinError": "forkjoin.errors",
+    "TaskError": "forkjoin.errors",
+    "WorkerCrashedError": "forkjoin.errors",
+    "TaskTimeoutError": "forkjoin.errors",
+    "SerializationError": "forkjoin.errors",
+    "ResourceError": "forkjoin.errors",
+    "DataError": "forkjoin.errors",
+    "BackendUnavailableError": "forkjoin.errors",
+}
 
 __all__ = [
     "BackendUnavailableError",
@@ -50,3 +61,36 @@ __all__ = [
     "map_reduce",
     "rng",
 ]
+assert set(__all__) == {*_EXPORTS, "__version__"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forkjoin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .engine.api import imap, map, map_reduce
+    from .engine.events import Stats
+    from .engine.options import RunOptions
+    from .engine.pool import Pool
+    from .engine.seeding import rng
+    from .errors import (
+        BackendUnavailableError,
+        DataError,
+        ForkjoinError,
+        ResourceError,
+        SerializationError,
+        TaskError,
+        TaskTimeoutError,
+        WorkerCrashedError,
+    )
+    from .machine import DeviceInfo, GPUInfo, devices

@@ -51,14 +51,6 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb.rstrip()}\n"""'
 
 
-def _short_repr(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # a broken __repr__ must not hide the real error
-        text = f"<{type(value).__name__} object>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class TaskError(ForkjoinError):
     """A task raised an exception in a worker.
 

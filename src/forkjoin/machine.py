@@ -1,5 +1,8 @@
 """What this machine has (usable CPUs, memory, GPUs) and how a worker is capped to its share.
 
+(DESIGN.md calls this module ``devices.py``; it is ``machine.py`` because a submodule named
+``devices`` would replace the public function ``forkjoin.devices`` as soon as it is imported.)
+
 "Usable" CPUs honour the process's CPU affinity and a cgroup CPU quota (containers), not just
 ``os.cpu_count()``. GPUs are found with ``nvidia-smi`` so that CUDA is never initialised in the
 caller (a CUDA context in the parent breaks later forks and costs memory on every device).

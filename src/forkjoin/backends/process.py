@@ -139,7 +139,7 @@ atexit.register(_shutdown_all_at_exit)
 
 
 def _worker_environment(workers: int) -> dict[str, str]:
-    from ..devices import thread_cap_env, usable_cpu_count
+    from ..machine import thread_cap_env, usable_cpu_count
 
     env = dict(os.environ)
     threads = max(1, usable_cpu_count() // max(1, workers))

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from ..backends.base import Backend, backend_class
-from ..devices import usable_cpu_count
 from ..errors import ForkjoinError, ResourceError
+from ..machine import usable_cpu_count
 from .events import EventLog
 from .options import RunOptions, options_from
 from .scheduler import Job
@@ -108,7 +108,7 @@ def check_supported(backend: Backend, options: RunOptions) -> None:
 
 def check_resources(resources: Any) -> None:
     """Fail at once, with what the machine has, when no worker could ever satisfy a request."""
-    from ..devices import devices, parse_memory
+    from ..machine import devices, parse_memory
 
     machine = devices()
     unknown = set(resources) - {"cpu", "gpu", "memory"}

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from . import seeding
 from .task import CallKind
+
+
+def _format_traceback() -> str:
+    import traceback  # only when an item fails: keeps worker start-up light
+
+    return traceback.format_exc()
 
 
 class ChunkRun:
@@ -47,7 +52,7 @@ def run_chunk(
                 values.append(fn(item))
             except Exception as exc:
                 values.append(None)
-                run.failures.append((position, exc, traceback.format_exc()))
+                run.failures.append((position, exc, _format_traceback()))
     else:
         for position, item in enumerate(items):
             if seed is not None:
@@ -62,7 +67,7 @@ def run_chunk(
                     values.append(fn(*args, **kwargs))
             except Exception as exc:
                 values.append(None)
-                run.failures.append((position, exc, traceback.format_exc()))
+                run.failures.append((position, exc, _format_traceback()))
             finally:
                 if seed is not None:
                     seeding.leave_item()

@@ -9,7 +9,6 @@ the worker count, the chunking or the order tasks run in. Before each item runs,
 
 from __future__ import annotations
 
-import random
 import sys
 import threading
 from typing import Any
@@ -23,6 +22,8 @@ def enter_item(seed: int, index: int, *, seed_globals: bool = True) -> None:
     _current.index = index
     _current.rng = None
     if seed_globals:
+        import random
+
         state = _seed_sequence(seed, index).generate_state(2, dtype="uint32")
         random.seed(int(state[0]) << 32 | int(state[1]))
         numpy = sys.modules.get("numpy")

@@ -11,12 +11,13 @@ import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import _short_repr
+from .._text import short_repr as _short_repr
+
+if TYPE_CHECKING:  # workers import this module: keep concurrent.futures out of their start-up
+    from concurrent.futures import Future
 
 
 class CallKind(IntEnum):
@@ -206,9 +207,22 @@ class Status(IntEnum):
     FAILED = 5  # could not run at all (broken pool); ``error`` says why; never retried
 
 
-@dataclass
 class TaskOutcome:
-    status: Status
-    values: list[Any] = field(default_factory=list)
-    error: BaseException | None = None
-    any_failed: bool = False
+    """How a task ended: ``status``, a value (or ItemFailure) per item, or one ``error``."""
+
+    __slots__ = ("status", "values", "error", "any_failed")
+
+    def __init__(
+        self,
+        status: Status,
+        values: list[Any] | None = None,
+        error: BaseException | None = None,
+        any_failed: bool = False,
+    ) -> None:
+        self.status = status
+        self.values = values if values is not None else []
+        self.error = error
+        self.any_failed = any_failed
+
+    def __repr__(self) -> str:
+        return f"TaskOutcome({self.status.name}, {len(self.values)} values, error={self.error!r})"
