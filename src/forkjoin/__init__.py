@@ -11,10 +11,8 @@ Names are loaded on first use (PEP 562), so ``import forkjoin`` is cheap, and so
 each worker process, which imports only the modules it runs.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -64,20 +62,20 @@ __all__ = [
 assert set(__all__) == {*_EXPORTS, "__version__"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'forkjoin' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # cache: later lookups are plain attribute reads
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)
 
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .engine.api import imap, map, map_reduce
     from .engine.events import Stats
     from .engine.options import RunOptions

@@ -31,6 +31,8 @@ THREAD_CAP_VARIABLES = (
 
 @dataclass(frozen=True)
 class GPUInfo:
+    """One GPU as the driver reports it: its index, model name and total memory in bytes."""
+
     index: int
     name: str
     memory_total: int  # bytes
@@ -38,6 +40,9 @@ class GPUInfo:
 
 @dataclass(frozen=True)
 class DeviceInfo:
+    """What this machine offers a forkjoin pool: usable CPUs (affinity and cgroup aware), all
+    CPUs, total and available memory in bytes, and the GPUs; ``as_dict()`` for JSON."""
+
     cpus: int  # usable by this process
     cpus_total: int  # os.cpu_count()
     memory_total: int  # bytes

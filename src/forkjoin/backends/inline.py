@@ -15,8 +15,13 @@ from ..errors import WorkerCrashedError
 from .base import Backend, Capabilities, DoneCallback, outcome_from_values, task_error
 
 
-def run_task_here(task: Task) -> TaskOutcome:
-    """Run a task in this thread and turn what happened into an outcome."""
+def run_task_here(task: Task, *, seed_globals: bool = True) -> TaskOutcome:
+    """Run a task in this thread and turn what happened into an outcome.
+
+    ``seed_globals``: under ``seed=``, also reseed ``random`` and NumPy's global generator per
+    item (as worker processes do). Thread pools pass False: those generators are shared by all
+    threads, so only ``forkjoin.rng()`` (thread-local) can be reproducible there.
+    """
     task.worker = 0
     try:
         run = run_chunk(
@@ -25,7 +30,7 @@ def run_task_here(task: Task) -> TaskOutcome:
             task.items,
             task.first_index,
             task.seed,
-            seed_globals=False,
+            seed_globals=seed_globals,
         )
     except SystemExit as exc:  # a task must not end the caller's program
         task.end_time = time.monotonic()

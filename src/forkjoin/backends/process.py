@@ -704,14 +704,14 @@ class ProcessBackend(Backend):
             worker.exclusive = False
             worker.task_deadline = None
         task.start_time, task.end_time = start, end
-        if status == "unreadable":
+        if status != "done":  # "unreadable function" or "unreadable argument"
             error = SerializationError(
                 f"item {task.first_index}: {payload}",
-                what="argument",
+                what=status.split()[1],
                 side="worker",
                 index=task.first_index,
             )
-            self._report(task, done, TaskOutcome(Status.CALL_UNREADABLE, error=error))
+            self._report(task, done, TaskOutcome(Status.UNREADABLE, error=error))
             return
         seconds = end - start  # per task, not per item: the prefetch budget counts tasks
         previous = self._task_seconds
@@ -725,14 +725,19 @@ class ProcessBackend(Backend):
         try:
             values = wire.loads(payload)
         except Exception as exc:
+            where = (
+                f"item {task.first_index}"
+                if len(task) == 1
+                else f"one of items {task.first_index}..{task.first_index + len(task) - 1}"
+            )
             unreadable = SerializationError(
-                f"the results of items {task.first_index}..{task.first_index + len(task) - 1} "
-                f"could not be unpickled in the caller ({type(exc).__name__}: {exc})",
+                f"the result of {where} could not be unpickled in the caller "
+                f"({type(exc).__name__}: {exc}); is its class importable here?",
                 what="result",
                 side="caller",
                 index=task.first_index,
             )
-            return TaskOutcome(Status.DONE, [ItemFailure(unreadable)] * len(task), any_failed=True)
+            return TaskOutcome(Status.UNREADABLE, error=unreadable)
         for position, exc_payload, type_name, message, tb_text in failures:
             if type_name == "SerializationError" and exc_payload is None:
                 error: BaseException = SerializationError(

@@ -138,11 +138,11 @@ class Worker:
         from ..engine.execute import run_chunk
 
         task_id, fn_key, fn_payload, kind, payload, first_index, seed = spec
-        fn = self.resolve_function(fn_key, fn_payload)
-        if self.slot is not None:
+        if self.slot is not None:  # from here on, a crash is this task's doing
             SLOT.pack_into(self.slot, 0, task_id)
+        fn = self.resolve_function(fn_key, fn_payload)
         if isinstance(fn, _Unreadable):
-            self.outbox.append((task_id, "unreadable", 0.0, 0.0, fn.message, ()))
+            self.outbox.append((task_id, "unreadable function", 0.0, 0.0, fn.message, ()))
             return
         try:
             items = pickle.loads(payload)
@@ -151,7 +151,7 @@ class Worker:
                 f"the task's arguments could not be unpickled in the worker: "
                 f"{type(exc).__name__}: {exc}"
             )
-            self.outbox.append((task_id, "unreadable", 0.0, 0.0, message, ()))
+            self.outbox.append((task_id, "unreadable argument", 0.0, 0.0, message, ()))
             return
         run = run_chunk(fn, kind, items, first_index, seed)
         failures = [_exception_record(pos, exc, tb) for pos, exc, tb in run.failures]

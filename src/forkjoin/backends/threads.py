@@ -44,7 +44,7 @@ class ThreadBackend(Backend):
     def _run(self, task: Task) -> TaskOutcome | None:
         if not task.claim():
             return None
-        outcome = run_task_here(task)
+        outcome = run_task_here(task, seed_globals=False)
         task.worker = self._thread_ids.get(threading.get_ident(), 0)
         return outcome
 
@@ -66,6 +66,8 @@ class ThreadBackend(Backend):
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         self._closed = True
+        if threading.get_ident() in self._thread_ids:
+            wait = False  # called from a task or done-callback on one of our threads: no self-join
         self._executor.shutdown(wait=wait, cancel_futures=cancel_pending)
 
     @property

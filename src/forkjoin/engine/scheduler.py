@@ -93,6 +93,10 @@ class Job:
         self.exhausted = False
         self.merge = OrderedMerge() if options.ordered else None
         self.skipped = 0
+        # on_error="raise" with ordered results: a failure waits in the merge buffer until every
+        # earlier result has been handed out, as Executor.map does; then it is raised.
+        self.failures_waiting = 0
+        self.failure_reached: BaseException | None = None
         self.total = total
         self.progress: ProgressBar | None = None
 
@@ -138,6 +142,7 @@ class Job:
                 for single in task.split():
                     self._submit(single)
                 return
+            self.events.task_submitted()  # it never left, but it is accounted for like the rest
             self.outcomes.put((task, TaskOutcome(Status.DONE, [ItemFailure(exc)], any_failed=True)))
             return
         except BaseException:
@@ -169,6 +174,8 @@ class Job:
                 if self.outstanding.pop(task.task_id, None) is None:
                     continue  # a task this job already gave up on
                 yield from self._handle(task, outcome)
+                if self.failure_reached is not None:
+                    raise self.failure_reached
             if self.skipped:
                 warnings.warn(
                     f"{self.skipped} item(s) failed and were skipped (on_error='skip')",
@@ -197,7 +204,7 @@ class Job:
             if outcome.any_failed:
                 return self._with_failures(task, outcome.values)
             return self._emit(task.first_index, outcome.values)
-        if status is Status.CRASHED or status is Status.CALL_UNREADABLE:
+        if status is Status.CRASHED or status is Status.UNREADABLE:
             if len(task) > 1:
                 # Which item was it? Run them one by one; this first death is charged to none.
                 for single in task.split():
@@ -228,7 +235,10 @@ class Job:
                 continue
             self.events.task_failed()
             if self.options.on_error == "raise":
-                raise value.error
+                if self.merge is None:
+                    raise value.error
+                self.failures_waiting += 1  # stays in place as an ItemFailure until its turn
+                continue
             if self.options.on_error == "skip":
                 self.skipped += 1
                 values[position] = _SKIPPED
@@ -245,6 +255,12 @@ class Job:
         if self.merge is not None:
             self.merge.add(first_index, values)
             values = self.merge.pop_ready()
+            if self.failures_waiting:
+                for position, value in enumerate(values):
+                    if isinstance(value, ItemFailure):
+                        self.failure_reached = value.error
+                        values = values[:position]
+                        break
         if self.skipped:
             values = [v for v in values if v is not _SKIPPED]
         return values

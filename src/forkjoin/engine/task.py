@@ -202,7 +202,9 @@ class Status(IntEnum):
     DONE = 0  # ran; ``values`` has one entry per item (some may be ItemFailure)
     CRASHED = 1  # the worker died; ``error`` is a WorkerCrashedError
     TIMED_OUT = 2  # ran past its timeout; ``error`` is a TaskTimeoutError
-    CALL_UNREADABLE = 3  # the worker could not unpickle the call; ``error`` a SerializationError
+    UNREADABLE = 3  # the call (in the worker) or the results (in the caller) could not be
+    # unpickled; ``error`` is a SerializationError. The engine runs a chunk's items one by one
+    # to find the culprit.
     CANCELLED = 4  # dropped before or while running, at the caller's request
     FAILED = 5  # could not run at all (broken pool); ``error`` says why; never retried
 
