@@ -1,0 +1,137 @@
+"""Fixtures: the backend list of the contract suite, and a leak check after every test.
+
+The leak check (loky's ``_executor_mixin.py`` does the same) runs after each test: it stops the
+shared pools that ``forkjoin.map`` keeps warm between calls, then waits a few seconds for every
+child process of this interpreter to be gone, for no forkjoin thread to be left running, and for
+no new ``/dev/shm`` segment or forkjoin temporary file to remain. Pools that a test module keeps
+for all its tests (``helpers.long_lived_pool``) are exempt until the module ends, when their own
+teardown checks that their workers are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+# pytest puts this folder on sys.path (rootdir-relative "prepend" imports: tests/ is not a
+# package), and workers receive the caller's sys.path: so they import _tasks by name too.
+from helpers import BACKENDS, LEAK_GRACE_SECONDS, LONG_LIVED, running_long_lived, wait_until
+
+from forkjoin.engine.api import shared_pools
+
+# A crash test that segfaults must not leave core files behind (workers inherit this limit).
+resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+
+
+# /dev/shm is shared with every other process on the machine (other test runs, joblib...): only
+# names forkjoin or Python's multiprocessing.shared_memory would create count as ours.
+_OUR_SHM_PREFIXES = ("forkjoin", "fj", "psm_", "wnsm_")
+
+
+def _shm_entries() -> set[str]:
+    try:
+        names = os.listdir("/dev/shm")
+    except FileNotFoundError:
+        return set()
+    return {name for name in names if name.lower().startswith(_OUR_SHM_PREFIXES)}
+
+
+def _forkjoin_temp_files() -> set[str]:
+    tmp = tempfile.gettempdir()
+    try:
+        return {name for name in os.listdir(tmp) if "forkjoin" in name.lower()}
+    except FileNotFoundError:
+        return set()
+
+
+def _threads_named(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
+def _threads_ok() -> bool:
+    managers = _threads_named("forkjoin-process-manager")
+    if len(managers) > len(running_long_lived("process")):
+        return False
+    return not (_threads_named("forkjoin-thread") and not running_long_lived("threads"))
+
+
+def _stop_forgotten_backends() -> list[str]:
+    """Process backends still running that no long-lived pool owns: a test forgot shutdown().
+    Stopped here, or their manager would keep replacing the workers the check kills."""
+    from forkjoin.backends import process
+
+    owned = {id(pool._backend) for pool in LONG_LIVED}
+    forgotten = [b for b in list(process._live_backends) if id(b) not in owned and b.alive]
+    for backend in forgotten:
+        backend.shutdown(wait=True, cancel_pending=True)
+    return [f"process backend with workers {b.worker_pids()}" for b in forgotten]
+
+
+def _live_children() -> list[psutil.Process]:
+    """Children of this process that are running, other than long-lived pools' workers (read
+    afresh each time: such a pool may be replacing a worker right now)."""
+    exempt = {pid for pool in LONG_LIVED for pid in pool.worker_pids()}
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        if child.pid in exempt:
+            continue
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _cmdline(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:120]
+    except psutil.Error:
+        return "?"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    shm_before = _shm_entries()
+    tmp_before = _forkjoin_temp_files()
+    yield
+    shared_pools.shutdown()
+    forgotten = _stop_forgotten_backends()
+    leaked: list[psutil.Process] = []
+    if not wait_until(lambda: not _live_children(), LEAK_GRACE_SECONDS, 0.05):
+        leaked = _live_children()
+    threads_ok = wait_until(_threads_ok, LEAK_GRACE_SECONDS)
+    new_shm: set[str] = set()
+    if not wait_until(lambda: not (_shm_entries() - shm_before), LEAK_GRACE_SECONDS):
+        new_shm = _shm_entries() - shm_before
+    new_tmp = _forkjoin_temp_files() - tmp_before
+    problems = [f"pool never shut down: {name}" for name in forgotten]
+    if leaked:
+        problems.append(
+            "child processes left running: " + ", ".join(f"{p.pid} ({_cmdline(p)})" for p in leaked)
+        )
+    for proc in leaked:  # one test's leak must not fail every test after it
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if not threads_ok:
+        problems.append(f"forkjoin threads left running: {threading.enumerate()}")
+    if new_shm:
+        problems.append(f"/dev/shm entries left behind: {sorted(new_shm)}")
+    if new_tmp:
+        problems.append(f"temporary files left behind: {sorted(new_tmp)}")
+    if problems:
+        pytest.fail(f"{request.node.nodeid} leaked: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn: the contract suite runs every test on all of them."""
+    return request.param

@@ -1,0 +1,209 @@
+"""The public surface: ``__all__`` is what the package exposes, the layers import only what the
+dependency rule allows, and ``import forkjoin`` stays light."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import forkjoin as fj
+from forkjoin.backends.base import backend_class, backend_names
+
+pytestmark = pytest.mark.timeout(60)
+
+SRC = Path(fj.__file__).parent
+HEAVY = ("ray", "dask", "distributed", "torch", "pyarrow", "pandas", "rich", "matplotlib")
+
+
+def public_names() -> set[str]:
+    """What ``dir(forkjoin)`` offers a user: names without a leading underscore, other than
+    forkjoin's own subpackages (which appear once imported)."""
+    return {
+        name
+        for name in dir(fj)
+        if not name.startswith("_")
+        and not (
+            isinstance(getattr(fj, name), types.ModuleType)
+            and getattr(fj, name).__name__.startswith("forkjoin.")
+        )
+    }
+
+
+def test_every_name_in_all_resolves_and_is_listed():
+    assert len(fj.__all__) == len(set(fj.__all__)), "no duplicates"
+    for name in fj.__all__:
+        assert getattr(fj, name) is not None
+    assert set(fj.__all__) - {"__version__"} <= public_names()
+
+
+def test_all_is_exactly_what_the_package_exposes():
+    assert public_names() == set(fj.__all__) - {"__version__"}
+
+
+def has_own_docstring(name: str) -> bool:
+    doc = inspect.getdoc(getattr(fj, name)) or ""
+    return bool(doc) and not doc.startswith(f"{name}(")  # not just a dataclass's signature
+
+
+def test_every_public_name_exists_and_is_documented():
+    assert isinstance(fj.__version__, str) and fj.__version__.count(".") >= 1
+    for name in fj.__all__:
+        value = getattr(fj, name)
+        if not (inspect.isfunction(value) or inspect.isclass(value)):
+            continue
+        assert has_own_docstring(name), f"{name} has no docstring of its own"
+
+
+def test_star_import_gives_the_public_names():
+    namespace: dict[str, object] = {}
+    exec("from forkjoin import *", namespace)
+    assert {n for n in namespace if n != "__builtins__"} == set(fj.__all__)
+
+
+def test_documented_calls_are_exposed():
+    # DESIGN.md's "Public API contract": the names users, examples and benchmarks rely on
+    for name in ("map", "imap", "map_reduce", "Pool", "devices", "rng"):
+        assert callable(getattr(fj, name))
+    for method in ("submit", "map", "shutdown", "imap", "map_list", "map_reduce", "stats"):
+        assert callable(getattr(fj.Pool, method))
+
+
+def test_error_tree():
+    from concurrent.futures import BrokenExecutor
+
+    for name in (
+        "TaskError",
+        "WorkerCrashedError",
+        "TaskTimeoutError",
+        "SerializationError",
+        "ResourceError",
+        "DataError",
+        "BackendUnavailableError",
+    ):
+        assert issubclass(getattr(fj, name), fj.ForkjoinError), name
+    assert issubclass(fj.WorkerCrashedError, BrokenExecutor)
+    assert issubclass(fj.TaskTimeoutError, TimeoutError)
+    assert issubclass(fj.BackendUnavailableError, ImportError)
+
+
+# -- the dependency rule ---------------------------------------------------------------------------
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of every module ``path`` imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            # `from ..backends import process` imports the submodule too
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def modules_under(folder: str) -> list[Path]:
+    return sorted((SRC / folder).glob("*.py"))
+
+
+def test_imported_modules_resolves_relative_imports():
+    names = imported_modules(SRC / "engine" / "api.py")
+    assert "forkjoin.backends.base" in names and "forkjoin.engine.scheduler" in names
+
+
+@pytest.mark.parametrize("path", modules_under("engine"), ids=lambda p: p.name)
+def test_engine_knows_only_backends_base(path):
+    allowed = {"forkjoin.backends", "forkjoin.backends.base"}
+    backend_modules = {
+        name
+        for name in imported_modules(path)
+        if name.startswith("forkjoin.backends") and not name.startswith("forkjoin.backends.base.")
+    }
+    assert backend_modules <= allowed, f"{path.name} imports {sorted(backend_modules - allowed)}"
+
+
+@pytest.mark.parametrize("path", modules_under("backends"), ids=lambda p: p.name)
+def test_backends_never_import_data_train_bench_or_cli(path):
+    forbidden = ("forkjoin.data", "forkjoin.train", "forkjoin.bench", "forkjoin.cli")
+    bad = {n for n in imported_modules(path) if n.startswith(forbidden)}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def test_no_module_is_too_long_to_read():
+    # STYLE.md: one module, one job; past ~500 lines a module should be split. Allow headroom.
+    for path in sorted(SRC.rglob("*.py")):
+        lines = len(path.read_text().splitlines())
+        assert lines <= 900, f"{path.relative_to(SRC)} has {lines} lines"
+
+
+# -- import cost -----------------------------------------------------------------------------------
+
+
+def modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return set(json.loads(out.strip().splitlines()[-1]))
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+def test_import_forkjoin_imports_no_heavy_dependency():
+    modules = modules_after("import forkjoin")
+    assert "forkjoin" in modules
+    assert heavy_in(modules) == []
+    assert "numpy" not in modules, "numpy is only needed under seed="
+    assert "forkjoin.backends.process" not in modules, "backends are imported when used"
+
+
+def test_running_maps_imports_no_heavy_dependency():
+    modules = modules_after(
+        "import forkjoin as fj\n"
+        "assert fj.map(abs, [-1, -2], workers=2) == [1, 2]\n"
+        "assert fj.map(abs, [-1], backend='threads') == [1]\n"
+    )
+    assert heavy_in(modules) == []
+
+
+# -- backend resolution ----------------------------------------------------------------------------
+
+
+def test_backends_resolve_by_name():
+    assert {"inline", "threads", "process"} <= set(backend_names())
+    for name in ("inline", "threads", "process"):
+        assert backend_class(name).name == name
+
+
+def test_unknown_backend_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown backend 'nope'") as info:
+        backend_class("nope")
+    assert "process" in str(info.value)
+
+
+def test_missing_extra_names_the_pip_install(monkeypatch):
+    from forkjoin.backends import base
+
+    monkeypatch.setitem(base._REGISTRY, "fake", ("forkjoin_no_such_module", "Fake", "ray"))
+    with pytest.raises(fj.BackendUnavailableError, match=r'pip install "forkjoin\[ray\]"') as info:
+        fj.map(abs, [1], backend="fake")
+    assert isinstance(info.value, ImportError)
