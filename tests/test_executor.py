@@ -80,14 +80,6 @@ def test_cancel_a_pending_future():
         assert pool.submit(_tasks.square, 5).result(timeout=30) == 25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: backends/process.py prefetch claims a task (Task.claim -> "
-    "Future.set_running_or_notify_cancel) when it queues it on a worker, up to a budget "
-    "computed from EARLIER tasks' durations (_prefetch_budget, up to MAX_PREFETCH_TASKS=1024 per "
-    "worker); on a pool warmed by fast tasks, ten 0.5 s submits to one worker are all "
-    "running() at once and Future.cancel() fails on the tenth, which will not start for 4.5 s",
-)
 def test_cancel_a_pending_future_on_a_warm_pool():
     with fj.Pool(1, "process") as pool:
         wait_for_workers(pool, 1)

@@ -18,8 +18,9 @@ Why this shape:
   with cloudpickle, once per worker (a mirrored LRU cache), not once per task.
 - One manager thread never blocks on a worker (non-blocking sockets), so a large payload in
   flight in both directions cannot deadlock, and a dead worker is seen at once through its pidfd.
-- Each worker prefetches ~``PREFETCH_SECONDS`` of work so it never waits for the next message,
-  but no more, so that slow tasks still balance across workers.
+- Each worker prefetches ~``PREFETCH_SECONDS`` of work, measured per function, so it never waits
+  for the next message, but no more: slow tasks still balance across workers, and a function not
+  yet measured is never queued behind another task (its future stays cancellable).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ ABANDONED_TASK_GRACE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 2.0
 # This many workers in a row dying before they are ready means they cannot start at all.
 MAX_FAILED_STARTS = 3
+# Functions whose task duration is remembered (most recently used).
+MEASURED_FUNCTIONS = 256
 # Smoothing of the measured task duration that sets each worker's prefetch budget.
 DURATION_SMOOTHING = 0.2
 
@@ -173,7 +176,7 @@ class ProcessBackend(Backend):
         self._closing = False
         self._cancel_pending = False
         self._broken: BaseException | None = None
-        self._task_seconds: float | None = None
+        self._task_seconds: OrderedDict[int, float] = OrderedDict()  # function key -> seconds
         self._stop_deadline: float | None = None
         self._watchdog_r: int | None = None
         self._watchdog_w: int | None = None
@@ -557,13 +560,25 @@ class ProcessBackend(Backend):
 
     # -- moving tasks and results ----------------------------------------------------------------
 
-    def _prefetch_budget(self) -> int:
-        seconds = self._task_seconds
+    def _prefetch_budget(self, function_key: int) -> int:
+        """Tasks of this function a worker may hold (running + queued), from their measured
+        duration; 1 until measured, so an unknown (maybe slow) function is never queued."""
+        seconds = self._task_seconds.get(function_key)
         if seconds is None:
             return 1
         if seconds >= NO_PREFETCH_ABOVE_SECONDS:
             return 1
         return max(2, min(MAX_PREFETCH_TASKS, int(PREFETCH_SECONDS / max(seconds, 1e-6))))
+
+    def _measure(self, function_key: int, seconds: float) -> None:
+        """Fold one task's duration into its function's running estimate."""
+        estimates = self._task_seconds
+        previous = estimates.pop(function_key, None)  # re-inserted last: most recent
+        estimates[function_key] = (
+            seconds if previous is None else previous + DURATION_SMOOTHING * (seconds - previous)
+        )
+        if len(estimates) > MEASURED_FUNCTIONS:
+            estimates.popitem(last=False)
 
     def _dispatch(self) -> None:
         try:
@@ -575,7 +590,6 @@ class ProcessBackend(Backend):
         pending = self._pending
         if not pending:
             return
-        budget = self._prefetch_budget()
         ready = [
             w
             for w in self._workers.values()
@@ -585,12 +599,17 @@ class ProcessBackend(Backend):
         for position, worker in enumerate(ready):
             # An even share of what is waiting, so a burst of tasks is not all queued on the
             # first idle worker while the others stay idle.
-            share = -(-len(pending) // (len(ready) - position))
-            room = min(budget - len(worker.in_flight), share)
+            room = -(-len(pending) // (len(ready) - position))
             batch: list[tuple[Any, ...]] = []
             now = time.monotonic()
+            budget_key, budget = -1, 0
             while room > 0 and pending:
                 task, done = pending[0]
+                if task.function.key != budget_key:
+                    budget_key = task.function.key
+                    budget = self._prefetch_budget(budget_key)
+                if len(worker.in_flight) >= budget:
+                    break
                 if task.timeout is not None and (batch or worker.in_flight):
                     break  # a task with a timeout runs alone, so its clock is its own
                 pending.popleft()
@@ -713,11 +732,7 @@ class ProcessBackend(Backend):
             )
             self._report(task, done, TaskOutcome(Status.UNREADABLE, error=error))
             return
-        seconds = end - start  # per task, not per item: the prefetch budget counts tasks
-        previous = self._task_seconds
-        self._task_seconds = (
-            seconds if previous is None else (previous + DURATION_SMOOTHING * (seconds - previous))
-        )
+        self._measure(task.function.key, end - start)
         task.bytes_received = len(payload)
         self._report(task, done, self._decode(task, payload, failures))
 

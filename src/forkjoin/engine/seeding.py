@@ -2,9 +2,10 @@
 
 Item ``i`` of a call with ``seed=s`` gets ``SeedSequence(s, spawn_key=(i,))``, which is exactly
 ``SeedSequence(s).spawn(n)[i]``: the stream depends only on the seed and the item's index, never on
-the worker count, the chunking or the order tasks run in. Before each item runs, Python's
-``random`` and (if loaded) NumPy's legacy global generator are seeded from that stream, and
-``forkjoin.rng()`` returns a ``numpy.random.Generator`` on it.
+the worker count, the chunking or the order tasks run in. ``forkjoin.rng()`` returns a
+``numpy.random.Generator`` on it, on every backend. In worker processes and on the inline backend,
+Python's ``random`` and (if loaded) NumPy's legacy global generator are also seeded from it before
+each item; the threads backend leaves those alone, since all its threads share them.
 """
 
 from __future__ import annotations
