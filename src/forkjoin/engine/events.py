@@ -14,7 +14,6 @@ benchmarks/bench_engine.py measures the cost per task.
 
 from __future__ import annotations
 
-import operator
 import threading
 import time
 from collections import Counter, deque
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple
 from .task import Status, Task
 
 # Most recent task records kept for analysis; older ones only live on in the counters.
-MAX_TASK_RECORDS = 200_000
+MAX_TASK_RECORDS = 65_536
 _now = time.monotonic
 
 # Fresh records are folded into the counters at least this often (bounds the unfolded backlog).
@@ -173,13 +172,12 @@ class EventLog:
         self.tasks.extend(batch)
         columns = zip(*batch)  # noqa: B905  (records all have the same length)
         _, workers, _, sizes, submits, starts, ends, _, sent, received, statuses = columns
-        busy = list(map(operator.sub, ends, starts))
         stats = self._stats
         stats.tasks_done += len(batch)
         stats.bytes_sent += sum(sent)
         stats.bytes_received += sum(received)
-        stats.busy_seconds += sum(busy)
-        stats.queue_seconds += sum(map(operator.sub, starts, submits))
+        stats.busy_seconds += sum(ends) - sum(starts)
+        stats.queue_seconds += sum(starts) - sum(submits)
         done = statuses.count(Status.DONE)  # tuple.count: no hashing of enum members
         if done == len(batch):
             stats.items_done += sum(sizes)
@@ -195,10 +193,11 @@ class EventLog:
             usage.tasks += count
             if count == len(batch):
                 usage.items += sum(sizes)
-                usage.busy_seconds += sum(busy)
+                usage.busy_seconds += sum(ends) - sum(starts)
             else:  # C-speed selection per worker: workers are few, records many
-                usage.items += sum(compress(sizes, map(worker.__eq__, workers)))
-                usage.busy_seconds += sum(compress(busy, map(worker.__eq__, workers)))
+                mine = list(map(worker.__eq__, workers))
+                usage.items += sum(compress(sizes, mine))
+                usage.busy_seconds += sum(compress(ends, mine)) - sum(compress(starts, mine))
 
     def _fold_worker(self, record: WorkerRecord) -> None:
         self.workers.append(record)
