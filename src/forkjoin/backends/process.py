@@ -21,34 +21,34 @@ Why this shape:
 - Each worker prefetches ~``PREFETCH_SECONDS`` of work, measured per function, so it never waits
   for the next message, but no more: slow tasks still balance across workers, and a function not
   yet measured is never queued behind another task (its future stays cancellable).
+
+Around this module: ``process_handle.py`` starts, signals and reaps one worker;
+``process_worker.py`` is the worker's side; ``process_outcomes.py`` turns replies and deaths into
+task outcomes; ``wire.py`` frames and pickles what crosses the socket.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import selectors
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from enum import Enum
 from typing import Any
 
-from ..engine.task import ItemFailure, Status, Task, TaskOutcome
+from ..engine.task import Status, Task, TaskOutcome
 from ..errors import (
     ForkjoinError,
     SerializationError,
-    TaskTimeoutError,
-    WorkerCrashedError,
 )
 from . import wire
-from .base import Backend, Capabilities, DoneCallback, task_error
-from .process_worker import FUNCTION_CACHE_SIZE, SLOT
+from .base import Backend, Capabilities, DoneCallback
+from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
+from .process_outcomes import death_outcome, decode_results
+from .process_worker import FUNCTION_CACHE_SIZE
 
 # Work queued on each worker, in seconds of measured task time: enough that a worker never waits
 # for the next message (~0.1 ms round trip), small enough that tasks still balance at the end.
@@ -56,8 +56,6 @@ PREFETCH_SECONDS = 0.005
 MAX_PREFETCH_TASKS = 1024
 # Tasks longer than this are never queued behind another one on a worker (no prefetch).
 NO_PREFETCH_ABOVE_SECONDS = 0.05
-# A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
-TERM_GRACE_SECONDS = 1.0
 # A task whose caller stopped waiting (broke out of imap) may finish within this long; after
 # that its worker is stopped so the pool is free for the next call.
 ABANDONED_TASK_GRACE_SECONDS = 1.0
@@ -69,54 +67,6 @@ MAX_FAILED_STARTS = 3
 MEASURED_FUNCTIONS = 256
 # Smoothing of the measured task duration that sets each worker's prefetch budget.
 DURATION_SMOOTHING = 0.2
-
-_BOOT = (
-    "import sys; sys.path.insert(0, {package_parent!r}); "
-    "from forkjoin.backends.process_worker import main; main({sock}, {watchdog}, {slot})"
-)
-
-
-class _WorkerState(Enum):
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-
-
-class _Worker:
-    """The caller's view of one worker process."""
-
-    def __init__(
-        self,
-        worker_id: int,
-        proc: subprocess.Popen[bytes],
-        sock: socket.socket,
-        pidfd: int,
-        slot: mmap.mmap | None,
-    ) -> None:
-        self.worker_id = worker_id
-        self.proc = proc
-        self.pid = proc.pid
-        self.sock = sock
-        self.pidfd = pidfd
-        self.slot = slot
-        self.reader = wire.FrameReader()
-        self.writer = wire.FrameWriter()
-        self.want_write = False
-        self.state = _WorkerState.STARTING
-        self.started_at = time.monotonic()
-        self.in_flight: OrderedDict[int, Task] = OrderedDict()
-        self.functions: OrderedDict[int, None] = OrderedDict()  # mirror of the worker's cache
-        self.exclusive = False  # running a task with a timeout: nothing queued behind it
-        self.task_deadline: float | None = None
-        self.kill_reason: str | None = None
-        self.kill_deadline: float | None = None
-        self.abandon_deadline: float | None = None  # when to stop tasks nobody waits for
-        self.peak_rss = 0
-        self.sock_open = True
-
-    def current_task_id(self) -> int:
-        return SLOT.unpack_from(self.slot, 0)[0] if self.slot is not None else 0
-
 
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
@@ -141,16 +91,6 @@ import atexit  # noqa: E402  (registered once, next to the function it calls)
 atexit.register(_shutdown_all_at_exit)
 
 
-def _worker_environment(workers: int) -> dict[str, str]:
-    from ..machine import thread_cap_env, usable_cpu_count
-
-    env = dict(os.environ)
-    threads = max(1, usable_cpu_count() // max(1, workers))
-    for name, value in thread_cap_env(threads).items():
-        env.setdefault(name, value)  # a cap the user set explicitly wins
-    return env
-
-
 class ProcessBackend(Backend):
     """Local worker processes; see the module docstring for the data flow."""
 
@@ -169,7 +109,7 @@ class ProcessBackend(Backend):
         self._wake_sent = False
         self._pending_after_dispatch = 0
         self._manager: threading.Thread | None = None
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[int, WorkerHandle] = {}
         self._callbacks: dict[int, DoneCallback] = {}
         self._next_worker_id = 0
         self._failed_starts = 0
@@ -183,6 +123,7 @@ class ProcessBackend(Backend):
         self._selector: selectors.BaseSelector | None = None
         self._depth = int(os.environ.get("FORKJOIN_WORKER_DEPTH", "0")) + 1
         self._init_payload: bytes | None = None
+        self._env: dict[str, str] | None = None
         if self.initializer is not None:
             try:
                 self._init_payload = wire.dumps_by_value((self.initializer, tuple(self.initargs)))
@@ -354,7 +295,7 @@ class ProcessBackend(Backend):
         now = time.monotonic()
         for worker in list(self._workers.values()):
             if worker.kill_deadline is not None and now >= worker.kill_deadline:
-                self._signal(worker, signal.SIGKILL)
+                worker.signal(signal.SIGKILL)
                 worker.kill_deadline = None
             if worker.abandon_deadline is not None and now >= worker.abandon_deadline:
                 worker.abandon_deadline = None
@@ -366,7 +307,7 @@ class ProcessBackend(Backend):
         if self._stop_deadline is not None and now >= self._stop_deadline:
             self._stop_deadline = None
             for worker in self._workers.values():
-                self._signal(worker, signal.SIGKILL)
+                worker.signal(signal.SIGKILL)
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -391,82 +332,25 @@ class ProcessBackend(Backend):
 
     def _spawn(self) -> None:
         assert self._selector is not None and self._watchdog_r is not None
-        parent_sock, child_sock = socket.socketpair()
-        slot_fd = os.memfd_create("forkjoin-slot") if hasattr(os, "memfd_create") else -1
-        slot = None
-        if slot_fd >= 0:
-            os.ftruncate(slot_fd, SLOT.size)
-            slot = mmap.mmap(slot_fd, SLOT.size)
-        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-        code = _BOOT.format(
-            package_parent=package_parent,
-            sock=child_sock.fileno(),
-            watchdog=self._watchdog_r,
-            slot=slot_fd,
-        )
-        if not hasattr(self, "_env"):
-            self._env = _worker_environment(self.workers)
-            self._env["FORKJOIN_WORKER_DEPTH"] = str(self._depth)
-        fds = [child_sock.fileno(), self._watchdog_r] + ([slot_fd] if slot_fd >= 0 else [])
-        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, *flags, "-c", code],
-                pass_fds=fds,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: Ctrl-C stays with the caller
-            )
-        finally:
-            child_sock.close()
-            if slot_fd >= 0:
-                os.close(slot_fd)
-        pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else -1
-        parent_sock.setblocking(False)
-        worker_id = self._next_worker_id
+        if self._env is None:
+            self._env = worker_environment(self.workers, self._depth)
+        worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, self._env)
         self._next_worker_id += 1
-        worker = _Worker(worker_id, proc, parent_sock, pidfd, slot)
-        self._workers[worker_id] = worker
-        self._selector.register(parent_sock, selectors.EVENT_READ, (worker, "sock"))
-        if pidfd >= 0:
-            self._selector.register(pidfd, selectors.EVENT_READ, (worker, "pid"))
-        self._send(worker, ("init", worker_id, list(sys.path), self._depth, self._init_payload))
+        self._workers[worker.worker_id] = worker
+        self._selector.register(worker.sock, selectors.EVENT_READ, (worker, "sock"))
+        if worker.pidfd >= 0:
+            self._selector.register(worker.pidfd, selectors.EVENT_READ, (worker, "pid"))
+        init = ("init", worker.worker_id, list(sys.path), self._depth, self._init_payload)
+        self._send(worker, init)
 
-    def _signal(self, worker: _Worker, signum: int) -> None:
-        try:
-            os.killpg(worker.pid, signum)  # the worker leads its own group: its children too
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(worker.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def _kill(self, worker: _Worker, reason: str) -> None:
+    def _kill(self, worker: WorkerHandle, reason: str) -> None:
         """Stop a worker (SIGTERM, then SIGKILL after a grace period)."""
         if worker.kill_reason is None:
             worker.kill_reason = reason
             worker.kill_deadline = time.monotonic() + TERM_GRACE_SECONDS
-            self._signal(worker, signal.SIGTERM)
+            worker.signal(signal.SIGTERM)
 
-    def _reap(self, worker: _Worker) -> int | None:
-        """Collect the exit status and peak memory of a worker that has exited."""
-        deadline = time.monotonic() + TERM_GRACE_SECONDS
-        while True:
-            try:
-                pid, status, usage = os.wait4(worker.pid, os.WNOHANG)
-            except ChildProcessError:
-                return worker.proc.returncode
-            if pid:
-                worker.peak_rss = max(worker.peak_rss, usage.ru_maxrss * 1024)
-                code = os.waitstatus_to_exitcode(status)
-                worker.proc.returncode = code  # so Popen does not wait for it again
-                return code
-            if time.monotonic() > deadline:  # the socket closed but the process lingers
-                self._signal(worker, signal.SIGKILL)
-                deadline = time.monotonic() + TERM_GRACE_SECONDS
-            time.sleep(0.001)
-
-    def _forget(self, worker: _Worker) -> None:
+    def _forget(self, worker: WorkerHandle) -> None:
         assert self._selector is not None
         self._workers.pop(worker.worker_id, None)
         for fileobj in (worker.sock, worker.pidfd):
@@ -474,26 +358,22 @@ class ProcessBackend(Backend):
                 self._selector.unregister(fileobj)
             except (KeyError, ValueError):
                 pass
-        worker.sock.close()
-        if worker.pidfd >= 0:
-            os.close(worker.pidfd)
-        if worker.slot is not None:
-            worker.slot.close()
+        worker.close()
 
-    def _on_death(self, worker: _Worker) -> None:
+    def _on_death(self, worker: WorkerHandle) -> None:
         """A worker exited: blame the task it was running, requeue the others it held."""
         if worker.worker_id not in self._workers:
             return
         if worker.sock_open:
             self._read(worker, dying=True)  # results it sent before dying still count
-        exitcode = self._reap(worker)
+        exitcode = worker.reap()
         blamed_id = worker.current_task_id()
         if not blamed_id and worker.in_flight and worker.slot is None:
             blamed_id = next(iter(worker.in_flight))
         self._forget(worker)
         if self.events is not None:
             self.events.worker_exited(worker.worker_id, worker.pid, exitcode, worker.peak_rss)
-        if worker.state is _WorkerState.STARTING and worker.kill_reason is None:
+        if worker.state is WorkerState.STARTING and worker.kill_reason is None:
             self._failed_starts += 1
             if self._failed_starts >= MAX_FAILED_STARTS and self._broken is None:
                 self._broken = ForkjoinError(
@@ -509,54 +389,11 @@ class ProcessBackend(Backend):
             if worker.kill_reason == "shutdown":
                 self._report(task, done, TaskOutcome(Status.CANCELLED))
             elif task_id == blamed_id:
-                self._report(task, done, self._death_outcome(worker, task, exitcode))
+                self._report(task, done, death_outcome(worker, task, exitcode))
             else:
                 requeue.append((task, done))
         for task, done in reversed(requeue):
             self._pending.appendleft((task, done))
-
-    def _death_outcome(self, worker: _Worker, task: Task, exitcode: int | None) -> TaskOutcome:
-        task.end_time = time.monotonic()
-        if worker.kill_reason == "timeout":
-            return TaskOutcome(
-                Status.TIMED_OUT,
-                error=TaskTimeoutError(
-                    f"item {task.first_index} ({task.item_repr(0)}) ran past its timeout of "
-                    f"{task.timeout:g} s; its worker was stopped and replaced",
-                    timeout=task.timeout or 0.0,
-                    index=task.first_index,
-                ),
-            )
-        if exitcode is not None and exitcode < 0:
-            try:
-                how = f"was killed by {signal.Signals(-exitcode).name}"
-            except ValueError:
-                how = f"was killed by signal {-exitcode}"
-            signal_name = how.rsplit(" ", 1)[-1]
-        else:
-            how, signal_name = f"exited with code {exitcode}", ""
-        peak = worker.peak_rss
-        hint = (
-            "SIGKILL usually means the out-of-memory killer: lower workers= or the memory "
-            "each task needs"
-            if signal_name == "SIGKILL"
-            else "the task crashed the interpreter or called exit"
-        )
-        items = f"item {task.first_index}" + (
-            f" (one of {len(task)} in its chunk)" if len(task) > 1 else f" ({task.item_repr(0)})"
-        )
-        return TaskOutcome(
-            Status.CRASHED,
-            error=WorkerCrashedError(
-                f"worker {worker.worker_id} (pid {worker.pid}) {how} while running {items} "
-                f"(peak RSS {peak / 2**20:.1f} MiB): {hint}",
-                exitcode=exitcode,
-                signal_name=signal_name,
-                peak_rss=peak,
-                index=task.first_index,
-                attempts=task.attempt + 1,
-            ),
-        )
 
     # -- moving tasks and results ----------------------------------------------------------------
 
@@ -593,7 +430,7 @@ class ProcessBackend(Backend):
         ready = [
             w
             for w in self._workers.values()
-            if w.state is _WorkerState.READY and w.kill_reason is None and not w.exclusive
+            if w.state is WorkerState.READY and w.kill_reason is None and not w.exclusive
         ]
         ready.sort(key=lambda w: len(w.in_flight))
         for position, worker in enumerate(ready):
@@ -629,7 +466,7 @@ class ProcessBackend(Backend):
             if not pending:
                 return
 
-    def _encode(self, worker: _Worker, task: Task) -> tuple[Any, ...]:
+    def _encode(self, worker: WorkerHandle, task: Task) -> tuple[Any, ...]:
         function = task.function
         functions = worker.functions
         if function.key in functions:
@@ -650,7 +487,7 @@ class ProcessBackend(Backend):
             task.seed,
         )
 
-    def _send(self, worker: _Worker, message: Any) -> None:
+    def _send(self, worker: WorkerHandle, message: Any) -> None:
         assert self._selector is not None
         worker.writer.add(wire.dumps(message))
         try:
@@ -664,7 +501,7 @@ class ProcessBackend(Backend):
                 worker.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, (worker, "sock")
             )
 
-    def _flush(self, worker: _Worker) -> None:
+    def _flush(self, worker: WorkerHandle) -> None:
         assert self._selector is not None
         try:
             worker.writer.flush(worker.sock)
@@ -674,7 +511,7 @@ class ProcessBackend(Backend):
             worker.want_write = False
             self._selector.modify(worker.sock, selectors.EVENT_READ, (worker, "sock"))
 
-    def _read(self, worker: _Worker, dying: bool = False) -> None:
+    def _read(self, worker: WorkerHandle, dying: bool = False) -> None:
         assert self._selector is not None
         try:
             frames = worker.reader.read(worker.sock)
@@ -692,14 +529,14 @@ class ProcessBackend(Backend):
             if worker.pidfd < 0 and not dying:  # no pidfd: the closed socket is the sentinel
                 self._on_death(worker)
 
-    def _handle_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def _handle_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "results":
             worker.peak_rss = max(worker.peak_rss, message[2])
             for entry in message[1]:
                 self._on_result(worker, entry)
         elif kind == "ready":
-            worker.state = _WorkerState.READY
+            worker.state = WorkerState.READY
             self._failed_starts = 0
             if self.events is not None:
                 self.events.worker_started(
@@ -713,7 +550,7 @@ class ProcessBackend(Backend):
                 )
                 self._fail_everything(self._broken)
 
-    def _on_result(self, worker: _Worker, entry: tuple[Any, ...]) -> None:
+    def _on_result(self, worker: WorkerHandle, entry: tuple[Any, ...]) -> None:
         task_id, status, start, end, payload, failures = entry
         task = worker.in_flight.pop(task_id, None)
         if task is None:
@@ -734,43 +571,7 @@ class ProcessBackend(Backend):
             return
         self._measure(task.function.key, end - start)
         task.bytes_received = len(payload)
-        self._report(task, done, self._decode(task, payload, failures))
-
-    def _decode(self, task: Task, payload: bytes, failures: list[tuple[Any, ...]]) -> TaskOutcome:
-        try:
-            values = wire.loads(payload)
-        except Exception as exc:
-            where = (
-                f"item {task.first_index}"
-                if len(task) == 1
-                else f"one of items {task.first_index}..{task.first_index + len(task) - 1}"
-            )
-            unreadable = SerializationError(
-                f"the result of {where} could not be unpickled in the caller "
-                f"({type(exc).__name__}: {exc}); is its class importable here?",
-                what="result",
-                side="caller",
-                index=task.first_index,
-            )
-            return TaskOutcome(Status.UNREADABLE, error=unreadable)
-        for position, exc_payload, type_name, message, tb_text in failures:
-            if type_name == "SerializationError" and exc_payload is None:
-                error: BaseException = SerializationError(
-                    f"item {task.first_index + position} ({task.item_repr(position)}): {message}",
-                    what="result",
-                    side="worker",
-                    index=task.first_index + position,
-                )
-            else:
-                original = None
-                if exc_payload is not None:
-                    try:
-                        original = wire.loads(exc_payload)
-                    except Exception:
-                        original = None
-                error = task_error(task, position, original, type_name, message, tb_text)
-            values[position] = ItemFailure(error)
-        return TaskOutcome(Status.DONE, values, any_failed=bool(failures))
+        self._report(task, done, decode_results(task, payload, failures))
 
     def _report(self, task: Task, done: DoneCallback, outcome: TaskOutcome) -> None:
         if task.cancelled and outcome.status is not Status.CANCELLED:
@@ -817,8 +618,8 @@ class ProcessBackend(Backend):
         if self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
             for worker in self._workers.values():
-                if worker.state is _WorkerState.READY:
-                    worker.state = _WorkerState.STOPPING
+                if worker.state is WorkerState.READY:
+                    worker.state = WorkerState.STOPPING
                     self._send(worker, ("stop",))
                 else:
                     self._kill(worker, "shutdown")
@@ -826,8 +627,8 @@ class ProcessBackend(Backend):
 
     def _teardown(self) -> None:
         for worker in list(self._workers.values()):
-            self._signal(worker, signal.SIGKILL)
-            self._reap(worker)
+            worker.signal(signal.SIGKILL)
+            worker.reap()
             self._forget(worker)
         if self._selector is not None:
             self._selector.close()

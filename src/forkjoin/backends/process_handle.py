@@ -1,0 +1,156 @@
+"""One worker process as the caller sees it: how it is started, signalled and reaped.
+
+A worker is a fresh interpreter (``subprocess``, not fork: safe with threads and CUDA, and it does
+not re-run the caller's ``__main__``) in its own session, so that a signal reaches the tasks'
+own children too. It inherits three file descriptors: its end of a socket pair (tasks and
+results), the read end of the pool's watchdog pipe (parent death), and a memfd holding the id of
+the task it is running (read by the caller when the worker dies).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from enum import Enum
+
+from ..engine.task import Task
+from . import wire
+from .process_worker import SLOT
+
+# A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
+TERM_GRACE_SECONDS = 1.0
+
+_BOOT = (
+    "import sys; sys.path.insert(0, {package_parent!r}); "
+    "from forkjoin.backends.process_worker import main; main({sock}, {watchdog}, {slot})"
+)
+
+
+class WorkerState(Enum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+class WorkerHandle:
+    """The caller's view of one worker process."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        proc: subprocess.Popen[bytes],
+        sock: socket.socket,
+        pidfd: int,
+        slot: mmap.mmap | None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.proc = proc
+        self.pid = proc.pid
+        self.sock = sock
+        self.pidfd = pidfd
+        self.slot = slot
+        self.reader = wire.FrameReader()
+        self.writer = wire.FrameWriter()
+        self.want_write = False
+        self.state = WorkerState.STARTING
+        self.started_at = time.monotonic()
+        self.in_flight: OrderedDict[int, Task] = OrderedDict()
+        self.functions: OrderedDict[int, None] = OrderedDict()  # mirror of the worker's cache
+        self.exclusive = False  # running a task with a timeout: nothing queued behind it
+        self.task_deadline: float | None = None
+        self.kill_reason: str | None = None
+        self.kill_deadline: float | None = None
+        self.abandon_deadline: float | None = None  # when to stop tasks nobody waits for
+        self.peak_rss = 0
+        self.sock_open = True
+
+    @classmethod
+    def start(cls, worker_id: int, watchdog_fd: int, env: dict[str, str]) -> WorkerHandle:
+        """Start a fresh interpreter running process_worker.main, connected by a socket pair."""
+        parent_sock, child_sock = socket.socketpair()
+        slot_fd = os.memfd_create("forkjoin-slot") if hasattr(os, "memfd_create") else -1
+        slot = None
+        if slot_fd >= 0:
+            os.ftruncate(slot_fd, SLOT.size)
+            slot = mmap.mmap(slot_fd, SLOT.size)
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        code = _BOOT.format(
+            package_parent=package_parent,
+            sock=child_sock.fileno(),
+            watchdog=watchdog_fd,
+            slot=slot_fd,
+        )
+        fds = [child_sock.fileno(), watchdog_fd] + ([slot_fd] if slot_fd >= 0 else [])
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, *flags, "-c", code],
+                pass_fds=fds,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: Ctrl-C stays with the caller
+            )
+        finally:
+            child_sock.close()
+            if slot_fd >= 0:
+                os.close(slot_fd)
+        pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else -1
+        parent_sock.setblocking(False)
+        return cls(worker_id, proc, parent_sock, pidfd, slot)
+
+    def current_task_id(self) -> int:
+        return SLOT.unpack_from(self.slot, 0)[0] if self.slot is not None else 0
+
+    def signal(self, signum: int) -> None:
+        """Signal the worker and its process group (anything its tasks started)."""
+        try:
+            os.killpg(self.pid, signum)  # the worker leads its own group: its children too
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def reap(self) -> int | None:
+        """Collect the exit status and peak memory of a worker that has exited."""
+        deadline = time.monotonic() + TERM_GRACE_SECONDS
+        while True:
+            try:
+                pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.proc.returncode
+            if pid:
+                self.peak_rss = max(self.peak_rss, usage.ru_maxrss * 1024)
+                code = os.waitstatus_to_exitcode(status)
+                self.proc.returncode = code  # so Popen does not wait for it again
+                return code
+            if time.monotonic() > deadline:  # the socket closed but the process lingers
+                self.signal(signal.SIGKILL)
+                deadline = time.monotonic() + TERM_GRACE_SECONDS
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        """Release the caller's file descriptors for this (exited) worker."""
+        self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+        if self.slot is not None:
+            self.slot.close()
+
+
+def worker_environment(workers: int, depth: int) -> dict[str, str]:
+    """The environment of a worker: the caller's, plus its nesting depth and native thread caps."""
+    from ..machine import thread_cap_env, usable_cpu_count
+
+    env = dict(os.environ)
+    threads = max(1, usable_cpu_count() // max(1, workers))
+    for name, value in thread_cap_env(threads).items():
+        env.setdefault(name, value)  # a cap the user set explicitly wins
+    env["FORKJOIN_WORKER_DEPTH"] = str(depth)
+    return env

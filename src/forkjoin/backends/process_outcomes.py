@@ -1,0 +1,96 @@
+"""What a worker's reply, or its death, means for the task it concerned."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from ..engine.task import ItemFailure, Status, Task, TaskOutcome
+from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
+from . import wire
+from .base import task_error
+from .process_handle import WorkerHandle
+
+
+def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> TaskOutcome:
+    """The outcome of the task a worker was running when it died (or was stopped)."""
+    task.end_time = time.monotonic()
+    if worker.kill_reason == "timeout":
+        return TaskOutcome(
+            Status.TIMED_OUT,
+            error=TaskTimeoutError(
+                f"item {task.first_index} ({task.item_repr(0)}) ran past its timeout of "
+                f"{task.timeout:g} s; its worker was stopped and replaced",
+                timeout=task.timeout or 0.0,
+                index=task.first_index,
+            ),
+        )
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"was killed by signal {-exitcode}"
+        signal_name = how.rsplit(" ", 1)[-1]
+    else:
+        how, signal_name = f"exited with code {exitcode}", ""
+    peak = worker.peak_rss
+    hint = (
+        "SIGKILL usually means the out-of-memory killer: lower workers= or the memory "
+        "each task needs"
+        if signal_name == "SIGKILL"
+        else "the task crashed the interpreter or called exit"
+    )
+    items = f"item {task.first_index}" + (
+        f" (one of {len(task)} in its chunk)" if len(task) > 1 else f" ({task.item_repr(0)})"
+    )
+    return TaskOutcome(
+        Status.CRASHED,
+        error=WorkerCrashedError(
+            f"worker {worker.worker_id} (pid {worker.pid}) {how} while running {items} "
+            f"(peak RSS {peak / 2**20:.1f} MiB): {hint}",
+            exitcode=exitcode,
+            signal_name=signal_name,
+            peak_rss=peak,
+            index=task.first_index,
+            attempts=task.attempt + 1,
+        ),
+    )
+
+
+def decode_results(task: Task, payload: bytes, failures: list[tuple[Any, ...]]) -> TaskOutcome:
+    """Unpickle a task's results; turn the worker's failure records into ItemFailures."""
+    try:
+        values = wire.loads(payload)
+    except Exception as exc:
+        where = (
+            f"item {task.first_index}"
+            if len(task) == 1
+            else f"one of items {task.first_index}..{task.first_index + len(task) - 1}"
+        )
+        unreadable = SerializationError(
+            f"the result of {where} could not be unpickled in the caller "
+            f"({type(exc).__name__}: {exc}); is its class importable here?",
+            what="result",
+            side="caller",
+            index=task.first_index,
+        )
+        return TaskOutcome(Status.UNREADABLE, error=unreadable)
+    for position, exc_payload, type_name, message, tb_text in failures:
+        if type_name == "SerializationError" and exc_payload is None:
+            error: BaseException = SerializationError(
+                f"item {task.first_index + position} ({task.item_repr(position)}): {message}",
+                what="result",
+                side="worker",
+                index=task.first_index + position,
+            )
+        else:
+            original = None
+            if exc_payload is not None:
+                try:
+                    original = wire.loads(exc_payload)
+                except Exception:
+                    original = None
+            error = task_error(task, position, original, type_name, message, tb_text)
+        values[position] = ItemFailure(error)
+    return TaskOutcome(Status.DONE, values, any_failed=bool(failures))
