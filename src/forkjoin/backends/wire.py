@@ -49,15 +49,6 @@ def loads(data: bytes | bytearray | memoryview) -> Any:
     return pickle.loads(data)
 
 
-def pickling_problem(obj: Any) -> str:
-    """A short reason why ``obj`` cannot be pickled, for error messages."""
-    try:
-        dumps(obj)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return "unknown reason"
-
-
 class FrameReader:
     """Accumulates bytes from a non-blocking socket and yields whole frames."""
 
