@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 from ..engine.task import Status, Task, TaskOutcome
@@ -63,7 +63,7 @@ ABANDONED_TASK_GRACE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 2.0
 # This many workers in a row dying before they are ready means they cannot start at all.
 MAX_FAILED_STARTS = 3
-# Functions whose task duration is remembered (most recently used).
+# Functions whose task duration is remembered (the oldest is forgotten first).
 MEASURED_FUNCTIONS = 256
 # Smoothing of the measured task duration that sets each worker's prefetch budget.
 DURATION_SMOOTHING = 0.2
@@ -116,7 +116,7 @@ class ProcessBackend(Backend):
         self._closing = False
         self._cancel_pending = False
         self._broken: BaseException | None = None
-        self._task_seconds: OrderedDict[int, float] = OrderedDict()  # function key -> seconds
+        self._task_seconds: dict[int, float] = {}  # function key -> seconds per task
         self._stop_deadline: float | None = None
         self._watchdog_r: int | None = None
         self._watchdog_w: int | None = None
@@ -410,12 +410,13 @@ class ProcessBackend(Backend):
     def _measure(self, function_key: int, seconds: float) -> None:
         """Fold one task's duration into its function's running estimate."""
         estimates = self._task_seconds
-        previous = estimates.pop(function_key, None)  # re-inserted last: most recent
-        estimates[function_key] = (
-            seconds if previous is None else previous + DURATION_SMOOTHING * (seconds - previous)
-        )
-        if len(estimates) > MEASURED_FUNCTIONS:
-            estimates.popitem(last=False)
+        previous = estimates.get(function_key)
+        if previous is not None:
+            estimates[function_key] = previous + DURATION_SMOOTHING * (seconds - previous)
+            return
+        estimates[function_key] = seconds
+        if len(estimates) > MEASURED_FUNCTIONS:  # forget the function measured first
+            del estimates[next(iter(estimates))]
 
     def _dispatch(self) -> None:
         try:

@@ -101,18 +101,15 @@ class Pool(Executor):
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` in a worker; returns a ``concurrent.futures.Future``."""
-        self._check_running("submit")
+        if self._state is not PoolState.RUNNING:
+            self._check_running("submit")
         future: Future[R] = Future()
+        options = self.options
+        # Positional arguments: this line runs once per submitted call (see Task's signature).
         task = Task(
-            function=self._functions.get(fn),
-            kind=CallKind.CALL,
-            items=[(args, kwargs)],
-            first_index=next(self._submit_index),
-            timeout=self.options.timeout,
-            seed=self.options.seed,
-            resources=self.options.resources,
-            future=future,
-        )
+            self._functions.get(fn), CallKind.CALL, [(args, kwargs)], next(self._submit_index),
+            0, options.timeout, options.seed, options.resources, future,
+        )  # fmt: skip
         self._submit_task(task)
         return future
 
