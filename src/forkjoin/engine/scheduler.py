@@ -229,7 +229,7 @@ class Job:
             if should_retry(value.error, self.options) and task.attempt < self.options.retries:
                 out += self._emit(task.first_index + run_start, values[run_start:position])
                 run_start = position + 1
-                retry = task.split()[position].retry() if len(task) > 1 else task.retry()
+                retry = (task.single(position) if len(task) > 1 else task).retry()
                 self.events.task_retried()
                 self._submit(retry)
                 continue

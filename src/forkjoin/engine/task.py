@@ -151,21 +151,22 @@ class Task:
 
     def split(self) -> list[Task]:
         """One task per item, keeping attempt and limits: used to isolate a failing item."""
-        return [
-            Task(
-                function=self.function,
-                kind=self.kind,
-                items=[item],
-                first_index=self.first_index + i,
-                attempt=self.attempt,
-                timeout=self.timeout,
-                seed=self.seed,
-                resources=self.resources,
-                future=self.future,
-                claimed=self.claimed,
-            )
-            for i, item in enumerate(self.items)
-        ]
+        return [self.single(position) for position in range(len(self.items))]
+
+    def single(self, position: int) -> Task:
+        """A task of just the item at ``position``, with the same attempt and limits."""
+        return Task(
+            function=self.function,
+            kind=self.kind,
+            items=[self.items[position]],
+            first_index=self.first_index + position,
+            attempt=self.attempt,
+            timeout=self.timeout,
+            seed=self.seed,
+            resources=self.resources,
+            future=self.future,
+            claimed=self.claimed,
+        )
 
     def retry(self) -> Task:
         """A fresh copy of this task for its next attempt."""
