@@ -56,9 +56,18 @@ def test_measurements_are_smoothed():
     chunker = AutoChunker(workers=2, total=None)
     chunker.observe_compute(10, 0.01)  # 1 ms per item
     chunker.observe_compute(10, 0.11)  # 11 ms per item
-    expected = 0.001 + chunking.SMOOTHING * (0.011 - 0.001)
+    keep = 1 - chunking.SMOOTHING
+    expected = (0.01 * keep + 0.11) / (10 * keep + 10)
+    assert 0.001 < expected < 0.011
     assert chunker.seconds_per_item == pytest.approx(expected)
     assert chunker.next_size() == int(chunking.TARGET_TASK_SECONDS / expected)
+
+
+def test_measurements_count_by_items():
+    chunker = AutoChunker(workers=2, total=None)
+    chunker.observe_compute(1, 1e-5)  # a one-item warm-up task: mostly fixed overhead
+    chunker.observe_compute(5000, 5000 * 1e-7)
+    assert chunker.seconds_per_item == pytest.approx(1e-7, rel=0.05)  # old EWMA: ~3e-6
 
 
 def test_empty_observations_are_ignored():

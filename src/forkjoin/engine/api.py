@@ -131,7 +131,7 @@ def map(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> list[R]:
     Runs on all usable cores with no setup. Options: see ``RunOptions`` (workers, backend,
     chunksize, ordered, retries, retry_on, timeout, progress, seed, on_error, ...).
     """
-    return list(_job(fn, items, options_from(**options)))
+    return _job(fn, items, options_from(**options)).collect()
 
 
 def imap(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R]:

@@ -27,7 +27,7 @@ CHUNKS_PER_WORKER = 4
 TARGET_TASK_BYTES = 8 * 2**20
 # Items per task, at most, in auto mode.
 MAX_AUTO_CHUNKSIZE = 50_000
-# Smoothing of the per-item measurements (exponentially weighted).
+# Smoothing of the per-item measurements: the weight older measurements lose at each new one.
 SMOOTHING = 0.3
 
 
@@ -41,6 +41,8 @@ class AutoChunker:
             self.cap = max(1, min(self.cap, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
         self.seconds_per_item: float | None = None
         self.bytes_per_item: float | None = None
+        self._seconds = 0.0  # decayed sums behind seconds_per_item
+        self._items = 0.0
 
     def next_size(self) -> int:
         if self.fixed is not None:
@@ -58,11 +60,12 @@ class AutoChunker:
         """A task of ``items`` items took ``seconds`` of compute in its worker."""
         if items <= 0 or self.fixed is not None:
             return
-        per_item = seconds / items
-        previous = self.seconds_per_item
-        self.seconds_per_item = (
-            per_item if previous is None else previous + SMOOTHING * (per_item - previous)
-        )
+        # Decayed sums, so each measurement counts by its number of items: the first one-item
+        # task (mostly fixed overhead) must not hold back the estimate from a 5000-item chunk.
+        keep = 1.0 - SMOOTHING
+        self._seconds = self._seconds * keep + seconds
+        self._items = self._items * keep + items
+        self.seconds_per_item = self._seconds / self._items
 
     def observe_bytes(self, items: int, nbytes: int) -> None:
         """A task of ``items`` items pickled to ``nbytes``."""

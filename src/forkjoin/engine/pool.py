@@ -210,7 +210,7 @@ class Pool(Executor):
 
     def map_list(self, fn: Callable[[T], R], items: Iterable[T], **options: Any) -> list[R]:
         """``forkjoin.map`` on this pool's workers (a list, in order)."""
-        return list(self._job(fn, items, options))
+        return self._job(fn, items, options).collect()
 
     def map_reduce(
         self,
