@@ -105,7 +105,7 @@ def task_error(
     index = task.first_index + position
     item = task.item_repr(position)
     return make_task_error(
-        f"item {index} ({item}) raised {type_name}: {message}",
+        f"{task.describe(position)} raised {type_name}: {message}",
         original=original,
         original_type=type_name,
         index=index,

@@ -37,7 +37,7 @@ def run_task_here(task: Task, *, seed_globals: bool = True) -> TaskOutcome:
         return TaskOutcome(
             Status.CRASHED,
             error=WorkerCrashedError(
-                f"item {task.first_index} called sys.exit({exc.code!r}) inside a task",
+                f"{task.describe()} called sys.exit({exc.code!r}) inside a task",
                 exitcode=exc.code if isinstance(exc.code, int) else 1,
                 index=task.first_index,
             ),

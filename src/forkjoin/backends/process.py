@@ -164,7 +164,7 @@ class ProcessBackend(Backend):
             task.payload = wire.dumps(task.items)
         except Exception as exc:
             raise SerializationError(
-                f"item {task.first_index} could not be pickled to send to a worker "
+                f"{task.describe()} could not be pickled to send to a worker "
                 f"({type(exc).__name__}: {exc})",
                 what="argument",
                 side="caller",
@@ -563,7 +563,7 @@ class ProcessBackend(Backend):
         task.start_time, task.end_time = start, end
         if status != "done":  # "unreadable function" or "unreadable argument"
             error = SerializationError(
-                f"item {task.first_index}: {payload}",
+                f"{task.describe()}: {payload}",
                 what=status.split()[1],
                 side="worker",
                 index=task.first_index,

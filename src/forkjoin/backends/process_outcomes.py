@@ -20,7 +20,7 @@ def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> Tas
         return TaskOutcome(
             Status.TIMED_OUT,
             error=TaskTimeoutError(
-                f"item {task.first_index} ({task.item_repr(0)}) ran past its timeout of "
+                f"{task.describe()} ran past its timeout of "
                 f"{task.timeout:g} s; its worker was stopped and replaced",
                 timeout=task.timeout or 0.0,
                 index=task.first_index,
@@ -41,8 +41,10 @@ def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> Tas
         if signal_name == "SIGKILL"
         else "the task crashed the interpreter or called exit"
     )
-    items = f"item {task.first_index}" + (
-        f" (one of {len(task)} in its chunk)" if len(task) > 1 else f" ({task.item_repr(0)})"
+    items = (
+        f"item {task.first_index} (one of {len(task)} in its chunk)"
+        if len(task) > 1
+        else task.describe()
     )
     return TaskOutcome(
         Status.CRASHED,
@@ -79,7 +81,7 @@ def decode_results(task: Task, payload: bytes, failures: list[tuple[Any, ...]]) 
     for position, exc_payload, type_name, message, tb_text in failures:
         if type_name == "SerializationError" and exc_payload is None:
             error: BaseException = SerializationError(
-                f"item {task.first_index + position} ({task.item_repr(position)}): {message}",
+                f"{task.describe(position)}: {message}",
                 what="result",
                 side="worker",
                 index=task.first_index + position,

@@ -149,6 +149,14 @@ class Task:
             return text if len(text) <= 80 else text[:77] + "..."
         return _short_repr(item)
 
+    def describe(self, position: int = 0) -> str:
+        """How messages name an item: ``item 17 (42)``, or ``call 3: fetch(1, x=2)`` for submit."""
+        index = self.first_index + position
+        if self.kind is CallKind.CALL:
+            name = getattr(self.function.fn, "__qualname__", "fn")
+            return f"call {index}: {name}{self.item_repr(position)}"
+        return f"item {index} ({self.item_repr(position)})"
+
     def split(self) -> list[Task]:
         """One task per item, keeping attempt and limits: used to isolate a failing item."""
         return [self.single(position) for position in range(len(self.items))]
