@@ -110,7 +110,6 @@ class ProcessBackend(Backend):
         self._pending_after_dispatch = 0
         self._manager: threading.Thread | None = None
         self._workers: dict[int, WorkerHandle] = {}
-        self._callbacks: dict[int, DoneCallback] = {}
         self._next_worker_id = 0
         self._failed_starts = 0
         self._closing = False
@@ -299,7 +298,7 @@ class ProcessBackend(Backend):
                 worker.kill_deadline = None
             if worker.abandon_deadline is not None and now >= worker.abandon_deadline:
                 worker.abandon_deadline = None
-                if any(task.cancelled for task in worker.in_flight.values()):
+                if any(task.cancelled for task, _ in worker.in_flight.values()):
                     self._kill(worker, "cancelled")
             if worker.task_deadline is not None and now >= worker.task_deadline:
                 worker.task_deadline = None
@@ -382,8 +381,7 @@ class ProcessBackend(Backend):
                 )
                 self._fail_everything(self._broken)
         requeue = []
-        for task_id, task in worker.in_flight.items():
-            done = self._callbacks.pop(task_id)
+        for task_id, (task, done) in worker.in_flight.items():
             if worker.kill_reason == "cancelled" and task.cancelled:
                 continue
             if worker.kill_reason == "shutdown":
@@ -454,8 +452,7 @@ class ProcessBackend(Backend):
                 if not task.claim():
                     continue
                 batch.append(self._encode(worker, task))
-                worker.in_flight[task.task_id] = task
-                self._callbacks[task.task_id] = done
+                worker.in_flight[task.task_id] = (task, done)
                 task.worker = worker.worker_id
                 room -= 1
                 if task.timeout is not None:
@@ -553,10 +550,10 @@ class ProcessBackend(Backend):
 
     def _on_result(self, worker: WorkerHandle, entry: tuple[Any, ...]) -> None:
         task_id, status, start, end, payload, failures = entry
-        task = worker.in_flight.pop(task_id, None)
-        if task is None:
+        held = worker.in_flight.pop(task_id, None)
+        if held is None:
             return
-        done = self._callbacks.pop(task_id)
+        task, done = held
         if task.timeout is not None:
             worker.exclusive = False
             worker.task_deadline = None
@@ -588,10 +585,8 @@ class ProcessBackend(Backend):
             task, done = self._pending.popleft()
             self._report(task, done, outcome)
         for worker in list(self._workers.values()):
-            for task_id, task in list(worker.in_flight.items()):
-                callback = self._callbacks.pop(task_id, None)
-                if callback is not None:
-                    self._report(task, callback, outcome)
+            for task, callback in list(worker.in_flight.values()):
+                self._report(task, callback, outcome)
             worker.in_flight.clear()
             self._kill(worker, "broken")
 
@@ -610,7 +605,7 @@ class ProcessBackend(Backend):
             if not entry[0].cancelled:
                 pending.append(entry)
         for worker in self._workers.values():
-            if worker.in_flight and all(t.cancelled for t in worker.in_flight.values()):
+            if worker.in_flight and all(t.cancelled for t, _ in worker.in_flight.values()):
                 self._kill(worker, "cancelled")
         if self._pending or any(w.in_flight for w in self._workers.values()):
             return False

@@ -21,6 +21,7 @@ from enum import Enum
 
 from ..engine.task import Task
 from . import wire
+from .base import DoneCallback
 from .process_worker import SLOT
 
 # A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
@@ -60,7 +61,8 @@ class WorkerHandle:
         self.want_write = False
         self.state = WorkerState.STARTING
         self.started_at = time.monotonic()
-        self.in_flight: OrderedDict[int, Task] = OrderedDict()
+        # Tasks sent and not yet answered, in the order the worker runs them (dicts keep order).
+        self.in_flight: dict[int, tuple[Task, DoneCallback]] = {}
         self.functions: OrderedDict[int, None] = OrderedDict()  # mirror of the worker's cache
         self.exclusive = False  # running a task with a timeout: nothing queued behind it
         self.task_deadline: float | None = None
