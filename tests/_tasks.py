@@ -376,3 +376,23 @@ def nested_pids(x):
 
 def worker_identity(_=None):
     return os.getpid(), os.getsid(0), os.getpgid(0), os.environ.get("FORKJOIN_WORKER_DEPTH")
+
+
+# -- worker context ------------------------------------------------------------------------------
+
+
+def load_model_into_worker_state(name: str) -> None:
+    """A pool initializer: the expensive load happens once per worker."""
+    context = fj.worker_context()
+    context.state["model"] = name
+    context.state["loads"] = context.state.get("loads", 0) + 1
+
+
+def use_worker_state(x: int) -> tuple[int, int, str, int, int]:
+    context = fj.worker_context()
+    context.state["tasks"] = context.state.get("tasks", 0) + 1
+    return (context.worker_id, context.pid, context.state["model"], context.state["loads"], x)
+
+
+def use_worker_state_or_none(_: int) -> int:
+    return fj.worker_context().worker_id

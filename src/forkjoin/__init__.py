@@ -25,6 +25,8 @@ _EXPORTS = {
     "RunOptions": "forkjoin.engine.options",
     "Stats": "forkjoin.engine.events",
     "rng": "forkjoin.engine.seeding",
+    "worker_context": "forkjoin.engine.context",
+    "WorkerContext": "forkjoin.engine.context",
     "devices": "forkjoin.machine",
     "DeviceInfo": "forkjoin.machine",
     "GPUInfo": "forkjoin.machine",
@@ -51,6 +53,7 @@ __all__ = [
     "Stats",
     "TaskError",
     "TaskTimeoutError",
+    "WorkerContext",
     "WorkerCrashedError",
     "__version__",
     "devices",
@@ -58,6 +61,7 @@ __all__ = [
     "map",
     "map_reduce",
     "rng",
+    "worker_context",
 ]
 assert set(__all__) == {*_EXPORTS, "__version__"}
 
@@ -77,6 +81,7 @@ def __dir__() -> list[str]:
 
 if _typing.TYPE_CHECKING:
     from .engine.api import imap, map, map_reduce
+    from .engine.context import WorkerContext, worker_context
     from .engine.events import Stats
     from .engine.options import RunOptions
     from .engine.pool import Pool

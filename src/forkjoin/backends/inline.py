@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..engine.context import WorkerContext, install
 from ..engine.execute import run_chunk
 from ..engine.task import Status, Task, TaskOutcome
 from ..errors import WorkerCrashedError
@@ -60,20 +61,26 @@ class InlineBackend(Backend):
         super().__init__(1, **kwargs)  # type: ignore[arg-type]
         self._closed = False
         self._initialized = False
+        self._context = WorkerContext(0, "inline")  # installed only while its tasks run
 
     def submit(self, task: Task, done: DoneCallback) -> None:
         if self._closed:
             raise RuntimeError("cannot submit to the inline backend after shutdown")
-        if not self._initialized:
-            self._initialized = True
-            if self.events is not None:
-                self.events.worker_started(0, os.getpid(), 0.0)
-            if self.initializer is not None:
-                self.initializer(*self.initargs)
-        task.submit_time = time.monotonic()
-        if not task.claim():
-            return
-        done(task, run_task_here(task))
+        previous = install(self._context)
+        try:
+            if not self._initialized:
+                self._initialized = True
+                if self.events is not None:
+                    self.events.worker_started(0, os.getpid(), 0.0)
+                if self.initializer is not None:
+                    self.initializer(*self.initargs)
+            task.submit_time = time.monotonic()
+            if not task.claim():
+                return
+            outcome = run_task_here(task)
+        finally:
+            install(previous)
+        done(task, outcome)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         self._closed = True

@@ -203,6 +203,9 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     sys.path[:] = sys_path
     os.environ["FORKJOIN_WORKER_DEPTH"] = str(depth)
     os.environ["FORKJOIN_WORKER_ID"] = str(worker_id)
+    from ..engine.context import WorkerContext, install
+
+    install(WorkerContext(worker_id, "process"))
     if init_payload is not None:
         try:
             initializer, initargs = pickle.loads(init_payload)

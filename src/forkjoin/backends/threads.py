@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
+from ..engine.context import WorkerContext, install
 from ..engine.task import Status, Task, TaskOutcome
 from .base import Backend, Capabilities, DoneCallback
 from .inline import run_task_here
@@ -36,6 +37,7 @@ class ThreadBackend(Backend):
     def _start_thread(self) -> None:
         with self._lock:
             worker = self._thread_ids[threading.get_ident()] = len(self._thread_ids)
+        install(WorkerContext(worker, "threads"))  # this thread serves only this pool
         if self.events is not None:
             self.events.worker_started(worker, os.getpid(), 0.0)
         if self.initializer is not None:
