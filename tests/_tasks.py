@@ -396,3 +396,36 @@ def use_worker_state(x: int) -> tuple[int, int, str, int, int]:
 
 def use_worker_state_or_none(_: int) -> int:
     return fj.worker_context().worker_id
+
+
+# -- memory limit --------------------------------------------------------------------------------
+
+_HOARD: list[bytearray] = []
+
+
+def allocate_mib(mib: int) -> int:
+    """Touch ``mib`` MiB for a moment (pages really resident), then free them; returns mib."""
+    block = bytearray(mib * 2**20)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    import time
+
+    time.sleep(0.3)  # long enough for the pool's memory check to see it
+    return mib
+
+
+def hoard_mib_after_returning(mib: int) -> int:
+    """Return at once; 0.2 s later a thread makes ``mib`` MiB resident and keeps it (a leak that
+    grows while the worker is idle, between tasks)."""
+    import threading
+    import time
+
+    def leak() -> None:
+        time.sleep(0.2)
+        block = bytearray(mib * 2**20)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1
+        _HOARD.append(block)
+
+    threading.Thread(target=leak, daemon=True).start()
+    return os.getpid()

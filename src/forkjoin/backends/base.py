@@ -27,6 +27,7 @@ class Capabilities:
     isolates_crashes: bool = False  # a task that kills its worker cannot take the caller down
     supports_timeout: bool = False  # can stop a task that runs past its timeout
     supports_resources: bool = False  # honours per-task resource requests
+    supports_memory_limit: bool = False  # can stop a worker that outgrows memory_limit=
     zero_copy: bool = False  # large buffers travel without copying
     parallel: bool = True  # tasks may run at the same time
     serializes: bool = False  # arguments and results are pickled (so must be picklable)
@@ -53,8 +54,10 @@ class Backend(ABC):
         events: EventSink | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
+        memory_limit: int | None = None,
     ) -> None:
         self.workers = workers
+        self.memory_limit = memory_limit
         self.events = events
         self.initializer = initializer
         self.initargs = initargs

@@ -63,6 +63,9 @@ ABANDONED_TASK_GRACE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 2.0
 # This many workers in a row dying before they are ready means they cannot start at all.
 MAX_FAILED_STARTS = 3
+# How often worker memory is read when memory_limit= is set (and a task is running): a task is
+# stopped within this long of crossing the limit. /proc reads cost ~20 us per worker.
+MEMORY_CHECK_SECONDS = 0.05
 # Functions whose task duration is remembered (the oldest is forgotten first).
 MEASURED_FUNCTIONS = 256
 # Smoothing of the measured task duration that sets each worker's prefetch budget.
@@ -95,7 +98,9 @@ class ProcessBackend(Backend):
     """Local worker processes; see the module docstring for the data flow."""
 
     name = "process"
-    capabilities = Capabilities(isolates_crashes=True, supports_timeout=True, serializes=True)
+    capabilities = Capabilities(
+        isolates_crashes=True, supports_timeout=True, supports_memory_limit=True, serializes=True
+    )
 
     def __init__(self, workers: int, **kwargs: Any) -> None:
         super().__init__(workers, **kwargs)
@@ -117,6 +122,7 @@ class ProcessBackend(Backend):
         self._broken: BaseException | None = None
         self._task_seconds: dict[int, float] = {}  # function key -> seconds per task
         self._stop_deadline: float | None = None
+        self._next_memory_check = 0.0
         self._watchdog_r: int | None = None
         self._watchdog_w: int | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -279,6 +285,8 @@ class ProcessBackend(Backend):
 
     def _next_timeout(self) -> float | None:
         deadlines = [self._stop_deadline] if self._stop_deadline is not None else []
+        if self.memory_limit is not None and self._workers:
+            deadlines.append(self._next_memory_check)
         for worker in self._workers.values():
             if worker.task_deadline is not None:
                 deadlines.append(worker.task_deadline)
@@ -303,10 +311,28 @@ class ProcessBackend(Backend):
             if worker.task_deadline is not None and now >= worker.task_deadline:
                 worker.task_deadline = None
                 self._kill(worker, "timeout")
+        if self.memory_limit is not None and now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_SECONDS
+            self._check_memory(self.memory_limit)
         if self._stop_deadline is not None and now >= self._stop_deadline:
             self._stop_deadline = None
             for worker in self._workers.values():
                 worker.signal(signal.SIGKILL)
+
+    def _check_memory(self, limit: int) -> None:
+        """Stop the task that pushed its worker past the limit; recycle an idle worker over it."""
+        for worker in list(self._workers.values()):
+            if worker.kill_reason is not None or worker.state is not WorkerState.READY:
+                continue
+            rss = worker.resident_memory()
+            worker.peak_rss = max(worker.peak_rss, rss)
+            if rss <= limit:
+                continue
+            if worker.in_flight:
+                worker.kill_reason = "memory"
+                worker.signal(signal.SIGKILL)  # it is still growing: no grace period
+            else:
+                self._kill(worker, "recycle")  # holds memory between tasks: replace it
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -334,6 +360,7 @@ class ProcessBackend(Backend):
         if self._env is None:
             self._env = worker_environment(self.workers, self._depth)
         worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, self._env)
+        worker.memory_limit = self.memory_limit
         self._next_worker_id += 1
         self._workers[worker.worker_id] = worker
         self._selector.register(worker.sock, selectors.EVENT_READ, (worker, "sock"))

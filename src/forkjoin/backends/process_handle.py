@@ -27,6 +27,8 @@ from .process_worker import SLOT
 # A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
 TERM_GRACE_SECONDS = 1.0
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
 _BOOT = (
     "import sys; sys.path.insert(0, {package_parent!r}); "
     "from forkjoin.backends.process_worker import main; main({sock}, {watchdog}, {slot})"
@@ -70,6 +72,7 @@ class WorkerHandle:
         self.kill_deadline: float | None = None
         self.abandon_deadline: float | None = None  # when to stop tasks nobody waits for
         self.peak_rss = 0
+        self.memory_limit: int | None = None  # the pool's memory_limit=, for messages
         self.sock_open = True
 
     @classmethod
@@ -136,6 +139,14 @@ class WorkerHandle:
                 self.signal(signal.SIGKILL)
                 deadline = time.monotonic() + TERM_GRACE_SECONDS
             time.sleep(0.001)
+
+    def resident_memory(self) -> int:
+        """Current resident memory of the worker process in bytes (0 if it is gone)."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * _PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            return 0
 
     def close(self) -> None:
         """Release the caller's file descriptors for this (exited) worker."""

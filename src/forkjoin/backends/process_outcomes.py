@@ -26,6 +26,22 @@ def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> Tas
                 index=task.first_index,
             ),
         )
+    if worker.kill_reason == "memory":
+        limit = worker.memory_limit or 0
+        return TaskOutcome(
+            Status.OVER_MEMORY,
+            error=WorkerCrashedError(
+                f"{task.describe()} pushed worker {worker.worker_id} past memory_limit="
+                f"{limit / 1e6:,.0f} MB (peak RSS {worker.peak_rss / 1e6:,.0f} MB); the task "
+                f"was stopped and the worker replaced: lower the memory it needs or raise "
+                f"memory_limit=",
+                exitcode=exitcode,
+                signal_name="SIGKILL",
+                peak_rss=worker.peak_rss,
+                index=task.first_index,
+                attempts=task.attempt + 1,
+            ),
+        )
     if exitcode is not None and exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-exitcode).name}"

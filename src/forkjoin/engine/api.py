@@ -57,19 +57,21 @@ class _SharedPools:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pools: dict[str, tuple[int, Backend, EventLog]] = {}
+        self._pools: dict[str, tuple[tuple[int, int | None], Backend, EventLog]] = {}
 
-    def get(self, name: str, workers: int) -> tuple[Backend, EventLog]:
+    def get(
+        self, name: str, workers: int, memory_limit: int | None = None
+    ) -> tuple[Backend, EventLog]:
         with self._lock:
             current = self._pools.get(name)
             if current is not None:
                 asked, backend, events = current
-                if backend.alive and asked == workers:
+                if backend.alive and asked == (workers, memory_limit):
                     return backend, events
                 backend.shutdown(wait=False)
             events = EventLog()
-            backend = backend_class(name)(workers, events=events)
-            self._pools[name] = (workers, backend, events)
+            backend = backend_class(name)(workers, events=events, memory_limit=memory_limit)
+            self._pools[name] = ((workers, memory_limit), backend, events)
             return backend, events
 
     def shutdown(self) -> None:
@@ -90,7 +92,9 @@ def _job(
 ) -> Job:
     workers = resolve_workers(options)
     name = resolve_backend_name(options, workers)
-    backend, events = shared_pools.get(name, workers)
+    memory_limit = options.memory_limit
+    assert memory_limit is None or isinstance(memory_limit, int)  # parsed by RunOptions
+    backend, events = shared_pools.get(name, workers, memory_limit)
     check_supported(backend, options)
     return Job(backend, events, fn, items, options, kind)
 
@@ -100,6 +104,11 @@ def check_supported(backend: Backend, options: RunOptions) -> None:
     if options.timeout is not None and not backend.capabilities.supports_timeout:
         raise ValueError(
             f"timeout= needs a backend that can stop a running task; the {backend.name!r} "
+            f"backend cannot: use backend='process'"
+        )
+    if options.memory_limit is not None and not backend.capabilities.supports_memory_limit:
+        raise ValueError(
+            f"memory_limit= needs a backend that can stop a worker; the {backend.name!r} "
             f"backend cannot: use backend='process'"
         )
     if options.resources:

@@ -32,6 +32,9 @@ class RunOptions:
     on_error:  "raise" the first failure, "collect" failures in place of results, or "skip"
                failed items with a warning that counts them.
     max_in_flight: tasks submitted but not yet merged (backpressure); None: 4 per worker.
+    memory_limit: resident memory a worker may use (bytes or "4GB"): a task that pushes its
+               worker past it is stopped (WorkerCrashedError naming the limit), and a worker
+               that stays above it between tasks is replaced. Process backend only.
     """
 
     workers: int | None = None
@@ -46,6 +49,7 @@ class RunOptions:
     seed: int | None = None
     on_error: OnError = "raise"
     max_in_flight: int | None = None
+    memory_limit: int | str | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
@@ -64,6 +68,13 @@ class RunOptions:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight!r}")
+        if self.memory_limit is not None:
+            from ..machine import parse_memory
+
+            limit = parse_memory(self.memory_limit)
+            if limit <= 0:
+                raise ValueError(f"memory_limit must be positive, got {self.memory_limit!r}")
+            object.__setattr__(self, "memory_limit", limit)
         retry_on = self.retry_on
         if isinstance(retry_on, type):
             object.__setattr__(self, "retry_on", (retry_on,))

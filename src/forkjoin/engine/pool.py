@@ -69,8 +69,14 @@ class Pool(Executor):
         self.workers = resolve_workers(self.options)
         self.backend_name = resolve_backend_name(self.options, self.workers)
         self._events = EventLog()
+        memory_limit = self.options.memory_limit
+        assert memory_limit is None or isinstance(memory_limit, int)  # parsed by RunOptions
         self._backend = backend_class(self.backend_name)(
-            self.workers, events=self._events, initializer=initializer, initargs=initargs
+            self.workers,
+            events=self._events,
+            initializer=initializer,
+            initargs=initargs,
+            memory_limit=memory_limit,
         )
         check_supported(self._backend, self.options)
         self._functions = FunctionRefCache()
@@ -201,6 +207,8 @@ class Pool(Executor):
     ) -> Job:
         self._check_running("run a map")
         run_options: RunOptions = options_from(self.options, **options)
+        if run_options.memory_limit != self.options.memory_limit:
+            raise ValueError("memory_limit= belongs to the pool's workers: set it on Pool(...)")
         check_supported(self._backend, run_options)
         return Job(self._backend, self._events, fn, items, run_options, kind)
 

@@ -216,6 +216,7 @@ class Status(IntEnum):
     # to find the culprit.
     CANCELLED = 4  # dropped before or while running, at the caller's request
     FAILED = 5  # could not run at all (broken pool); ``error`` says why; never retried
+    OVER_MEMORY = 6  # stopped for pushing its worker past memory_limit=; never retried
 
 
 class TaskOutcome:
