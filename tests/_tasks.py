@@ -305,25 +305,23 @@ def ignore_sigterm_and_hang(seconds):
     return "finished"
 
 
-def kill_pid(pid):
-    """Used by the workers-kill-each-other test."""
+def _sigkill_then_wait(pid, seconds):
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    time.sleep(0.05)
+    time.sleep(seconds)
     return os.getpid()
+
+
+def kill_pid(pid):
+    """Used by the workers-kill-each-other test."""
+    return _sigkill_then_wait(pid, 0.05)
 
 
 def kill_random_sibling(sibling_pids):
     """Kill another worker of this pool (and maybe this one)."""
-    victim = random.choice(sibling_pids)
-    try:
-        os.kill(victim, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    time.sleep(0.01)
-    return os.getpid()
+    return _sigkill_then_wait(random.choice(sibling_pids), 0.01)
 
 
 def sleep_then_crash_on(args):
