@@ -127,13 +127,19 @@ def length(data):
 # -- flaky tasks (state kept in files, so it survives across worker processes) --------------------
 
 
-def fail_first_times(path_and_times):
-    """Raise ConnectionError the first ``times`` calls (counted in a file), then succeed."""
-    path, times = path_and_times
+def _count_call(path):
+    """How many times this was called before, across worker processes (a file of x's)."""
     with open(path, "a+") as f:
         f.seek(0)
         count = len(f.read())
         f.write("x")
+    return count
+
+
+def fail_first_times(path_and_times):
+    """Raise ConnectionError the first ``times`` calls (counted in a file), then succeed."""
+    path, times = path_and_times
+    count = _count_call(path)
     if count < times:
         raise ConnectionError(f"transient failure {count}")
     return count
@@ -142,10 +148,7 @@ def fail_first_times(path_and_times):
 def crash_first_times(path_and_times):
     """Kill the worker the first ``times`` calls (counted in a file), then succeed."""
     path, times = path_and_times
-    with open(path, "a+") as f:
-        f.seek(0)
-        count = len(f.read())
-        f.write("x")
+    count = _count_call(path)
     if count < times:
         os._exit(7)
     return count
