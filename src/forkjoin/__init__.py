@@ -25,6 +25,8 @@ _EXPORTS = {
     "RunOptions": "forkjoin.engine.options",
     "Stats": "forkjoin.engine.events",
     "rng": "forkjoin.engine.seeding",
+    "shared": "forkjoin.engine.shared",
+    "Shared": "forkjoin.engine.shared",
     "worker_context": "forkjoin.engine.context",
     "WorkerContext": "forkjoin.engine.context",
     "devices": "forkjoin.machine",
@@ -50,6 +52,7 @@ __all__ = [
     "ResourceError",
     "RunOptions",
     "SerializationError",
+    "Shared",
     "Stats",
     "TaskError",
     "TaskTimeoutError",
@@ -61,6 +64,7 @@ __all__ = [
     "map",
     "map_reduce",
     "rng",
+    "shared",
     "worker_context",
 ]
 assert set(__all__) == {*_EXPORTS, "__version__"}

@@ -40,6 +40,8 @@ class EventSink(Protocol):
 
     def worker_exited(self, worker: int, pid: int, exitcode: int | None, peak_rss: int) -> None: ...
 
+    def data_shared(self, nbytes: int) -> None: ...
+
 
 class Backend(ABC):
     """A place tasks run. Subclasses set ``name`` and ``capabilities``."""

@@ -24,7 +24,12 @@ Why this shape:
 
 Around this module: ``process_handle.py`` starts, signals and reaps one worker;
 ``process_worker.py`` is the worker's side; ``process_outcomes.py`` turns replies and deaths into
-task outcomes; ``wire.py`` frames and pickles what crosses the socket.
+task outcomes; ``wire.py`` frames what crosses the socket; ``buffers.py`` pickles it, putting
+large buffers in shared-memory segments (``shm.py``) that travel as file descriptors.
+
+Segments of task arguments come from this backend's pool and go back to it once the task is over
+and every worker that mapped them has said ``released``; result segments belong to the worker,
+and go back to its pool when the caller's last view of them is garbage-collected.
 """
 
 from __future__ import annotations
@@ -37,14 +42,16 @@ import threading
 import time
 import weakref
 from collections import deque
+from functools import partial
 from typing import Any
 
+from ..engine.shared import Shared
 from ..engine.task import Status, Task, TaskOutcome
 from ..errors import (
     ForkjoinError,
     SerializationError,
 )
-from . import wire
+from . import buffers, shm, wire
 from .base import Backend, Capabilities, DoneCallback
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
 from .process_outcomes import death_outcome, decode_results
@@ -72,6 +79,26 @@ MEASURED_FUNCTIONS = 256
 DURATION_SMOOTHING = 0.2
 
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+_shared_lock = threading.Lock()
+
+
+def _result_unmapped(
+    backend_ref: weakref.ref[ProcessBackend], worker_id: int, segment_id: int
+) -> None:
+    """The caller's last view of a worker's result segment is gone: the worker may reuse it.
+    Runs wherever the garbage collector runs, so it only queues a command."""
+    backend = backend_ref()
+    if backend is not None and backend._manager is not None:
+        backend._commands.append(("release", (worker_id, segment_id)))
+        backend._wake()
+
+
+def _shared_forgotten(shared_id: int) -> None:
+    """An fj.shared handle was garbage-collected: workers may drop their copy."""
+    for backend in list(_live_backends):
+        if backend._manager is not None:
+            backend._commands.append(("forget", shared_id))
+            backend._wake()
 
 
 def _disown_after_fork() -> None:
@@ -99,7 +126,11 @@ class ProcessBackend(Backend):
 
     name = "process"
     capabilities = Capabilities(
-        isolates_crashes=True, supports_timeout=True, supports_memory_limit=True, serializes=True
+        isolates_crashes=True,
+        supports_timeout=True,
+        supports_memory_limit=True,
+        serializes=True,
+        zero_copy=True,
     )
 
     def __init__(self, workers: int, **kwargs: Any) -> None:
@@ -127,11 +158,15 @@ class ProcessBackend(Backend):
         self._watchdog_w: int | None = None
         self._selector: selectors.BaseSelector | None = None
         self._depth = int(os.environ.get("FORKJOIN_WORKER_DEPTH", "0")) + 1
-        self._init_payload: bytes | None = None
+        self._init_payload: buffers.Packed | None = None
         self._env: dict[str, str] | None = None
+        self._segments = shm.SegmentPool()  # for task arguments
         if self.initializer is not None:
             try:
-                self._init_payload = wire.dumps_by_value((self.initializer, tuple(self.initargs)))
+                self._init_payload = buffers.pack(
+                    (self.initializer, tuple(self.initargs)), None, by_value=True
+                )
+                self._share_handles(self._init_payload.handles)
             except Exception as exc:
                 raise SerializationError(
                     f"the pool's initializer or initargs could not be pickled: "
@@ -156,7 +191,8 @@ class ProcessBackend(Backend):
         function = task.function
         if function.payload is None:
             try:
-                function.payload = wire.dumps_by_value(function.fn)
+                function.payload = buffers.pack(function.fn, None, by_value=True)
+                self._share_handles(function.payload.handles)
             except Exception as exc:
                 raise SerializationError(
                     f"the function {getattr(function.fn, '__qualname__', function.fn)!r} could "
@@ -166,7 +202,9 @@ class ProcessBackend(Backend):
                     side="caller",
                 ) from exc
         try:
-            task.payload = wire.dumps(task.items)
+            task.payload = buffers.pack(task.items, self._segments)
+            if task.payload.handles:
+                self._share_handles(task.payload.handles)
         except Exception as exc:
             raise SerializationError(
                 f"{task.describe()} could not be pickled to send to a worker "
@@ -175,13 +213,29 @@ class ProcessBackend(Backend):
                 side="caller",
                 index=task.first_index,
             ) from exc
-        task.bytes_sent = len(task.payload)
+        task.bytes_sent = task.payload.nbytes
         task.submit_time = time.monotonic()
         self._pending.append((task, done))
         if self._manager is None:
             self._start_manager()
         elif self._sleeping and not self._wake_sent:
             self._wake()
+
+    def _share_handles(self, handles: tuple[Shared[Any], ...]) -> None:
+        """Copy each fj.shared object into its own segment, once, in the caller's thread (the
+        manager thread only passes its fd on)."""
+        for handle in handles:
+            if handle.transport is not None:
+                continue
+            with _shared_lock:
+                if handle.transport is not None:
+                    continue
+                packed = buffers.pack(handle.get(), None)
+                self._share_handles(packed.handles)
+                handle.transport = packed
+                weakref.finalize(handle, _shared_forgotten, handle.shared_id)
+            if self.events is not None:
+                self.events.data_shared(packed.nbytes)
 
     def cancel(self, tasks: Any, *, kill_running: bool = False) -> None:
         tasks = list(tasks)
@@ -335,9 +389,12 @@ class ProcessBackend(Backend):
                 self._kill(worker, "recycle")  # holds memory between tasks: replace it
 
     def _run_commands(self) -> None:
+        releases: dict[int, list[int]] = {}
+        forgotten: set[int] = set()
         while self._commands:
-            command, (grace, task_ids) = self._commands.popleft()
+            command, argument = self._commands.popleft()
             if command == "cancel":
+                grace, task_ids = argument
                 deadline = time.monotonic() + grace
                 for worker in list(self._workers.values()):
                     if any(task_id in task_ids for task_id in worker.in_flight):
@@ -345,6 +402,21 @@ class ProcessBackend(Backend):
                             self._kill(worker, "cancelled")
                         elif worker.abandon_deadline is None:
                             worker.abandon_deadline = deadline
+            elif command == "release":
+                worker_id, segment_id = argument
+                releases.setdefault(worker_id, []).append(segment_id)
+            elif command == "forget":
+                forgotten.add(argument)
+        for worker_id, segment_ids in releases.items():
+            owner = self._workers.get(worker_id)
+            if owner is not None and owner.state is WorkerState.READY:
+                self._send(owner, ("release", segment_ids))
+        if forgotten:
+            for worker in self._workers.values():
+                drop = forgotten & worker.shared_sent
+                if drop and worker.state is WorkerState.READY:
+                    worker.shared_sent -= drop
+                    self._send(worker, ("forget", list(drop)))
 
     # -- starting and stopping workers -----------------------------------------------------------
 
@@ -366,8 +438,14 @@ class ProcessBackend(Backend):
         self._selector.register(worker.sock, selectors.EVENT_READ, (worker, "sock"))
         if worker.pidfd >= 0:
             self._selector.register(worker.pidfd, selectors.EVENT_READ, (worker, "pid"))
-        init = ("init", worker.worker_id, list(sys.path), self._depth, self._init_payload)
-        self._send(worker, init)
+        fds: list[int] = []
+        shared: list[tuple[int, Any]] = []
+        init_payload = None
+        if self._init_payload is not None:
+            self._attach_shared(worker, self._init_payload.handles, shared, fds)
+            init_payload = self._descriptor(self._init_payload, fds)
+        init = ("init", worker.worker_id, list(sys.path), self._depth, init_payload, shared)
+        self._send(worker, init, fds)
 
     def _kill(self, worker: WorkerHandle, reason: str) -> None:
         """Stop a worker (SIGTERM, then SIGKILL after a grace period)."""
@@ -393,6 +471,7 @@ class ProcessBackend(Backend):
         if worker.sock_open:
             self._read(worker, dying=True)  # results it sent before dying still count
         exitcode = worker.reap()
+        self._drop_holdings(worker)
         blamed_id = worker.current_task_id()
         if not blamed_id and worker.in_flight and worker.slot is None:
             blamed_id = next(iter(worker.in_flight))
@@ -410,6 +489,7 @@ class ProcessBackend(Backend):
         requeue = []
         for task_id, (task, done) in worker.in_flight.items():
             if worker.kill_reason == "cancelled" and task.cancelled:
+                _release(task)
                 continue
             if worker.kill_reason == "shutdown":
                 self._report(task, done, TaskOutcome(Status.CANCELLED))
@@ -464,6 +544,8 @@ class ProcessBackend(Backend):
             # first idle worker while the others stay idle.
             room = -(-len(pending) // (len(ready) - position))
             batch: list[tuple[Any, ...]] = []
+            fds: list[int] = []
+            shared: list[tuple[int, Any]] = []
             now = time.monotonic()
             budget_key, budget = -1, 0
             while room > 0 and pending:
@@ -475,10 +557,13 @@ class ProcessBackend(Backend):
                     break
                 if task.timeout is not None and (batch or worker.in_flight):
                     break  # a task with a timeout runs alone, so its clock is its own
+                if batch and len(fds) + _fds_needed(task) > wire.MAX_FDS_PER_FRAME:
+                    break
                 pending.popleft()
                 if not task.claim():
+                    _release(task)
                     continue
-                batch.append(self._encode(worker, task))
+                batch.append(self._encode(worker, task, fds, shared))
                 worker.in_flight[task.task_id] = (task, done)
                 task.worker = worker.worker_id
                 room -= 1
@@ -487,34 +572,92 @@ class ProcessBackend(Backend):
                     worker.task_deadline = now + task.timeout
                     break
             if batch:
-                self._send(worker, ("tasks", batch))
+                self._send(worker, ("tasks", batch, shared), fds)
             if not pending:
                 return
 
-    def _encode(self, worker: WorkerHandle, task: Task) -> tuple[Any, ...]:
+    def _encode(
+        self,
+        worker: WorkerHandle,
+        task: Task,
+        fds: list[int],
+        shared: list[tuple[int, Any]],
+    ) -> tuple[Any, ...]:
+        """The task as the worker receives it; the fds it needs are appended to ``fds``."""
         function = task.function
         functions = worker.functions
+        function_payload = None
         if function.key in functions:
             functions.move_to_end(function.key)
-            payload = None
         else:
             functions[function.key] = None
             if len(functions) > FUNCTION_CACHE_SIZE:
                 functions.popitem(last=False)
-            payload = function.payload
+            self._attach_shared(worker, function.payload.handles, shared, fds)
+            function_payload = self._descriptor(function.payload, fds)
+        packed: buffers.Packed = task.payload
+        if packed.handles:
+            self._attach_shared(worker, packed.handles, shared, fds)
+        segment = packed.segment
+        if segment is not None and packed.pool is not None:
+            self._segments.hold(segment)  # until this worker reports it released (or dies)
+            worker.holding.append(segment)
         return (
             task.task_id,
             function.key,
-            payload,
+            function_payload,
             int(task.kind),
-            task.payload,
+            self._descriptor(packed, fds),
             task.first_index,
             task.seed,
         )
 
-    def _send(self, worker: WorkerHandle, message: Any) -> None:
+    @staticmethod
+    def _descriptor(packed: buffers.Packed, fds: list[int]) -> tuple[Any, ...]:
+        if packed.segment is None:
+            return packed.descriptor(-1)
+        fds.append(packed.segment.fd)
+        return packed.descriptor(len(fds) - 1)
+
+    def _attach_shared(
+        self,
+        worker: WorkerHandle,
+        handles: tuple[Shared[Any], ...],
+        shared: list[tuple[int, Any]],
+        fds: list[int],
+    ) -> None:
+        """fj.shared objects this worker has not been sent yet go with this message."""
+        for handle in handles:
+            if handle.shared_id in worker.shared_sent:
+                continue
+            packed: buffers.Packed = handle.transport
+            self._attach_shared(worker, packed.handles, shared, fds)
+            worker.shared_sent.add(handle.shared_id)
+            shared.append((handle.shared_id, self._descriptor(packed, fds)))
+
+    def _drop_holdings(self, worker: WorkerHandle) -> None:
+        """A dead worker maps nothing any more."""
+        for segment in worker.holding:
+            self._segments.drop(segment)
+        worker.holding.clear()
+
+    def _released_by(self, worker: WorkerHandle, segment_ids: list[int]) -> None:
+        """The worker's last views of these argument segments are gone."""
+        if not segment_ids:
+            return
+        released = set(segment_ids)
+        keep = []
+        for segment in worker.holding:
+            if segment.segment_id in released:
+                released.discard(segment.segment_id)
+                self._segments.drop(segment)
+            else:
+                keep.append(segment)
+        worker.holding[:] = keep
+
+    def _send(self, worker: WorkerHandle, message: Any, fds: list[int] | None = None) -> None:
         assert self._selector is not None
-        worker.writer.add(wire.dumps(message))
+        worker.writer.add(wire.dumps(message), fds)
         try:
             worker.writer.flush(worker.sock)
         except OSError:
@@ -543,8 +686,11 @@ class ProcessBackend(Backend):
             closed = False
         except (EOFError, OSError):
             frames, closed = [], True
-        for frame in frames:
-            self._handle_message(worker, wire.loads(frame))
+        for frame, fds in frames:
+            try:
+                self._handle_message(worker, wire.loads(frame), fds)
+            finally:
+                wire.close_fds(fds)  # segments are mapped by now
         if closed and worker.sock_open:
             worker.sock_open = False
             try:
@@ -554,12 +700,15 @@ class ProcessBackend(Backend):
             if worker.pidfd < 0 and not dying:  # no pidfd: the closed socket is the sentinel
                 self._on_death(worker)
 
-    def _handle_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
+    def _handle_message(
+        self, worker: WorkerHandle, message: tuple[Any, ...], fds: list[int]
+    ) -> None:
         kind = message[0]
         if kind == "results":
             worker.peak_rss = max(worker.peak_rss, message[2])
+            self._released_by(worker, message[3])
             for entry in message[1]:
-                self._on_result(worker, entry)
+                self._on_result(worker, entry, fds)
         elif kind == "ready":
             worker.state = WorkerState.READY
             self._failed_starts = 0
@@ -575,10 +724,12 @@ class ProcessBackend(Backend):
                 )
                 self._fail_everything(self._broken)
 
-    def _on_result(self, worker: WorkerHandle, entry: tuple[Any, ...]) -> None:
+    def _on_result(self, worker: WorkerHandle, entry: tuple[Any, ...], fds: list[int]) -> None:
         task_id, status, start, end, payload, failures = entry
         held = worker.in_flight.pop(task_id, None)
-        if held is None:
+        if held is None:  # nobody waits for it: hand the worker its segment back at once
+            if status == "done" and len(payload) > 1 and payload[4]:
+                self._commands.append(("release", (worker.worker_id, payload[4])))
             return
         task, done = held
         if task.timeout is not None:
@@ -595,10 +746,12 @@ class ProcessBackend(Backend):
             self._report(task, done, TaskOutcome(Status.UNREADABLE, error=error))
             return
         self._measure(task.function.key, end - start)
-        task.bytes_received = len(payload)
-        self._report(task, done, decode_results(task, payload, failures))
+        task.bytes_received = buffers.descriptor_bytes(payload)
+        on_unmapped = partial(_result_unmapped, weakref.ref(self), worker.worker_id)
+        self._report(task, done, decode_results(task, payload, failures, fds, on_unmapped))
 
     def _report(self, task: Task, done: DoneCallback, outcome: TaskOutcome) -> None:
+        _release(task)
         if task.cancelled and outcome.status is not Status.CANCELLED:
             return
         done(task, outcome)
@@ -629,7 +782,9 @@ class ProcessBackend(Backend):
         pending = self._pending  # nobody waits for cancelled tasks: drop them, stop running ones
         for _ in range(len(pending)):
             entry = pending.popleft()
-            if not entry[0].cancelled:
+            if entry[0].cancelled:
+                _release(entry[0])
+            else:
                 pending.append(entry)
         for worker in self._workers.values():
             if worker.in_flight and all(t.cancelled for t, _ in worker.in_flight.values()):
@@ -655,6 +810,7 @@ class ProcessBackend(Backend):
             self._forget(worker)
         if self._selector is not None:
             self._selector.close()
+        self._segments.close()
         self._close_fds()
         _live_backends.discard(self)
 
@@ -667,3 +823,17 @@ class ProcessBackend(Backend):
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def _release(task: Task) -> None:
+    """The task will not be sent again: its argument segment may go back to the pool."""
+    payload = task.payload
+    if isinstance(payload, buffers.Packed):
+        payload.release()
+
+
+def _fds_needed(task: Task) -> int:
+    """Most fds a task can add to a message (its segment, its function's, fj.shared objects)."""
+    payload = task.payload
+    handles = len(payload.handles) if isinstance(payload, buffers.Packed) else 0
+    return 2 + handles

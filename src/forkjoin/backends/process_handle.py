@@ -23,6 +23,7 @@ from ..engine.task import Task
 from . import wire
 from .base import DoneCallback
 from .process_worker import SLOT
+from .shm import Segment
 
 # A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
 TERM_GRACE_SECONDS = 1.0
@@ -60,6 +61,8 @@ class WorkerHandle:
         self.slot = slot
         self.reader = wire.FrameReader()
         self.writer = wire.FrameWriter()
+        self.holding: list[Segment] = []  # argument segments sent to it and not yet released
+        self.shared_sent: set[int] = set()  # fj.shared ids it has been sent
         self.want_write = False
         self.state = WorkerState.STARTING
         self.started_at = time.monotonic()
@@ -141,15 +144,19 @@ class WorkerHandle:
             time.sleep(0.001)
 
     def resident_memory(self) -> int:
-        """Current resident memory of the worker process in bytes (0 if it is gone)."""
+        """Memory the worker itself holds, in bytes (0 if it is gone): resident pages less
+        those it shares (the caller's segments it maps are the caller's, not its own)."""
         try:
             with open(f"/proc/{self.pid}/statm", "rb") as statm:
-                return int(statm.read().split()[1]) * _PAGE_SIZE
+                fields = statm.read().split()
+                return (int(fields[1]) - int(fields[2])) * _PAGE_SIZE
         except (OSError, IndexError, ValueError):
             return 0
 
     def close(self) -> None:
         """Release the caller's file descriptors for this (exited) worker."""
+        self.reader.close()
+        self.writer.clear()
         self.sock.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)

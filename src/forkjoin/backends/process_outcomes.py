@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..engine.task import ItemFailure, Status, Task, TaskOutcome
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from . import wire
 from .base import task_error
+from .buffers import unpack
 from .process_handle import WorkerHandle
 
 
@@ -76,10 +78,17 @@ def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> Tas
     )
 
 
-def decode_results(task: Task, payload: bytes, failures: list[tuple[Any, ...]]) -> TaskOutcome:
-    """Unpickle a task's results; turn the worker's failure records into ItemFailures."""
+def decode_results(
+    task: Task,
+    descriptor: tuple[Any, ...],
+    failures: list[tuple[Any, ...]],
+    fds: list[int],
+    on_unmapped: Callable[[int], None] | None,
+) -> TaskOutcome:
+    """Unpickle a task's results (views of the worker's segment, no copy); turn the worker's
+    failure records into ItemFailures."""
     try:
-        values = wire.loads(payload)
+        values = unpack(descriptor, fds, on_unmapped)
     except Exception as exc:
         where = (
             f"item {task.first_index}"

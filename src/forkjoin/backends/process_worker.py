@@ -6,11 +6,20 @@
     ───────────────────────                         ────────────
     ("init", ...)          ──── socket ────>   set sys.path, run initializer
                            <───────────────    ("ready", pid)
-    ("tasks", [t1, t2..])  ────────────────>   for each task:
+    ("tasks", [t1, t2..], shared)  ────────>   map the segments that came with it (fds)
+                                               for each task:
                                                  write task id to the shared "current" slot
                                                  unpickle items -> run fn -> pickle results
-                           <───────────────    ("results", [r1, r2..], peak_rss)  (batched)
+                           <───────────────    ("results", [r1, r2..], peak_rss, released)
+                                                 (batched; large results in segments)
+    ("release", [ids])     ────────────────>   the caller let go of these result segments
+    ("forget", [ids])      ────────────────>   drop these fj.shared objects
     ("stop",)              ────────────────>   exit 0
+
+Large arguments and results travel in shared-memory segments (``buffers.py``): the worker maps
+the caller's segments copy-on-write and reports them ``released`` once the task's objects are
+gone, so the caller can reuse them; it writes results into segments from its own pool, which it
+reuses once the caller says ``release``.
 
 The "current task" slot is a few bytes of memory shared with the caller (a memfd): when this
 process dies, the caller reads it to know exactly which task was running, without a message per
@@ -30,8 +39,12 @@ import struct
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
+
+from ..engine.shared import Shared
+from .buffers import Packed, map_descriptor, pack, unpack_mapped
+from .shm import SegmentPool
 
 SLOT = struct.Struct("<q")
 
@@ -42,6 +55,11 @@ RESULT_FLUSH_SECONDS = 0.002
 
 # Must match the caller's mirror of this cache (process.py: FUNCTION_CACHE_SIZE).
 FUNCTION_CACHE_SIZE = 64
+# Result segments the caller still maps that this worker remembers, to reuse when released.
+# Beyond this (a caller keeping many results) the worker forgets them: no reuse, no fd pile-up.
+MAX_LENT_SEGMENTS = 64
+# Free result segments a worker keeps for reuse.
+KEEP_FREE_BYTES = 128 * 1024 * 1024
 
 
 class _Unreadable:
@@ -76,12 +94,12 @@ def _exception_record(position: int, exc: BaseException, tb_text: str) -> tuple[
     return (position, payload, type(exc).__name__, str(exc), tb_text)
 
 
-def _encode_values(values: list[Any], failures: list[tuple[Any, ...]]) -> bytes:
+def _encode_values(values: list[Any], failures: list[tuple[Any, ...]], pool: SegmentPool) -> Packed:
     """Pickle the results; a result that cannot be pickled becomes a failure of its own."""
     from .wire import dumps
 
     try:
-        return dumps(values)
+        return pack(values, pool)
     except Exception:
         pass
     for position, value in enumerate(values):
@@ -95,7 +113,7 @@ def _encode_values(values: list[Any], failures: list[tuple[Any, ...]]) -> bytes:
                 f"dicts, arrays) instead of {type(value).__name__} objects"
             )
             failures.append((position, None, "SerializationError", message, ""))
-    return dumps(values)
+    return pack(values, pool)
 
 
 class Worker:
@@ -105,23 +123,59 @@ class Worker:
         self.functions: OrderedDict[int, Any] = OrderedDict()
         self.outbox: list[tuple[Any, ...]] = []
         self.last_flush = time.monotonic()
+        self.pool = SegmentPool(KEEP_FREE_BYTES)
+        self.lent: dict[int, Packed] = {}  # result segments the caller maps, by segment id
+        self.released: list[int] = []  # caller segments whose last view here is gone
+        self.shared: dict[int, list[Any]] = {}  # fj.shared id -> [mapping, descriptor, object]
+        self.inbox: deque[tuple[Any, ...] | None] = deque()  # tasks received, None = stop
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Any, fds: list[int] | None = None) -> None:
         from .wire import send_frame
 
-        send_frame(self.sock, pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+        send_frame(self.sock, pickle.dumps(message, pickle.HIGHEST_PROTOCOL), fds)
 
     def flush(self) -> None:
         if self.outbox:
-            self.send(("results", self.outbox, _peak_rss()))
+            fds: list[int] = []
+            entries = []
+            sent: list[Packed] = []
+            for task_id, status, start, end, values, failures in self.outbox:
+                if isinstance(values, Packed):
+                    if values.segment is not None:
+                        sent.append(values)
+                        fds.append(values.segment.fd)
+                    values = values.descriptor(len(fds) - 1)
+                entries.append((task_id, status, start, end, values, failures))
+            released, self.released = self.released, []
+            self.send(("results", entries, _peak_rss(), released), fds)
             self.outbox = []
+            for packed in sent:
+                self.lend(packed)
         self.last_flush = time.monotonic()
 
-    def resolve_function(self, key: int, payload: bytes | None) -> Any:
+    def lend(self, packed: Packed) -> None:
+        """The caller maps this result segment now: reuse it only once the caller releases it."""
+        assert packed.segment is not None
+        if len(self.lent) < MAX_LENT_SEGMENTS:
+            self.lent[packed.segment.segment_id] = packed
+        else:  # never reused: the caller's mapping keeps the memory as long as it needs it
+            packed.pool = None
+            packed.segment.close()
+
+    def on_released(self, segment_ids: list[int]) -> None:
+        for segment_id in segment_ids:
+            packed = self.lent.pop(segment_id, None)
+            if packed is not None:
+                packed.release()
+
+    def on_unmapped(self, segment_id: int) -> None:
+        self.released.append(segment_id)  # reported to the caller with the next results
+
+    def resolve_function(self, key: int, payload: Any) -> Any:
         functions = self.functions
         if payload is not None:
             try:
-                fn = pickle.loads(payload)
+                fn = _unpack(payload)
             except Exception as exc:
                 fn = _Unreadable(
                     f"the function could not be unpickled in the worker: "
@@ -134,6 +188,37 @@ class Worker:
         functions.move_to_end(key)
         return functions[key]
 
+    def map_segments(self, descriptor: Any, fds: list[int], report: bool) -> Any:
+        """Map a descriptor's segment now (its fd is closed when the message is handled)."""
+        if descriptor is None or len(descriptor) == 1:
+            return (descriptor, None)
+        on_unmapped = self.on_unmapped if report else None
+        return (descriptor, map_descriptor(descriptor, fds, on_unmapped))
+
+    def receive_shared(self, entries: list[tuple[int, Any]], fds: list[int]) -> None:
+        for shared_id, descriptor in entries:
+            mapping = None
+            if len(descriptor) > 1:
+                mapping = map_descriptor(descriptor, fds, None, readonly=True)
+            self.shared[shared_id] = [mapping, descriptor, _UNRESOLVED]
+
+    def resolve_shared(self, shared_id: int) -> Any:
+        entry = self.shared.get(shared_id)
+        if entry is None:
+            raise RuntimeError(
+                f"fj.shared object {shared_id} is not available in this worker: the handle "
+                f"was garbage-collected in the caller while a task still used it; keep a "
+                f"reference to it until the map has finished"
+            )
+        if entry[2] is _UNRESOLVED:
+            mapping, descriptor = entry[0], entry[1]
+            entry[2] = (
+                unpack_mapped(descriptor, mapping)
+                if mapping is not None
+                else (pickle.loads(descriptor[0]))
+            )
+        return entry[2]
+
     def run_task(self, spec: tuple[Any, ...]) -> None:
         from ..engine.execute import run_chunk
 
@@ -145,7 +230,7 @@ class Worker:
             self.outbox.append((task_id, "unreadable function", 0.0, 0.0, fn.message, ()))
             return
         try:
-            items = pickle.loads(payload)
+            items = _unpack(payload)
         except Exception as exc:
             message = (
                 f"the task's arguments could not be unpickled in the worker: "
@@ -153,33 +238,86 @@ class Worker:
             )
             self.outbox.append((task_id, "unreadable argument", 0.0, 0.0, message, ()))
             return
+        del payload, spec  # the task's segment is released once the items are gone
         run = run_chunk(fn, kind, items, first_index, seed)
+        del items
         failures = [_exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
-        values_payload = _encode_values(run.values, failures)
+        values_payload = _encode_values(run.values, failures, self.pool)
         self.outbox.append(
             (task_id, "done", run.start_time, run.end_time, values_payload, failures)
         )
 
     def serve(self) -> None:
-        from .wire import recv_frame
+        import select
 
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         while True:
-            try:
-                message = pickle.loads(recv_frame(self.sock))
-            except EOFError:
+            if not self.inbox and not self.receive():
                 return
-            if message[0] == "stop":
-                return
-            specs = message[1]
-            try:
-                for spec in specs:
+            while self.inbox:
+                spec = self.inbox.popleft()
+                if spec is None:  # "stop"
+                    return
+                try:
                     self.run_task(spec)
+                    del spec
                     if self.slot is not None:
                         SLOT.pack_into(self.slot, 0, 0)
                     if time.monotonic() - self.last_flush >= RESULT_FLUSH_SECONDS:
                         self.flush()
-            finally:  # SystemExit from a task: send what finished before the worker ends
-                self.flush()
+                    # Read ahead: a "release" queued behind the next tasks lets this worker
+                    # reuse a result segment instead of faulting in a fresh one.
+                    while poller.poll(0):
+                        if not self.receive():
+                            return
+                except BaseException:  # SystemExit from a task: send what finished first
+                    self.flush()
+                    raise
+            self.flush()
+
+    def receive(self) -> bool:
+        """Read one message: tasks join the inbox, the rest is handled now. False at the end."""
+        from .wire import close_fds, recv_frame
+
+        try:
+            frame, fds = recv_frame(self.sock)
+        except EOFError:
+            return False
+        try:
+            message = pickle.loads(frame)
+            kind = message[0]
+            if kind == "tasks":
+                self.receive_shared(message[2], fds)
+                self.inbox.extend(self.prepare(spec, fds) for spec in message[1])
+        finally:
+            close_fds(fds)  # every segment is mapped by now
+        if kind == "stop":
+            self.inbox.append(None)
+        elif kind == "release":
+            self.on_released(message[1])
+        elif kind == "forget":
+            for shared_id in message[1]:
+                self.shared.pop(shared_id, None)
+        return True
+
+    def prepare(self, spec: tuple[Any, ...], fds: list[int]) -> tuple[Any, ...]:
+        task_id, fn_key, fn_payload, kind, payload, first_index, seed = spec
+        if fn_payload is not None:
+            fn_payload = self.map_segments(fn_payload, fds, report=False)
+        payload = self.map_segments(payload, fds, report=True)
+        return (task_id, fn_key, fn_payload, kind, payload, first_index, seed)
+
+
+_UNRESOLVED: Any = object()
+
+
+def _unpack(prepared: tuple[Any, Any]) -> Any:
+    """Unpickle a (descriptor, mapping) pair from ``Worker.prepare``."""
+    descriptor, mapping = prepared
+    if mapping is None:
+        return pickle.loads(descriptor[0])
+    return unpack_mapped(descriptor, mapping)
 
 
 def main(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
@@ -197,9 +335,15 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     sock.setblocking(True)
     slot = mmap.mmap(slot_fd, SLOT.size) if slot_fd >= 0 else None
     worker = Worker(sock, slot)
-    from .wire import recv_frame
+    Shared.resolver = worker.resolve_shared
+    from .wire import close_fds, recv_frame
 
-    _, worker_id, sys_path, depth, init_payload = pickle.loads(recv_frame(sock))
+    frame, fds = recv_frame(sock)
+    _, worker_id, sys_path, depth, init_payload, shared_entries = pickle.loads(frame)
+    worker.receive_shared(shared_entries, fds)
+    if init_payload is not None:
+        init_payload = worker.map_segments(init_payload, fds, report=False)
+    close_fds(fds)
     sys.path[:] = sys_path
     os.environ["FORKJOIN_WORKER_DEPTH"] = str(depth)
     os.environ["FORKJOIN_WORKER_ID"] = str(worker_id)
@@ -208,7 +352,7 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     install(WorkerContext(worker_id, "process"))
     if init_payload is not None:
         try:
-            initializer, initargs = pickle.loads(init_payload)
+            initializer, initargs = _unpack(init_payload)
             initializer(*initargs)
         except BaseException as exc:
             from .wire import short_traceback

@@ -7,7 +7,8 @@ aims at ``TARGET_TASK_SECONDS`` of work (joblib's auto-batching idea, but measur
 rather than per batch), capped so that
 
 - a known-length input still gives every worker ``CHUNKS_PER_WORKER`` chunks (balance at the end),
-- a chunk never carries more than ``TARGET_TASK_BYTES`` of pickled items (bounded memory),
+- a chunk never carries more than ``TARGET_TASK_BYTES`` of pickled items, nor returns more than
+  that of results (bounded memory; results stream back and their shared-memory segments recycle),
 - a chunk never exceeds ``MAX_AUTO_CHUNKSIZE`` items (bounded memory for endless inputs).
 """
 
@@ -40,7 +41,8 @@ class AutoChunker:
         if total is not None:
             self.cap = max(1, min(self.cap, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
         self.seconds_per_item: float | None = None
-        self.bytes_per_item: float | None = None
+        self.bytes_per_item: float | None = None  # the larger of the two directions
+        self._bytes_per_item = {"sent": 0.0, "received": 0.0}
         self._seconds = 0.0  # decayed sums behind seconds_per_item
         self._items = 0.0
 
@@ -67,15 +69,17 @@ class AutoChunker:
         self._items = self._items * keep + items
         self.seconds_per_item = self._seconds / self._items
 
-    def observe_bytes(self, items: int, nbytes: int) -> None:
-        """A task of ``items`` items pickled to ``nbytes``."""
+    def observe_bytes(self, items: int, nbytes: int, direction: str = "sent") -> None:
+        """A task of ``items`` items pickled to ``nbytes`` (its arguments, or its results)."""
         if items <= 0 or nbytes <= 0 or self.fixed is not None:
             return
         per_item = nbytes / items
-        previous = self.bytes_per_item
-        self.bytes_per_item = (
-            per_item if previous is None else previous + SMOOTHING * (per_item - previous)
+        estimates = self._bytes_per_item
+        previous = estimates[direction]
+        estimates[direction] = (
+            per_item if not previous else previous + SMOOTHING * (per_item - previous)
         )
+        self.bytes_per_item = max(estimates.values())
 
 
 def take_chunk(iterator: Iterator[Any], size: int) -> list[Any]:

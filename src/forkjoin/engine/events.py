@@ -77,6 +77,7 @@ class Stats:
     timeouts: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    bytes_shared: int = 0  # copied once for many tasks (fj.shared objects, functions, initargs)
     busy_seconds: float = 0.0
     queue_seconds: float = 0.0
     elapsed_seconds: float = 0.0
@@ -133,6 +134,10 @@ class EventLog:
 
     # -- the EventSink protocol for backends -----------------------------------------------------
 
+    def data_shared(self, nbytes: int) -> None:
+        """A backend copied ``nbytes`` once to serve many tasks (an ``fj.shared`` object)."""
+        self._fresh_events.append(("shared", nbytes))
+
     def worker_started(self, worker: int, pid: int, startup_seconds: float) -> None:
         record = WorkerRecord(_now(), "start", worker, pid, startup_seconds, 0)
         self._fresh_events.append(("worker", record))
@@ -159,6 +164,8 @@ class EventLog:
                     self._fold_worker(record)
                 elif kind == "retried":
                     stats.tasks_retried += 1
+                elif kind == "shared":
+                    stats.bytes_shared += record
                 else:
                     stats.tasks_failed += 1
 

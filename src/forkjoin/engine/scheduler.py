@@ -217,6 +217,8 @@ class Job:
         if status is Status.DONE:
             if task.end_time:
                 self.chunker.observe_compute(len(task), task.end_time - task.start_time)
+            if task.bytes_received:
+                self.chunker.observe_bytes(len(task), task.bytes_received, "received")
             if outcome.any_failed:
                 return self._with_failures(task, outcome.values)
             return self._emit(task.first_index, outcome.values)

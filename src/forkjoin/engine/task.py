@@ -42,7 +42,7 @@ class FunctionRef:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.key = next(_function_keys)
-        self.payload: bytes | None = None
+        self.payload: Any = None  # the backend's encoded form (process: a buffers.Packed)
 
     def __repr__(self) -> str:
         return f"FunctionRef({getattr(self.fn, '__qualname__', self.fn)!r}, key={self.key})"

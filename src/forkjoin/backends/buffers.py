@@ -1,0 +1,311 @@
+"""Pickling with out-of-band buffers: large buffers cross in shared memory, not through the socket.
+
+::
+
+    sender                                                 receiver
+    ──────                                                 ────────
+    pickle protocol 5 ─ small parts ─> stream (in the message)
+          └─ buffers >= OUT_OF_BAND_MIN_BYTES ─> one segment ── fd ──> mapped copy-on-write
+                                                                       pickle.loads(stream, buffers=
+                                                                         views of the mapping)
+
+Any object whose pickling exposes its memory as a ``PickleBuffer`` benefits, however deep it
+sits: numpy arrays, pandas frames, Arrow arrays and tables, ``bytearray``. This module adds the
+types that do not do it themselves: ``memoryview`` and CPU ``torch.Tensor`` (as a numpy view of
+its storage). A pickle stream that is itself large (big ``bytes``, long lists) moves into the
+segment too. On the receiving side nothing is copied: arrays view the mapping, which stays
+alive as long as they do.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..engine.shared import Shared, _reference
+from . import shm
+
+PROTOCOL = 5
+
+# Buffers (and pickle streams) at least this large travel through shared memory; smaller ones
+# stay in the message. Below it, a segment's bookkeeping and fd passing cost more than copying
+# through the socket. Chosen with ``python benchmarks/bench_dataplane.py --threshold``.
+OUT_OF_BAND_MIN_BYTES = 256 * 1024
+
+
+class Packed:
+    """An object pickled for another process: the stream, plus buffers laid out in a segment."""
+
+    __slots__ = ("stream", "spans", "segment", "stream_span", "nbytes", "handles", "pool")
+
+    def __init__(
+        self,
+        stream: bytes | None,
+        spans: tuple[tuple[int, int], ...] = (),
+        segment: shm.Segment | None = None,
+        stream_span: tuple[int, int] | None = None,
+        handles: tuple[Shared[Any], ...] = (),
+        pool: shm.SegmentPool | None = None,
+    ) -> None:
+        self.stream = stream  # None when the stream itself lives in the segment
+        self.spans = spans  # (offset, length) of each out-of-band buffer, in pickle order
+        self.segment = segment
+        self.stream_span = stream_span
+        self.handles = handles  # fj.shared handles referenced: the receiver needs them first
+        self.pool = pool  # the pool the segment returns to, or None if it is not pooled
+        used = sum(length for _, length in spans) + (len(stream) if stream is not None else 0)
+        self.nbytes = used + (stream_span[1] if stream_span else 0)
+
+    def descriptor(self, fd_index: int) -> tuple[Any, ...]:
+        """What goes into the message; ``fd_index`` names the segment's fd among the frame's."""
+        segment = self.segment
+        if segment is None:
+            return (self.stream,)
+        pooled = segment.segment_id if self.pool is not None else 0
+        return (self.stream, self.spans, self.stream_span, segment.size, pooled, fd_index)
+
+    def release(self) -> None:
+        """The sender no longer needs the contents (the task finished): the segment may be reused
+        once every receiver has let go of it too. Idempotent."""
+        segment, pool = self.segment, self.pool
+        if segment is not None and pool is not None:
+            self.pool = None
+            pool.drop(segment)
+
+
+class _Reducers:
+    """``reducer_override`` shared by the standard and the cloudpickle picklers."""
+
+    handles: list[Shared[Any]]
+
+    def reduce_special(self, obj: Any) -> Any:
+        if isinstance(obj, Shared):
+            self.handles.append(obj)
+            return (_reference, (obj.shared_id,))
+        if type(obj) is memoryview:
+            return _reduce_memoryview(obj)
+        torch = sys.modules.get("torch")
+        if torch is not None and type(obj) is torch.Tensor:
+            return _reduce_tensor(torch, obj)
+        return NotImplemented
+
+
+class _Pickler(_Reducers, pickle.Pickler):
+    def __init__(self, file: Any, buffer_callback: Callable[[Any], Any]) -> None:
+        super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
+        self.handles = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        return self.reduce_special(obj)
+
+
+_cloud_pickler: type | None = None
+
+
+def _cloudpickler() -> type:
+    """A cloudpickle Pickler with the same overrides (built on first use: cloudpickle is only
+    needed for functions and ``__main__`` classes)."""
+    global _cloud_pickler
+    if _cloud_pickler is None:
+        import cloudpickle
+
+        class _CloudPickler(_Reducers, cloudpickle.Pickler):  # type: ignore[misc]
+            def __init__(self, file: Any, buffer_callback: Callable[[Any], Any]) -> None:
+                super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
+                self.handles = []
+
+            def reducer_override(self, obj: Any) -> Any:
+                reduced = self.reduce_special(obj)
+                if reduced is NotImplemented:
+                    return super().reducer_override(obj)
+                return reduced
+
+        _cloud_pickler = _CloudPickler
+    return _cloud_pickler
+
+
+def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    view = memoryview(buffer)
+    return view.cast("B").cast(fmt, shape) if shape else view  # type: ignore[call-overload]
+
+
+def _reduce_memoryview(view: memoryview) -> Any:
+    if view.contiguous and view.ndim <= 1 and view.format in ("B", "b", "c"):
+        return (_rebuild_memoryview, (pickle.PickleBuffer(view), view.format, ()))
+    if view.contiguous:
+        return (_rebuild_memoryview, (pickle.PickleBuffer(view), view.format, view.shape))
+    return (memoryview, (view.tobytes(),))
+
+
+def _rebuild_tensor(array: Any, dtype_name: str, shape: tuple[int, ...]) -> Any:
+    import torch
+
+    tensor = torch.from_numpy(array)
+    dtype = getattr(torch, dtype_name)
+    if tensor.dtype != dtype:
+        tensor = tensor.view(dtype)
+    return tensor.reshape(shape)
+
+
+def _reduce_tensor(torch: Any, tensor: Any) -> Any:
+    """A plain dense CPU tensor as a numpy view of its memory (out-of-band); anything else
+    (autograd, sparse, GPU, a subclass) pickles the way torch does it."""
+    if (
+        tensor.device.type != "cpu"
+        or tensor.layout != torch.strided
+        or tensor.requires_grad
+        or not tensor.is_contiguous()
+        or tensor.is_quantized
+    ):
+        return NotImplemented
+    dtype_name = str(tensor.dtype).removeprefix("torch.")
+    flat = tensor.reshape(-1)
+    try:
+        array = flat.numpy()
+    except (TypeError, RuntimeError):  # bfloat16 and friends: no numpy dtype, same bytes
+        if tensor.element_size() != 2:
+            return NotImplemented
+        array = flat.view(torch.int16).numpy()
+    return (_rebuild_tensor, (array, dtype_name, tuple(tensor.shape)))
+
+
+def pickle_with_buffers(
+    obj: Any, by_value: bool = False, min_bytes: int = OUT_OF_BAND_MIN_BYTES
+) -> tuple[bytes, list[memoryview], list[Shared[Any]]]:
+    """Pickle ``obj``; buffers of ``min_bytes`` or more are returned apart (out-of-band).
+
+    The standard pickler first (fast); cloudpickle when it fails or the stream refers to
+    ``__main__`` (a worker does not re-run the caller's script), or when ``by_value`` (functions).
+    """
+    buffers: list[memoryview] = []
+
+    def keep_apart(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # neither C nor Fortran contiguous: inline
+            return True
+        if raw.nbytes < min_bytes:
+            return True
+        buffers.append(raw)
+        return False
+
+    if not by_value:
+        out = io.BytesIO()
+        pickler = _Pickler(out, keep_apart)
+        try:
+            pickler.dump(obj)
+            stream = out.getvalue()
+            if b"__main__" not in stream:
+                return stream, buffers, pickler.handles
+        except Exception:
+            pass
+        buffers.clear()
+    out = io.BytesIO()
+    cloud = _cloudpickler()(out, keep_apart)
+    cloud.dump(obj)
+    return out.getvalue(), buffers, cloud.handles
+
+
+def pack(
+    obj: Any,
+    pool: shm.SegmentPool | None,
+    *,
+    by_value: bool = False,
+    min_bytes: int = OUT_OF_BAND_MIN_BYTES,
+) -> Packed:
+    """Pickle ``obj`` for another process, copying large buffers into one segment.
+
+    With a ``pool`` the segment comes from it and returns to it (``Packed.release``); without,
+    the segment is the Packed's own (a function or an ``fj.shared`` object, kept for as long as
+    workers may need it). When no shared memory can be had, everything goes in the stream.
+    """
+    stream, buffers, handles = pickle_with_buffers(obj, by_value, min_bytes)
+    stream_in_segment = len(stream) >= min_bytes
+    if not buffers and not stream_in_segment:
+        return Packed(stream, handles=tuple(handles))
+    offsets = []
+    size = 0
+    for buffer in buffers:
+        offsets.append(size)
+        size = shm.align(size + buffer.nbytes)
+    stream_span = (size, len(stream)) if stream_in_segment else None
+    if stream_span is not None:
+        size += len(stream)
+    try:
+        segment = pool.acquire(size) if pool is not None else shm.Segment(max(size, 1))
+    except OSError:  # no shared memory anywhere: the socket still works
+        return Packed(pickle.dumps(obj, PROTOCOL), handles=tuple(handles))
+    view = segment.view
+    for offset, buffer in zip(offsets, buffers, strict=True):
+        view[offset : offset + buffer.nbytes] = buffer
+    if stream_span is not None:
+        view[stream_span[0] : stream_span[0] + stream_span[1]] = stream
+    spans = tuple((offset, buffer.nbytes) for offset, buffer in zip(offsets, buffers, strict=True))
+    return Packed(
+        None if stream_in_segment else stream,
+        spans,
+        segment,
+        stream_span,
+        tuple(handles),
+        pool,
+    )
+
+
+def descriptor_bytes(descriptor: tuple[Any, ...]) -> int:
+    """Bytes an object occupies on the wire and in its segment."""
+    stream = descriptor[0]
+    size = len(stream) if stream is not None else 0
+    if len(descriptor) > 1:
+        size += sum(length for _, length in descriptor[1])
+        if descriptor[2] is not None:
+            size += descriptor[2][1]
+    return size
+
+
+def unpack(
+    descriptor: tuple[Any, ...],
+    fds: list[int],
+    on_unmapped: Callable[[int], None] | None = None,
+    readonly: bool = False,
+) -> Any:
+    """Rebuild an object from a descriptor and the frame's fds, without copying its buffers.
+
+    ``on_unmapped(segment_id)`` runs when the last view of the mapping is gone (so the sender
+    may reuse a pooled segment).
+    """
+    if len(descriptor) == 1:
+        return pickle.loads(descriptor[0])
+    mapping = map_descriptor(descriptor, fds, on_unmapped, readonly)
+    return unpack_mapped(descriptor, mapping)
+
+
+def map_descriptor(
+    descriptor: tuple[Any, ...],
+    fds: list[int],
+    on_unmapped: Callable[[int], None] | None = None,
+    readonly: bool = False,
+) -> Any:
+    """Map the segment a descriptor names (the fd may be closed afterwards)."""
+    import weakref
+
+    _, _, _, size, pooled_id, fd_index = descriptor
+    fd = fds[fd_index]
+    mapping = shm.map_readonly(fd, size) if readonly else shm.map_private(fd, size)
+    if on_unmapped is not None and pooled_id:
+        weakref.finalize(mapping, on_unmapped, pooled_id)
+    return mapping
+
+
+def unpack_mapped(descriptor: tuple[Any, ...], mapping: Any) -> Any:
+    stream, spans, stream_span = descriptor[0], descriptor[1], descriptor[2]
+    whole = memoryview(mapping)
+    buffers = [whole[offset : offset + length] for offset, length in spans]
+    if stream is None:
+        stream = whole[stream_span[0] : stream_span[0] + stream_span[1]]
+    try:
+        return pickle.loads(stream, buffers=buffers)
+    finally:
+        del whole, buffers, stream
