@@ -20,6 +20,7 @@ alive as long as they do.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -173,7 +174,7 @@ def _reduce_tensor(torch: Any, tensor: Any) -> Any:
 
 
 def pickle_with_buffers(
-    obj: Any, by_value: bool = False, min_bytes: int = OUT_OF_BAND_MIN_BYTES
+    obj: Any, by_value: bool = False, min_bytes: int | None = None
 ) -> tuple[bytes, list[memoryview], list[Shared[Any]]]:
     """Pickle ``obj``; buffers of ``min_bytes`` or more are returned apart (out-of-band).
 
@@ -181,6 +182,8 @@ def pickle_with_buffers(
     ``__main__`` (a worker does not re-run the caller's script), or when ``by_value`` (functions).
     """
     buffers: list[memoryview] = []
+    if min_bytes is None:
+        min_bytes = OUT_OF_BAND_MIN_BYTES
 
     def keep_apart(buffer: pickle.PickleBuffer) -> bool:
         try:
@@ -214,7 +217,7 @@ def pack(
     pool: shm.SegmentPool | None,
     *,
     by_value: bool = False,
-    min_bytes: int = OUT_OF_BAND_MIN_BYTES,
+    min_bytes: int | None = None,
 ) -> Packed:
     """Pickle ``obj`` for another process, copying large buffers into one segment.
 
@@ -222,6 +225,8 @@ def pack(
     the segment is the Packed's own (a function or an ``fj.shared`` object, kept for as long as
     workers may need it). When no shared memory can be had, everything goes in the stream.
     """
+    if min_bytes is None:
+        min_bytes = OUT_OF_BAND_MIN_BYTES
     stream, buffers, handles = pickle_with_buffers(obj, by_value, min_bytes)
     stream_in_segment = len(stream) >= min_bytes
     if not buffers and not stream_in_segment:
