@@ -26,15 +26,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.shared import Shared, _reference
+from ..engine.shared import Shared, collect_handles
 from . import shm
 
 PROTOCOL = 5
 
 # Buffers (and pickle streams) at least this large travel through shared memory; smaller ones
 # stay in the message. Below it, a segment's bookkeeping and fd passing cost more than copying
-# through the socket. Chosen with ``python benchmarks/bench_dataplane.py --threshold``.
-OUT_OF_BAND_MIN_BYTES = 256 * 1024
+# through the socket. Chosen with ``python benchmarks/bench_dataplane.py --threshold``, which
+# sweeps it through this environment variable (read by the caller and its workers alike).
+OUT_OF_BAND_MIN_BYTES = int(os.environ.get("FORKJOIN_OUT_OF_BAND_MIN_BYTES", 256 * 1024))
 
 
 class Packed:
@@ -57,8 +58,12 @@ class Packed:
         self.stream_span = stream_span
         self.handles = handles  # fj.shared handles referenced: the receiver needs them first
         self.pool = pool  # the pool the segment returns to, or None if it is not pooled
-        used = sum(length for _, length in spans) + (len(stream) if stream is not None else 0)
-        self.nbytes = used + (stream_span[1] if stream_span else 0)
+        nbytes = len(stream) if stream is not None else 0
+        if segment is not None:
+            nbytes += sum([length for _, length in spans])
+            if stream_span is not None:
+                nbytes += stream_span[1]
+        self.nbytes = nbytes
 
     def descriptor(self, fd_index: int) -> tuple[Any, ...]:
         """What goes into the message; ``fd_index`` names the segment's fd among the frame's."""
@@ -77,30 +82,19 @@ class Packed:
             pool.drop(segment)
 
 
-class _Reducers:
-    """``reducer_override`` shared by the standard and the cloudpickle picklers."""
-
-    handles: list[Shared[Any]]
-
-    def reduce_special(self, obj: Any) -> Any:
-        if isinstance(obj, Shared):
-            self.handles.append(obj)
-            return (_reference, (obj.shared_id,))
-        if type(obj) is memoryview:
-            return _reduce_memoryview(obj)
-        torch = sys.modules.get("torch")
-        if torch is not None and type(obj) is torch.Tensor:
-            return _reduce_tensor(torch, obj)
-        return NotImplemented
+def _reduce_special(obj: Any) -> Any:
+    """``reducer_override`` for types that do not offer their memory to pickle themselves."""
+    if type(obj) is memoryview:
+        return _reduce_memoryview(obj)
+    torch = sys.modules.get("torch")
+    if torch is not None and type(obj) is torch.Tensor:
+        return _reduce_tensor(torch, obj)
+    return NotImplemented
 
 
-class _Pickler(_Reducers, pickle.Pickler):
-    def __init__(self, file: Any, buffer_callback: Callable[[Any], Any]) -> None:
-        super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
-        self.handles = []
-
+class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
-        return self.reduce_special(obj)
+        return _reduce_special(obj)
 
 
 _cloud_pickler: type | None = None
@@ -113,13 +107,9 @@ def _cloudpickler() -> type:
     if _cloud_pickler is None:
         import cloudpickle
 
-        class _CloudPickler(_Reducers, cloudpickle.Pickler):  # type: ignore[misc]
-            def __init__(self, file: Any, buffer_callback: Callable[[Any], Any]) -> None:
-                super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
-                self.handles = []
-
+        class _CloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
             def reducer_override(self, obj: Any) -> Any:
-                reduced = self.reduce_special(obj)
+                reduced = _reduce_special(obj)
                 if reduced is NotImplemented:
                     return super().reducer_override(obj)
                 return reduced
@@ -176,40 +166,65 @@ def _reduce_tensor(torch: Any, tensor: Any) -> Any:
 def pickle_with_buffers(
     obj: Any, by_value: bool = False, min_bytes: int | None = None
 ) -> tuple[bytes, list[memoryview], list[Shared[Any]]]:
-    """Pickle ``obj``; buffers of ``min_bytes`` or more are returned apart (out-of-band).
+    """Pickle ``obj``; buffers of ``min_bytes`` or more are returned apart (out-of-band), and
+    so are the ``fj.shared`` handles met on the way (as references).
 
-    The standard pickler first (fast); cloudpickle when it fails or the stream refers to
-    ``__main__`` (a worker does not re-run the caller's script), or when ``by_value`` (functions).
+    Fastest first: ``pickle.dumps`` (C, no per-object hook) when torch is not loaded; then a
+    pickler with the overrides above; cloudpickle when those fail or the stream refers to
+    ``__main__`` (a worker does not re-run the caller's script), or when ``by_value``.
     """
     buffers: list[memoryview] = []
-    if min_bytes is None:
-        min_bytes = OUT_OF_BAND_MIN_BYTES
+    handles: list[Shared[Any]] = []
+    keep_apart = _BufferSorter(buffers, OUT_OF_BAND_MIN_BYTES if min_bytes is None else min_bytes)
 
-    def keep_apart(buffer: pickle.PickleBuffer) -> bool:
+    previous = collect_handles(handles)
+    try:
+        if not by_value:
+            try:
+                if "torch" not in sys.modules:  # the C pickler, no per-object hook: fastest
+                    stream = pickle.dumps(obj, PROTOCOL, buffer_callback=keep_apart)
+                else:
+                    stream = _dump(_Pickler, obj, keep_apart)
+            except Exception:  # a memoryview? (the overrides handle it) or cloudpickle's job
+                buffers.clear()
+                handles.clear()
+                try:
+                    stream = _dump(_Pickler, obj, keep_apart)
+                except Exception:
+                    stream = b"__main__"
+            if b"__main__" not in stream:
+                return stream, buffers, handles
+            buffers.clear()
+            handles.clear()
+        return _dump(_cloudpickler(), obj, keep_apart), buffers, handles
+    finally:
+        collect_handles(previous)
+
+
+class _BufferSorter:
+    """pickle's ``buffer_callback``: True keeps a buffer in the stream, False sets it apart."""
+
+    __slots__ = ("buffers", "threshold")
+
+    def __init__(self, buffers: list[memoryview], threshold: int) -> None:
+        self.buffers = buffers
+        self.threshold = threshold
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
         try:
             raw = buffer.raw()
         except BufferError:  # neither C nor Fortran contiguous: inline
             return True
-        if raw.nbytes < min_bytes:
+        if raw.nbytes < self.threshold:
             return True
-        buffers.append(raw)
+        self.buffers.append(raw)
         return False
 
-    if not by_value:
-        out = io.BytesIO()
-        pickler = _Pickler(out, keep_apart)
-        try:
-            pickler.dump(obj)
-            stream = out.getvalue()
-            if b"__main__" not in stream:
-                return stream, buffers, pickler.handles
-        except Exception:
-            pass
-        buffers.clear()
+
+def _dump(pickler: type, obj: Any, buffer_callback: Callable[[Any], Any]) -> bytes:
     out = io.BytesIO()
-    cloud = _cloudpickler()(out, keep_apart)
-    cloud.dump(obj)
-    return out.getvalue(), buffers, cloud.handles
+    pickler(out, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
 
 
 def pack(

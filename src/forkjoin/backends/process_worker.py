@@ -45,6 +45,7 @@ from typing import Any
 from ..engine.shared import Shared
 from .buffers import Packed, map_descriptor, pack, unpack_mapped
 from .shm import SegmentPool
+from .wire import MAX_FDS_PER_FRAME
 
 SLOT = struct.Struct("<q")
 
@@ -122,6 +123,7 @@ class Worker:
         self.slot = slot
         self.functions: OrderedDict[int, Any] = OrderedDict()
         self.outbox: list[tuple[Any, ...]] = []
+        self.outbox_segments = 0  # fds the next results message will carry
         self.last_flush = time.monotonic()
         self.pool = SegmentPool(KEEP_FREE_BYTES)
         self.lent: dict[int, Packed] = {}  # result segments the caller maps, by segment id
@@ -151,6 +153,7 @@ class Worker:
             self.outbox = []
             for packed in sent:
                 self.lend(packed)
+        self.outbox_segments = 0
         self.last_flush = time.monotonic()
 
     def lend(self, packed: Packed) -> None:
@@ -246,6 +249,10 @@ class Worker:
         self.outbox.append(
             (task_id, "done", run.start_time, run.end_time, values_payload, failures)
         )
+        if values_payload.segment is not None:
+            self.outbox_segments += 1
+            if self.outbox_segments >= MAX_FDS_PER_FRAME:
+                self.flush()
 
     def serve(self) -> None:
         import select

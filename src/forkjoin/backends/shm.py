@@ -24,7 +24,6 @@ import errno
 import itertools
 import mmap
 import os
-import tempfile
 import threading
 import warnings
 import weakref
@@ -70,6 +69,8 @@ class _Storage:
         elif os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
             self.directory = "/dev/shm"
         else:
+            import tempfile
+
             self.directory = tempfile.gettempdir()
         self._configured = True
 
@@ -92,6 +93,8 @@ class _Storage:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.EACCES):
                 raise
+            import tempfile
+
             fallback = tempfile.gettempdir()
             if os.path.realpath(directory) == os.path.realpath(fallback):
                 raise SegmentUnavailable(exc.errno, f"no space for shared memory in {fallback}")
@@ -141,6 +144,8 @@ def _create_in(directory: str, size: int) -> int:
 
 
 def _named_then_unlinked(directory: str) -> int:
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix="forkjoin-", dir=directory)
     os.unlink(path)
     return fd

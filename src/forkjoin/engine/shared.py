@@ -14,6 +14,7 @@ that worker sees.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -21,6 +22,16 @@ T = TypeVar("T")
 
 _ids = itertools.count(1)
 _UNRESOLVED: Any = object()
+_pickling = threading.local()  # .handles: where a backend's pickling collects the handles
+
+
+def collect_handles(handles: list[Shared[Any]] | None) -> list[Shared[Any]] | None:
+    """From now on (in this thread), a pickled handle becomes a reference to its id and is
+    appended to ``handles``, so the backend can send each object once by its own means.
+    Returns the previous collector; pass it back to restore it (None: pickle by value)."""
+    previous: list[Shared[Any]] | None = getattr(_pickling, "handles", None)
+    _pickling.handles = handles
+    return previous
 
 
 class Shared(Generic[T]):
@@ -53,8 +64,12 @@ class Shared(Generic[T]):
         return f"fj.shared(id={self.shared_id}, {state})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Reached only by picklers other than the process backend's (which sends a reference):
-        # carry the object itself, so a handle still works on any engine that pickles it.
+        collected = getattr(_pickling, "handles", None)
+        if collected is not None:  # a backend that ships the object itself: just the id
+            collected.append(self)
+            return (_reference, (self.shared_id,))
+        # Any other pickler (a user's, another engine's): carry the object itself, so a
+        # handle still works wherever it is unpickled.
         return (_by_value, (self._value,))
 
     @classmethod
