@@ -119,16 +119,29 @@ def _cloudpickler() -> type:
 
 
 def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
-    view = memoryview(buffer)
-    return view.cast("B").cast(fmt, shape) if shape else view  # type: ignore[call-overload]
+    return memoryview(buffer).cast("B").cast(fmt, shape)  # type: ignore[call-overload]
 
 
 def _reduce_memoryview(view: memoryview) -> Any:
-    if view.contiguous and view.ndim <= 1 and view.format in ("B", "b", "c"):
-        return (_rebuild_memoryview, (pickle.PickleBuffer(view), view.format, ()))
-    if view.contiguous:
+    """A memoryview keeps its format and shape; a large one travels out-of-band.
+
+    ``memoryview.cast`` rebuilds native single-character formats. For others (big-endian,
+    structs) the view is rebuilt over a copy of the object it views, when it views all of it,
+    or else over a numpy array, which reads most buffer formats.
+    """
+    if len(view.format.removeprefix("@")) == 1:
+        if not view.contiguous:
+            return (_rebuild_memoryview, (view.tobytes(), view.format, view.shape))
         return (_rebuild_memoryview, (pickle.PickleBuffer(view), view.format, view.shape))
-    return (memoryview, (view.tobytes(),))
+    whole = memoryview(view.obj)
+    if (whole.format, whole.shape, whole.strides) == (view.format, view.shape, view.strides):
+        return (memoryview, (view.obj,))
+    import numpy
+
+    try:
+        return (memoryview, (numpy.array(view),))
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise TypeError(f"cannot pickle a memoryview of format {view.format!r}: {exc}") from exc
 
 
 def _rebuild_tensor(array: Any, dtype_name: str, shape: tuple[int, ...]) -> Any:
@@ -164,7 +177,7 @@ def _reduce_tensor(torch: Any, tensor: Any) -> Any:
 
 
 def pickle_with_buffers(
-    obj: Any, by_value: bool = False, min_bytes: int | None = None
+    obj: Any, by_value: bool = False, min_bytes: int | None = None, collect: bool = True
 ) -> tuple[bytes, list[memoryview], list[Shared[Any]]]:
     """Pickle ``obj``; buffers of ``min_bytes`` or more are returned apart (out-of-band), and
     so are the ``fj.shared`` handles met on the way (as references).
@@ -177,7 +190,7 @@ def pickle_with_buffers(
     handles: list[Shared[Any]] = []
     keep_apart = _BufferSorter(buffers, OUT_OF_BAND_MIN_BYTES if min_bytes is None else min_bytes)
 
-    previous = collect_handles(handles)
+    previous = collect_handles(handles if collect else None)
     try:
         if not by_value:
             try:
@@ -233,16 +246,18 @@ def pack(
     *,
     by_value: bool = False,
     min_bytes: int | None = None,
+    collect: bool = True,
 ) -> Packed:
     """Pickle ``obj`` for another process, copying large buffers into one segment.
 
     With a ``pool`` the segment comes from it and returns to it (``Packed.release``); without,
     the segment is the Packed's own (a function or an ``fj.shared`` object, kept for as long as
     workers may need it). When no shared memory can be had, everything goes in the stream.
+    ``collect=False`` (a worker's results): ``fj.shared`` handles made here travel by value.
     """
     if min_bytes is None:
         min_bytes = OUT_OF_BAND_MIN_BYTES
-    stream, buffers, handles = pickle_with_buffers(obj, by_value, min_bytes)
+    stream, buffers, handles = pickle_with_buffers(obj, by_value, min_bytes, collect)
     stream_in_segment = len(stream) >= min_bytes
     if not buffers and not stream_in_segment:
         return Packed(stream, handles=tuple(handles))

@@ -100,7 +100,7 @@ def _encode_values(values: list[Any], failures: list[tuple[Any, ...]], pool: Seg
     from .wire import dumps
 
     try:
-        return pack(values, pool)
+        return pack(values, pool, collect=False)
     except Exception:
         pass
     for position, value in enumerate(values):
@@ -114,7 +114,7 @@ def _encode_values(values: list[Any], failures: list[tuple[Any, ...]], pool: Seg
                 f"dicts, arrays) instead of {type(value).__name__} objects"
             )
             failures.append((position, None, "SerializationError", message, ""))
-    return pack(values, pool)
+    return pack(values, pool, collect=False)
 
 
 class Worker:

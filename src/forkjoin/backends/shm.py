@@ -101,12 +101,17 @@ class _Storage:
             with self._lock:
                 if self.directory == directory:
                     self.directory = fallback
+                    problem = (
+                        f"has no room for a {size / 2**20:.1f} MB shared-memory segment"
+                        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                        else f"cannot hold shared-memory segments ({exc.strerror})"
+                    )
                     warnings.warn(
-                        f"forkjoin: {directory} has no room for a {size >> 20} MB shared-memory "
-                        f"segment; using memory-mapped files in {fallback} instead (slower). "
-                        f"Give the container more shared memory (docker --shm-size) to avoid it.",
+                        f"forkjoin: {directory} {problem}; using memory-mapped files in "
+                        f"{fallback} instead (slower). Give the container more shared memory "
+                        f"(docker --shm-size) or point {SHM_DIR_ENV} elsewhere to avoid it.",
                         RuntimeWarning,
-                        stacklevel=4,
+                        stacklevel=2,
                     )
             return self.create(size)
 

@@ -14,13 +14,17 @@ that worker sees.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 _ids = itertools.count(1)
+# Handles made in this process, by id: a handle a task returns comes back as this very object.
+_live: weakref.WeakValueDictionary[int, Shared[Any]] = weakref.WeakValueDictionary()
 _UNRESOLVED: Any = object()
 _pickling = threading.local()  # .handles: where a backend's pickling collects the handles
 
@@ -43,9 +47,11 @@ class Shared(Generic[T]):
     resolver: Callable[[int], Any] | None = None
 
     def __init__(self, value: T) -> None:
-        self.shared_id = next(_ids)
+        # Unique across processes, so a worker's own handles never collide with the caller's.
+        self.shared_id = (os.getpid() << 32) | next(_ids)
         self._value = value
         self.transport: Any = None  # what a backend made of it (the process backend: a segment)
+        _live[self.shared_id] = self
 
     def get(self) -> T:
         """The shared object (in a worker: mapped from shared memory on first use, then cached)."""
@@ -64,6 +70,8 @@ class Shared(Generic[T]):
         return f"fj.shared(id={self.shared_id}, {state})"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self._value is _UNRESOLVED:  # a worker's view of the caller's handle: send it home
+            return (_reference, (self.shared_id,))
         collected = getattr(_pickling, "handles", None)
         if collected is not None:  # a backend that ships the object itself: just the id
             collected.append(self)
@@ -87,7 +95,8 @@ def _by_value(value: Any) -> Shared[Any]:
 
 
 def _reference(shared_id: int) -> Shared[Any]:
-    return Shared._reference(shared_id)
+    original = _live.get(shared_id)  # back in the process that made it
+    return original if original is not None else Shared._reference(shared_id)
 
 
 def shared(obj: T) -> Shared[T]:
