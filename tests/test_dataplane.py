@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import ctypes
 import mmap
 import os
 import pickle
@@ -70,11 +71,15 @@ def worker_result_segments(_: Any = None) -> tuple[int, int, int]:
 
 
 def reaches_mmap(obj: Any) -> bool:
-    """Whether an array's chain of owners ends in an ``mmap.mmap`` (a view of a segment)."""
+    """Whether an array's chain of owners ends in an ``mmap.mmap`` (a view of a segment), maybe
+    through the ctypes exporter a receiver puts over a mapping it keeps."""
     seen = 0
     while obj is not None and seen < 50:
         if isinstance(obj, mmap.mmap):
             return True
+        if isinstance(obj, ctypes.Array):
+            owners = (obj._objects or {}).values()  # from_buffer keeps its source here
+            return any(isinstance(getattr(owner, "obj", owner), mmap.mmap) for owner in owners)
         obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
         seen += 1
     return False

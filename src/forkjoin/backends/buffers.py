@@ -23,6 +23,7 @@ import io
 import os
 import pickle
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -334,9 +335,54 @@ def map_descriptor(
     return mapping
 
 
+class MappingCache:
+    """The other side's pooled segments, mapped once and kept: when the sender reuses a segment
+    for the next task, the receiver reads it through the same mapping, without the page faults
+    (~0.45 us per 4 kB page, about as long as reading the data) that a fresh mapping takes.
+
+    The mapping is shared and writable, so a task may write to its arguments as to any unpickled
+    object; the sender never reads them back (after a worker death it pickles the task again).
+    Each use gets its own exporter object over the mapping, and ``on_unmapped`` runs when the
+    last view of that use is gone: then the sender may overwrite the segment.
+    """
+
+    def __init__(self, max_entries: int = 32) -> None:
+        self.max_entries = max_entries
+        self._mappings: OrderedDict[int, Any] = OrderedDict()  # segment id -> mmap
+
+    def view(
+        self,
+        descriptor: tuple[Any, ...],
+        fds: list[int],
+        on_unmapped: Callable[[int], None],
+    ) -> Any:
+        """A buffer over the segment's mapping, for one use."""
+        import ctypes
+        import mmap
+        import weakref
+
+        _, _, _, size, segment_id, fd_index = descriptor
+        mapping = self._mappings.get(segment_id)
+        if mapping is None:
+            mapping = mmap.mmap(fds[fd_index], size, flags=mmap.MAP_SHARED)
+            self._mappings[segment_id] = mapping
+            if len(self._mappings) > self.max_entries:
+                self._mappings.popitem(last=False)  # views still alive keep it mapped
+        else:
+            self._mappings.move_to_end(segment_id)
+        exporter = (ctypes.c_char * size).from_buffer(mapping)
+        weakref.finalize(exporter, on_unmapped, segment_id)
+        return exporter
+
+    def forget(self, segment_ids: list[int]) -> None:
+        """The sender closed these segments: stop keeping them mapped."""
+        for segment_id in segment_ids:
+            self._mappings.pop(segment_id, None)
+
+
 def unpack_mapped(descriptor: tuple[Any, ...], mapping: Any) -> Any:
     stream, spans, stream_span = descriptor[0], descriptor[1], descriptor[2]
-    whole = memoryview(mapping)
+    whole = memoryview(mapping).cast("B")
     buffers = [whole[offset : offset + length] for offset, length in spans]
     if stream is None:
         stream = whole[stream_span[0] : stream_span[0] + stream_span[1]]

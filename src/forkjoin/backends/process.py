@@ -161,6 +161,7 @@ class ProcessBackend(Backend):
         self._init_payload: buffers.Packed | None = None
         self._env: dict[str, str] | None = None
         self._segments = shm.SegmentPool()  # for task arguments
+        self._segments.on_close = self._segment_closed
         if self.initializer is not None:
             try:
                 self._init_payload = buffers.pack(
@@ -236,6 +237,12 @@ class ProcessBackend(Backend):
                 weakref.finalize(handle, _shared_forgotten, handle.shared_id)
             if self.events is not None:
                 self.events.data_shared(packed.nbytes)
+
+    def _segment_closed(self, segment_id: int) -> None:
+        """Workers keep argument segments mapped for reuse; tell them this one is gone."""
+        if self._manager is not None and not self._closing:
+            self._commands.append(("unmap", segment_id))
+            self._wake()
 
     def cancel(self, tasks: Any, *, kill_running: bool = False) -> None:
         tasks = list(tasks)
@@ -391,6 +398,7 @@ class ProcessBackend(Backend):
     def _run_commands(self) -> None:
         releases: dict[int, list[int]] = {}
         forgotten: set[int] = set()
+        unmapped: list[int] = []
         while self._commands:
             command, argument = self._commands.popleft()
             if command == "cancel":
@@ -407,6 +415,12 @@ class ProcessBackend(Backend):
                 releases.setdefault(worker_id, []).append(segment_id)
             elif command == "forget":
                 forgotten.add(argument)
+            elif command == "unmap":
+                unmapped.append(argument)
+        if unmapped:
+            for worker in self._workers.values():
+                if worker.state is WorkerState.READY:
+                    self._send(worker, ("unmap", unmapped))
         for worker_id, segment_ids in releases.items():
             owner = self._workers.get(worker_id)
             if owner is not None and owner.state is WorkerState.READY:
@@ -498,6 +512,7 @@ class ProcessBackend(Backend):
             else:
                 requeue.append((task, done))
         for task, done in reversed(requeue):
+            self._repack(task)
             self._pending.appendleft((task, done))
 
     # -- moving tasks and results ----------------------------------------------------------------
@@ -634,6 +649,14 @@ class ProcessBackend(Backend):
             self._attach_shared(worker, packed.handles, shared, fds)
             worker.shared_sent.add(handle.shared_id)
             shared.append((handle.shared_id, self._descriptor(packed, fds)))
+
+    def _repack(self, task: Task) -> None:
+        """A task that goes to another worker gets a fresh copy of its arguments: the dead
+        worker may have written to the segment it mapped (tasks may modify their arguments)."""
+        payload = task.payload
+        if isinstance(payload, buffers.Packed) and payload.segment is not None:
+            payload.release()
+            task.payload = buffers.pack(task.items, self._segments)
 
     def _drop_holdings(self, worker: WorkerHandle) -> None:
         """A dead worker maps nothing any more."""

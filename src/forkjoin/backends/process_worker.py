@@ -14,11 +14,12 @@
                                                  (batched; large results in segments)
     ("release", [ids])     ────────────────>   the caller let go of these result segments
     ("forget", [ids])      ────────────────>   drop these fj.shared objects
+    ("unmap", [ids])       ────────────────>   the caller closed these argument segments
     ("stop",)              ────────────────>   exit 0
 
 Large arguments and results travel in shared-memory segments (``buffers.py``): the worker maps
-the caller's segments copy-on-write and reports them ``released`` once the task's objects are
-gone, so the caller can reuse them; it writes results into segments from its own pool, which it
+the caller's segments (keeping the mappings, since the caller reuses its segments) and reports
+them ``released`` once the task's objects are gone, so the caller can reuse them; it writes results into segments from its own pool, which it
 reuses once the caller says ``release``.
 
 The "current task" slot is a few bytes of memory shared with the caller (a memfd): when this
@@ -43,7 +44,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ..engine.shared import Shared
-from .buffers import Packed, map_descriptor, pack, unpack_mapped
+from .buffers import MappingCache, Packed, map_descriptor, pack, unpack_mapped
 from .shm import SegmentPool
 from .wire import MAX_FDS_PER_FRAME
 
@@ -130,6 +131,7 @@ class Worker:
         self.released: list[int] = []  # caller segments whose last view here is gone
         self.shared: dict[int, list[Any]] = {}  # fj.shared id -> [mapping, descriptor, object]
         self.inbox: deque[tuple[Any, ...] | None] = deque()  # tasks received, None = stop
+        self.mappings = MappingCache()  # the caller's argument segments
 
     def send(self, message: Any, fds: list[int] | None = None) -> None:
         from .wire import send_frame
@@ -195,8 +197,9 @@ class Worker:
         """Map a descriptor's segment now (its fd is closed when the message is handled)."""
         if descriptor is None or len(descriptor) == 1:
             return (descriptor, None)
-        on_unmapped = self.on_unmapped if report else None
-        return (descriptor, map_descriptor(descriptor, fds, on_unmapped))
+        if report and descriptor[4]:  # a pooled segment of the caller's: likely seen before
+            return (descriptor, self.mappings.view(descriptor, fds, self.on_unmapped))
+        return (descriptor, map_descriptor(descriptor, fds))
 
     def receive_shared(self, entries: list[tuple[int, Any]], fds: list[int]) -> None:
         for shared_id, descriptor in entries:
@@ -306,6 +309,8 @@ class Worker:
         elif kind == "forget":
             for shared_id in message[1]:
                 self.shared.pop(shared_id, None)
+        elif kind == "unmap":
+            self.mappings.forget(message[1])
         return True
 
     def prepare(self, spec: tuple[Any, ...], fds: list[int]) -> tuple[Any, ...]:

@@ -28,6 +28,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 
 # Environment variable naming a directory for segments instead of memfd (tests, small /dev/shm).
 SHM_DIR_ENV = "FORKJOIN_SHM_DIR"
@@ -210,6 +211,7 @@ class SegmentPool:
         self._closed = False
         self.created = 0  # segments made fresh (the rest were reused): for tests and benchmarks
         self.reused = 0
+        self.on_close: Callable[[int], None] | None = None  # told each closed segment's id
 
     def acquire(self, size: int) -> Segment:
         """A segment of at least ``size`` bytes with one holder (the caller)."""
@@ -242,14 +244,19 @@ class SegmentPool:
             if segment.holders > 0:
                 return
             if self._closed or segment.size > self.keep_bytes:
-                segment.close()
+                self._close(segment)
                 return
             self._free[segment.segment_id] = segment
             self._free_bytes += segment.size
             while self._free_bytes > self.keep_bytes:
                 _, oldest = self._free.popitem(last=False)
                 self._free_bytes -= oldest.size
-                oldest.close()
+                self._close(oldest)
+
+    def _close(self, segment: Segment) -> None:
+        segment.close()
+        if self.on_close is not None:
+            self.on_close(segment.segment_id)
 
     @property
     def free_bytes(self) -> int:
@@ -260,7 +267,7 @@ class SegmentPool:
         with self._lock:
             self._closed = True
             for segment in self._free.values():
-                segment.close()
+                self._close(segment)
             self._free.clear()
             self._free_bytes = 0
 
