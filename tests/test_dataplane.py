@@ -11,9 +11,9 @@ Task functions are module-level here (workers import this module by name, as the
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
-import ctypes
 import mmap
 import os
 import pickle

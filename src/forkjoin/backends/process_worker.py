@@ -19,8 +19,8 @@
 
 Large arguments and results travel in shared-memory segments (``buffers.py``): the worker maps
 the caller's segments (keeping the mappings, since the caller reuses its segments) and reports
-them ``released`` once the task's objects are gone, so the caller can reuse them; it writes results into segments from its own pool, which it
-reuses once the caller says ``release``.
+them ``released`` once the task's objects are gone, so the caller can reuse them; it writes
+results into segments from its own pool, which it reuses once the caller says ``release``.
 
 The "current task" slot is a few bytes of memory shared with the caller (a memfd): when this
 process dies, the caller reads it to know exactly which task was running, without a message per
