@@ -34,9 +34,10 @@ PROTOCOL = 5
 
 # Buffers (and pickle streams) at least this large travel through shared memory; smaller ones
 # stay in the message. Below it, a segment's bookkeeping and fd passing cost more than copying
-# through the socket. Chosen with ``python benchmarks/bench_dataplane.py --threshold``, which
-# sweeps it through this environment variable (read by the caller and its workers alike).
-OUT_OF_BAND_MIN_BYTES = int(os.environ.get("FORKJOIN_OUT_OF_BAND_MIN_BYTES", 256 * 1024))
+# through the socket: echo tasks/s, shared memory over socket, was 0.76x at 64 KiB, 1.37x at
+# 128 KiB, 1.9x at 256 KiB and 3.4x at 1 MiB (``python benchmarks/bench_dataplane.py
+# --threshold``, which sweeps it through this environment variable, read by caller and workers).
+OUT_OF_BAND_MIN_BYTES = int(os.environ.get("FORKJOIN_OUT_OF_BAND_MIN_BYTES", 128 * 1024))
 
 
 class Packed:
@@ -274,11 +275,11 @@ def pack(
         segment = pool.acquire(size) if pool is not None else shm.Segment(max(size, 1))
     except OSError:  # no shared memory anywhere: the socket still works
         return Packed(pickle.dumps(obj, PROTOCOL), handles=tuple(handles))
-    view = segment.view
     for offset, buffer in zip(offsets, buffers, strict=True):
-        view[offset : offset + buffer.nbytes] = buffer
+        segment.write(offset, buffer)
     if stream_span is not None:
-        view[stream_span[0] : stream_span[0] + stream_span[1]] = stream
+        segment.write(stream_span[0], stream)
+    segment.fresh = False
     spans = tuple((offset, buffer.nbytes) for offset, buffer in zip(offsets, buffers, strict=True))
     return Packed(
         None if stream_in_segment else stream,

@@ -93,6 +93,13 @@ def _result_unmapped(
         backend._wake()
 
 
+def _function_forgotten(backend_ref: weakref.ref[ProcessBackend], function_key: int) -> None:
+    backend = backend_ref()
+    if backend is not None and backend._manager is not None and not backend._closing:
+        backend._commands.append(("drop function", function_key))
+        backend._wake()
+
+
 def _shared_forgotten(shared_id: int) -> None:
     """An fj.shared handle was garbage-collected: workers may drop their copy."""
     for backend in list(_live_backends):
@@ -168,6 +175,8 @@ class ProcessBackend(Backend):
                     (self.initializer, tuple(self.initargs)), None, by_value=True
                 )
                 self._share_handles(self._init_payload.handles)
+                if self._init_payload.segment is not None and self.events is not None:
+                    self.events.data_shared(self._init_payload.nbytes)
             except Exception as exc:
                 raise SerializationError(
                     f"the pool's initializer or initargs could not be pickled: "
@@ -194,6 +203,8 @@ class ProcessBackend(Backend):
             try:
                 function.payload = buffers.pack(function.fn, None, by_value=True)
                 self._share_handles(function.payload.handles)
+                if function.payload.segment is not None:
+                    self._function_shared(function)
             except Exception as exc:
                 raise SerializationError(
                     f"the function {getattr(function.fn, '__qualname__', function.fn)!r} could "
@@ -237,6 +248,14 @@ class ProcessBackend(Backend):
                 weakref.finalize(handle, _shared_forgotten, handle.shared_id)
             if self.events is not None:
                 self.events.data_shared(packed.nbytes)
+
+    def _function_shared(self, function: Any) -> None:
+        """A function that carries large data (a captured array) is copied into shared memory
+        once; when the caller lets go of it, workers drop it from their function cache, or it
+        would hold that memory for as long as the pool lives."""
+        if self.events is not None:
+            self.events.data_shared(function.payload.nbytes)
+        weakref.finalize(function, _function_forgotten, weakref.ref(self), function.key)
 
     def _segment_closed(self, segment_id: int) -> None:
         """Workers keep argument segments mapped for reuse; tell them this one is gone."""
@@ -328,12 +347,15 @@ class ProcessBackend(Backend):
             if data is not None and data[0].worker_id not in self._workers:
                 continue  # already handled through its other file descriptor
             if data is None:
-                self._wake_sent = False
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
                 except BlockingIOError:
                     pass
+                # Cleared after draining, never before: a wake-up sent in between must leave
+                # either its byte in the pipe or the flag clear, or the next submit would not
+                # wake a sleeping manager (a lost wake-up: a hang).
+                self._wake_sent = False
             elif data[1] == "sock":
                 worker = data[0]
                 if mask & selectors.EVENT_WRITE:
@@ -417,6 +439,12 @@ class ProcessBackend(Backend):
                 forgotten.add(argument)
             elif command == "unmap":
                 unmapped.append(argument)
+            elif command == "drop function":
+                for worker in self._workers.values():
+                    if argument in worker.functions:  # the mirror, then the worker's cache
+                        del worker.functions[argument]
+                        if worker.state is WorkerState.READY:
+                            self._send(worker, ("drop function", argument))
         if unmapped:
             for worker in self._workers.values():
                 if worker.state is WorkerState.READY:

@@ -15,6 +15,7 @@
     ("release", [ids])     ────────────────>   the caller let go of these result segments
     ("forget", [ids])      ────────────────>   drop these fj.shared objects
     ("unmap", [ids])       ────────────────>   the caller closed these argument segments
+    ("drop function", key) ────────────────>   a function carrying large data is done with
     ("stop",)              ────────────────>   exit 0
 
 Large arguments and results travel in shared-memory segments (``buffers.py``): the worker maps
@@ -311,6 +312,8 @@ class Worker:
                 self.shared.pop(shared_id, None)
         elif kind == "unmap":
             self.mappings.forget(message[1])
+        elif kind == "drop function":
+            self.functions.pop(message[1], None)
         return True
 
     def prepare(self, spec: tuple[Any, ...], fds: list[int]) -> tuple[Any, ...]:

@@ -37,7 +37,7 @@ class FunctionRef:
     The pickled form is computed lazily by the backend that needs it and cached here.
     """
 
-    __slots__ = ("fn", "key", "payload")
+    __slots__ = ("fn", "key", "payload", "__weakref__")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
