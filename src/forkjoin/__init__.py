@@ -25,6 +25,7 @@ _EXPORTS = {
     "RunOptions": "forkjoin.engine.options",
     "Stats": "forkjoin.engine.events",
     "rng": "forkjoin.engine.seeding",
+    "run_on_devices": "forkjoin.engine.on_devices",
     "shared": "forkjoin.engine.shared",
     "Shared": "forkjoin.engine.shared",
     "worker_context": "forkjoin.engine.context",
@@ -64,6 +65,7 @@ __all__ = [
     "map",
     "map_reduce",
     "rng",
+    "run_on_devices",
     "shared",
     "worker_context",
 ]

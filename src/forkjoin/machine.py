@@ -139,6 +139,37 @@ def _gpus_from_nvidia_smi() -> list[GPUInfo]:
     return gpus
 
 
+# Declares logical GPUs (``FORKJOIN_GPUS=0,1``) in place of what nvidia-smi finds: assignment,
+# pinning and sharing then run, and are tested, on machines without a GPU.
+LOGICAL_GPUS_ENV = "FORKJOIN_GPUS"
+
+
+def _logical_gpus(spec: str) -> list[GPUInfo]:
+    ids = [part.strip() for part in spec.split(",") if part.strip()]
+    if not all(part.isdigit() for part in ids):
+        raise ValueError(
+            f"{LOGICAL_GPUS_ENV}={spec!r}: expected GPU indices separated by commas, e.g. '0,1'"
+        )
+    return [GPUInfo(int(part), "logical GPU (FORKJOIN_GPUS)", 0) for part in ids]
+
+
+def _visible(gpus: list[GPUInfo]) -> list[GPUInfo]:
+    """Only the GPUs this process may use: CUDA_VISIBLE_DEVICES (indices) narrows the list."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return gpus
+    wanted = [part.strip() for part in visible.split(",") if part.strip()]
+    by_index = {str(gpu.index): gpu for gpu in gpus}
+    return [by_index[part] for part in wanted if part in by_index]
+
+
+def gpus() -> list[GPUInfo]:
+    """The GPUs this process may use: logical ones from ``FORKJOIN_GPUS``, else nvidia-smi's."""
+    spec = os.environ.get(LOGICAL_GPUS_ENV)
+    found = _logical_gpus(spec) if spec is not None else _gpus_from_nvidia_smi()
+    return _visible(found)
+
+
 def devices() -> DeviceInfo:
     """Usable CPUs, memory and GPUs of this machine, without initialising CUDA."""
     import psutil
@@ -149,5 +180,5 @@ def devices() -> DeviceInfo:
         cpus_total=os.cpu_count() or 1,
         memory_total=memory.total,
         memory_available=memory.available,
-        gpus=_gpus_from_nvidia_smi(),
+        gpus=gpus(),
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..engine.resources import Slot, default_slots
 from ..engine.task import ItemFailure, Status, Task, TaskOutcome
 from ..errors import BackendUnavailableError, make_task_error
 
@@ -57,9 +58,16 @@ class Backend(ABC):
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         memory_limit: int | None = None,
+        slots: list[Slot] | None = None,
+        prefetch: int = 1,
     ) -> None:
         self.workers = workers
         self.memory_limit = memory_limit
+        # What each worker owns (engine/resources.py): GPUs to pin, native thread caps.
+        self.slots = slots if slots is not None else default_slots(workers)
+        # Tasks a worker may hold at least (running + queued): 2 overlaps receiving the next
+        # task with running this one, for long tasks whose inputs are large (device batches).
+        self.prefetch = prefetch
         self.events = events
         self.initializer = initializer
         self.initargs = initargs

@@ -61,7 +61,10 @@ class InlineBackend(Backend):
         super().__init__(1, **kwargs)  # type: ignore[arg-type]
         self._closed = False
         self._initialized = False
-        self._context = WorkerContext(0, "inline")  # installed only while its tasks run
+        slot = self.slots[0]
+        self._context = WorkerContext(  # installed only while its tasks run
+            0, "inline", device=slot.device_in_caller(), gpus=slot.gpu_ids
+        )
 
     def submit(self, task: Task, done: DoneCallback) -> None:
         if self._closed:

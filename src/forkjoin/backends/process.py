@@ -45,6 +45,7 @@ from collections import deque
 from functools import partial
 from typing import Any
 
+from ..engine.resources import Slot
 from ..engine.shared import Shared
 from ..engine.task import Status, Task, TaskOutcome
 from ..errors import (
@@ -166,7 +167,7 @@ class ProcessBackend(Backend):
         self._selector: selectors.BaseSelector | None = None
         self._depth = int(os.environ.get("FORKJOIN_WORKER_DEPTH", "0")) + 1
         self._init_payload: buffers.Packed | None = None
-        self._env: dict[str, str] | None = None
+        self._envs: dict[int, dict[str, str]] = {}  # slot index -> worker environment
         self._segments = shm.SegmentPool()  # for task arguments
         self._segments.on_close = self._segment_closed
         if self.initializer is not None:
@@ -466,14 +467,20 @@ class ProcessBackend(Backend):
         """Keep the pool at full strength; while closing, only as needed to finish the queue."""
         if self._broken is not None or (self._closing and not self._pending):
             return
-        while len(self._workers) < self.workers:
-            self._spawn()
+        if len(self._workers) >= self.workers:
+            return
+        taken = {worker.slot_index for worker in self._workers.values()}
+        for slot in self.slots:
+            if slot.index not in taken:  # a replacement takes the dead worker's GPUs
+                self._spawn(slot)
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: Slot) -> None:
         assert self._selector is not None and self._watchdog_r is not None
-        if self._env is None:
-            self._env = worker_environment(self.workers, self._depth)
-        worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, self._env)
+        env = self._envs.get(slot.index)
+        if env is None:
+            env = self._envs[slot.index] = worker_environment(slot, self._depth)
+        worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
+        worker.slot_index = slot.index
         worker.memory_limit = self.memory_limit
         self._next_worker_id += 1
         self._workers[worker.worker_id] = worker
@@ -486,7 +493,10 @@ class ProcessBackend(Backend):
         if self._init_payload is not None:
             self._attach_shared(worker, self._init_payload.handles, shared, fds)
             init_payload = self._descriptor(self._init_payload, fds)
-        init = ("init", worker.worker_id, list(sys.path), self._depth, init_payload, shared)
+        init = (
+            "init", worker.worker_id, list(sys.path), self._depth, init_payload, shared,
+            slot.device, slot.gpu_ids,
+        )  # fmt: skip
         self._send(worker, init, fds)
 
     def _kill(self, worker: WorkerHandle, reason: str) -> None:
@@ -549,11 +559,9 @@ class ProcessBackend(Backend):
         """Tasks of this function a worker may hold (running + queued), from their measured
         duration; 1 until measured, so an unknown (maybe slow) function is never queued."""
         seconds = self._task_seconds.get(function_key)
-        if seconds is None:
-            return 1
-        if seconds >= NO_PREFETCH_ABOVE_SECONDS:
-            return 1
-        return max(2, min(MAX_PREFETCH_TASKS, int(PREFETCH_SECONDS / max(seconds, 1e-6))))
+        if seconds is None or seconds >= NO_PREFETCH_ABOVE_SECONDS:
+            return self.prefetch
+        return max(2, self.prefetch, min(MAX_PREFETCH_TASKS, int(PREFETCH_SECONDS / seconds)))
 
     def _measure(self, function_key: int, seconds: float) -> None:
         """Fold one task's duration into its function's running estimate."""

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from enum import Enum
 
+from ..engine.resources import Slot
 from ..engine.task import Task
 from . import wire
 from .base import DoneCallback
@@ -61,6 +62,7 @@ class WorkerHandle:
         self.slot = slot
         self.reader = wire.FrameReader()
         self.writer = wire.FrameWriter()
+        self.slot_index = 0  # which of the pool's slots (GPUs, cpus) it fills
         self.holding: list[Segment] = []  # argument segments sent to it and not yet released
         self.shared_sent: set[int] = set()  # fj.shared ids it has been sent
         self.want_write = False
@@ -164,13 +166,15 @@ class WorkerHandle:
             self.slot.close()
 
 
-def worker_environment(workers: int, depth: int) -> dict[str, str]:
-    """The environment of a worker: the caller's, plus its nesting depth and native thread caps."""
-    from ..machine import thread_cap_env, usable_cpu_count
+def worker_environment(slot: Slot, depth: int) -> dict[str, str]:
+    """The environment of a worker: the caller's, plus its nesting depth, native thread caps
+    (its slot's cpus) and its GPU pinning (``CUDA_VISIBLE_DEVICES``, in place before the
+    interpreter starts, so CUDA in the worker sees only its own devices)."""
+    from ..machine import thread_cap_env
 
     env = dict(os.environ)
-    threads = max(1, usable_cpu_count() // max(1, workers))
-    for name, value in thread_cap_env(threads).items():
+    for name, value in thread_cap_env(slot.threads).items():
         env.setdefault(name, value)  # a cap the user set explicitly wins
+    env.update(slot.environment())
     env["FORKJOIN_WORKER_DEPTH"] = str(depth)
     return env

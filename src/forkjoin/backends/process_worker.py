@@ -354,7 +354,7 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     from .wire import close_fds, recv_frame
 
     frame, fds = recv_frame(sock)
-    _, worker_id, sys_path, depth, init_payload, shared_entries = pickle.loads(frame)
+    _, worker_id, sys_path, depth, init_payload, shared_entries, device, gpus = pickle.loads(frame)
     worker.receive_shared(shared_entries, fds)
     if init_payload is not None:
         init_payload = worker.map_segments(init_payload, fds, report=False)
@@ -364,7 +364,7 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     os.environ["FORKJOIN_WORKER_ID"] = str(worker_id)
     from ..engine.context import WorkerContext, install
 
-    install(WorkerContext(worker_id, "process"))
+    install(WorkerContext(worker_id, "process", device=device, gpus=tuple(gpus)))
     if init_payload is not None:
         try:
             initializer, initargs = _unpack(init_payload)

@@ -37,7 +37,11 @@ class ThreadBackend(Backend):
     def _start_thread(self) -> None:
         with self._lock:
             worker = self._thread_ids[threading.get_ident()] = len(self._thread_ids)
-        install(WorkerContext(worker, "threads"))  # this thread serves only this pool
+        slot = self.slots[worker % len(self.slots)]
+        context = WorkerContext(
+            worker, "threads", device=slot.device_in_caller(), gpus=slot.gpu_ids
+        )
+        install(context)  # this thread serves only this pool
         if self.events is not None:
             self.events.worker_started(worker, os.getpid(), 0.0)
         if self.initializer is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..backends.base import Backend, backend_class
@@ -16,6 +16,7 @@ from ..errors import ForkjoinError, ResourceError
 from ..machine import usable_cpu_count
 from .events import EventLog
 from .options import RunOptions, options_from
+from .resources import Shape, Slot, check_request, plan_slots
 from .scheduler import Job
 from .task import CallKind
 
@@ -52,26 +53,62 @@ def resolve_workers(options: RunOptions) -> int:
     return options.workers if options.workers is not None else usable_cpu_count()
 
 
+def plan_pool(
+    options: RunOptions,
+    per_worker: Mapping[str, Any] | None = None,
+    gpu_ids: Sequence[int] | None = None,
+) -> tuple[int, list[Slot] | None]:
+    """How many workers, and what each owns: shaped by ``per_worker`` (``resources_per_worker``)
+    or else by the per-task ``resources``, as Ray sizes its workers by ``num_gpus``; a pool
+    that asks for nothing shares the cores out (``slots`` None). ``gpu_ids`` narrows the GPUs
+    the pool may use."""
+    shape = Shape.parse(per_worker if per_worker is not None else options.resources)
+    if shape == Shape():
+        return resolve_workers(options), None
+    import dataclasses
+
+    from ..machine import devices
+
+    machine = devices()
+    if gpu_ids is not None:
+        by_index = {gpu.index: gpu for gpu in machine.gpus}
+        missing = [index for index in gpu_ids if index not in by_index]
+        if missing:
+            raise ResourceError(
+                f"no GPU with index {missing}; this machine has GPUs {sorted(by_index)}"
+            )
+        machine = dataclasses.replace(machine, gpus=[by_index[index] for index in gpu_ids])
+    slots = plan_slots(options.workers, shape, machine)
+    return len(slots), slots
+
+
 class _SharedPools:
     """One reusable backend per name, kept warm between calls."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pools: dict[str, tuple[tuple[int, int | None], Backend, EventLog]] = {}
+        self._pools: dict[str, tuple[tuple[Any, ...], Backend, EventLog]] = {}
 
     def get(
-        self, name: str, workers: int, memory_limit: int | None = None
+        self,
+        name: str,
+        workers: int,
+        memory_limit: int | None = None,
+        slots: list[Slot] | None = None,
     ) -> tuple[Backend, EventLog]:
         with self._lock:
             current = self._pools.get(name)
+            asked = (workers, memory_limit, tuple(slots) if slots else None)
             if current is not None:
-                asked, backend, events = current
-                if backend.alive and asked == (workers, memory_limit):
+                previous, backend, events = current
+                if backend.alive and previous == asked:
                     return backend, events
                 backend.shutdown(wait=False)
             events = EventLog()
-            backend = backend_class(name)(workers, events=events, memory_limit=memory_limit)
-            self._pools[name] = ((workers, memory_limit), backend, events)
+            backend = backend_class(name)(
+                workers, events=events, memory_limit=memory_limit, slots=slots
+            )
+            self._pools[name] = (asked, backend, events)
             return backend, events
 
     def shutdown(self) -> None:
@@ -90,11 +127,11 @@ os.register_at_fork(after_in_child=lambda: shared_pools._pools.clear())
 def _job(
     fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, kind: CallKind = CallKind.MAP
 ) -> Job:
-    workers = resolve_workers(options)
+    workers, slots = plan_pool(options)
     name = resolve_backend_name(options, workers)
     memory_limit = options.memory_limit
     assert memory_limit is None or isinstance(memory_limit, int)  # parsed by RunOptions
-    backend, events = shared_pools.get(name, workers, memory_limit)
+    backend, events = shared_pools.get(name, workers, memory_limit, slots)
     check_supported(backend, options)
     return Job(backend, events, fn, items, options, kind)
 
@@ -112,26 +149,9 @@ def check_supported(backend: Backend, options: RunOptions) -> None:
             f"backend cannot: use backend='process'"
         )
     if options.resources:
-        check_resources(options.resources)
+        from ..machine import devices
 
-
-def check_resources(resources: Any) -> None:
-    """Fail at once, with what the machine has, when no worker could ever satisfy a request."""
-    from ..machine import devices, parse_memory
-
-    machine = devices()
-    unknown = set(resources) - {"cpu", "gpu", "memory"}
-    if unknown:
-        raise ResourceError(f"unknown resource(s) {sorted(unknown)}; use cpu, gpu and memory")
-    have = {"cpu": machine.cpus, "gpu": len(machine.gpus), "memory": machine.memory_total}
-    for name, amount in resources.items():
-        wanted = parse_memory(amount) if name == "memory" else float(amount)
-        if wanted < 0 or wanted > have[name]:
-            raise ResourceError(
-                f"a task asks for {name}={amount!r} but this machine has {name}={have[name]} "
-                f"(cpus={machine.cpus}, gpus={len(machine.gpus)}, "
-                f"memory={machine.memory_total / 2**30:.1f} GiB); lower the request"
-            )
+        check_request(Shape.parse(options.resources), backend.slots[0], devices())
 
 
 def map(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> list[R]:

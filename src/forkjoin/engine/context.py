@@ -19,12 +19,15 @@ _current = threading.local()
 
 @dataclass
 class WorkerContext:
-    """The worker running the current task: its id in the pool, pid, backend and ``state``."""
+    """The worker running the current task: its id in the pool, pid, backend, ``state``, and
+    the device its tasks should use (``"cuda:0"`` in a process pinned to a GPU, else "cpu")."""
 
     worker_id: int
     backend: str
     pid: int = field(default_factory=os.getpid)
     state: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    gpus: tuple[int, ...] = ()  # the machine's indices of the GPUs this worker owns
 
 
 def worker_context() -> WorkerContext:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from enum import Enum
 from typing import Any, TypeVar
@@ -19,9 +19,9 @@ from ..backends.base import backend_class
 from .api import (
     _MISSING,
     check_supported,
+    plan_pool,
     reduce_results,
     resolve_backend_name,
-    resolve_workers,
 )
 from .events import EventLog, Stats
 from .options import RunOptions, options_from
@@ -60,13 +60,22 @@ class Pool(Executor):
         *,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
-        resources: dict[str, float] | None = None,
+        resources: dict[str, Any] | None = None,
+        resources_per_worker: dict[str, Any] | None = None,
+        gpus: Sequence[int] | None = None,
+        prefetch: int = 1,
         **options: Any,
     ) -> None:
+        """``resources_per_worker={"gpu": 1, "cpu": 4, "memory": "8GB"}`` shapes each worker
+        (its GPUs pinned, its thread caps) and, without ``workers=``, sizes the pool to what
+        the machine holds; ``resources`` is the default request of each task (and shapes the
+        workers when ``resources_per_worker`` is not given). ``prefetch=2`` queues a second
+        task on each worker so its inputs arrive while the first runs; ``gpus=[0, 2]`` narrows
+        the GPUs the pool may use."""
         self.options = options_from(
             workers=workers, backend=backend, resources=resources, **options
         )
-        self.workers = resolve_workers(self.options)
+        self.workers, slots = plan_pool(self.options, resources_per_worker, gpus)
         self.backend_name = resolve_backend_name(self.options, self.workers)
         self._events = EventLog()
         memory_limit = self.options.memory_limit
@@ -77,6 +86,8 @@ class Pool(Executor):
             initializer=initializer,
             initargs=initargs,
             memory_limit=memory_limit,
+            slots=slots,
+            prefetch=prefetch,
         )
         check_supported(self._backend, self.options)
         self._functions = FunctionRefCache()
