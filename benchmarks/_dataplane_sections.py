@@ -9,7 +9,6 @@ that contender's own processes (``_dataplane_memory``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from _dataplane_memory import Peak, TreeSampler, children_now, descendants
-from _dataplane_wakeup import StallGuard, settle
 from _dataplane_workloads import (
     block_sum,
     block_sum_shared,
@@ -41,9 +39,6 @@ MiB = 1024**2
 KiB = 1024
 
 TOOLS = ("forkjoin", "executor", "mp", "joblib", "ray")
-# A forkjoin run still going after this long has stalled (see _dataplane_wakeup): it is woken,
-# and the stall is reported with the row.
-STALL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,9 @@ class Settings:
     threshold_sizes: tuple[int, ...] = (
         16 * KiB, 32 * KiB, 64 * KiB, 128 * KiB, 256 * KiB, 512 * KiB, MiB, 4 * MiB,
     )  # fmt: skip
-    threshold_values: tuple[int, ...] = (16 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 10**12)
+    threshold_values: tuple[int, ...] = (
+        16 * KiB, 64 * KiB, 128 * KiB, 256 * KiB, MiB, 4 * MiB, 10**12,
+    )  # fmt: skip
     threshold_run_seconds: float = 0.3  # each timed run of the echo tasks, roughly
     threshold_repeats: int = 5
 
@@ -128,16 +125,10 @@ class Contenders:
         """A case: ``run`` timed, inside a memory window on ``tool``'s processes."""
 
         def case(clock: Clock) -> tuple[float, Any]:
-            guard: Any = contextlib.nullcontext()
-            if tool == "forkjoin":  # forkjoin's lost wake-up: see _dataplane_wakeup
-                settle(self.pool)
-                guard = StallGuard(self.pool, STALL_SECONDS)
-            with guard, self.sampler.window(self.processes_of(tool)) as peak:
+            with self.sampler.window(self.processes_of(tool)) as peak:
                 start = clock()
                 value, info = run()
                 seconds = clock() - start
-            if getattr(guard, "stalls", 0):
-                info = {**info, "stalls": guard.stalls}
             return seconds, (value, info, peak)
 
         return case
@@ -265,14 +256,6 @@ def memory_extra(peaks: list[Peak]) -> dict[str, Any]:
     }
 
 
-def stalled(detail: str, infos: list[dict[str, Any]]) -> str:
-    """The detail, plus how many runs stalled (forkjoin's lost wake-up) if any did."""
-    count = sum(1 for info in infos if info.get("stalls"))
-    if not count:
-        return detail
-    return f"{detail}; {count} run(s) stalled >{STALL_SECONDS:.0f} s (lost wake-up)".lstrip("; ")
-
-
 def throughput_rows(
     section: Section,
     samples: dict[str, list[tuple[float, Any]]],
@@ -291,9 +274,7 @@ def throughput_rows(
         infos = [info for _, (_, info, _) in runs if info]
         if infos:
             extra["info"] = infos
-        section.rows.append(
-            Row(name, max(rates), rates, stalled(notes.get(name, ""), infos), extra)
-        )
+        section.rows.append(Row(name, max(rates), rates, notes.get(name, ""), extra))
 
 
 def _tools_cases(
@@ -312,13 +293,8 @@ def _tools_cases(
 
 
 def _warm(c: Contenders, runners: dict[str, tuple[str, Callable[[], Any]]], expected: Any) -> None:
-    for name, (tool, run) in runners.items():
-        if tool == "forkjoin":
-            settle(c.pool)
-            with StallGuard(c.pool, STALL_SECONDS):
-                out = run()
-        else:
-            out = run()
+    for name, (_, run) in runners.items():
+        out = run()
         check_equal(name, out[0] if isinstance(out, tuple) else out, expected)
 
 
@@ -640,9 +616,6 @@ def bench_broadcast(settings: Settings, c: Contenders, clock: Clock, log: Log) -
                 f"stats: {format_bytes(max(info['bytes_shared'] for info in infos))} shared, "
                 f"{format_bytes(max(info['bytes_sent'] for info in infos))} sent"
             )
-            if "partial" in name and extra["copies"] < 0.5:
-                detail += " (the captured array is copied once, but stats do not count it)"
-            detail = stalled(detail, infos)
         elif name in copies_by_design:
             extra["copies"], detail = copies_by_design[name]
             extra["copies_source"] = "by design"

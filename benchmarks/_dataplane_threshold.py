@@ -34,28 +34,28 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ENV = "FORKJOIN_OUT_OF_BAND_MIN_BYTES"
 INLINE = 10**12  # a threshold no payload reaches: everything through the socket
-STALL_EXIT = 75  # the child's exit status when a run stalled (see ``stall_timer``)
+HANG_EXIT = 75  # the child's exit status when a run hung (see ``hang_timer``)
 
 
 # -- the child: one threshold, every size --------------------------------------------------------
 
 
-def stall_timer(seconds: float) -> threading.Timer:
-    """Started, it dumps every thread's stack to stderr and exits with ``STALL_EXIT`` unless
-    cancelled within ``seconds`` (the parent then starts the child again)."""
+def hang_timer(seconds: float) -> threading.Timer:
+    """Started, it dumps every thread's stack to stderr and exits with ``HANG_EXIT`` unless
+    cancelled within ``seconds``: a run that takes that long has hung (a forkjoin bug), and the
+    parent reports it."""
 
-    def stalled() -> None:
+    def hung() -> None:
         faulthandler.dump_traceback(all_threads=True)
-        os._exit(STALL_EXIT)
+        os._exit(HANG_EXIT)
 
-    timer = threading.Timer(seconds, stalled)
+    timer = threading.Timer(seconds, hung)
     timer.daemon = True
     return timer
 
 
 def child(sizes: Sequence[int], seconds: float, repeats: int, workers: int) -> dict[str, Any]:
     import numpy as np
-    from _dataplane_wakeup import StallGuard, settle
     from _dataplane_workloads import apply_threshold_env, echo, noop, worker_threshold
     from _harness import wait_until_ready
 
@@ -71,27 +71,18 @@ def child(sizes: Sequence[int], seconds: float, repeats: int, workers: int) -> d
         in_workers = set(pool.map_list(worker_threshold, range(4 * workers), chunksize=1))
         payloads = {size: np.arange(size // 8, dtype=np.float64) for size in sizes}
 
-        stalls = 0
-
         def run(size: int, count: int) -> float:
-            """Seconds for ``count`` echoes; a run that stalled (forkjoin's lost wake-up, see
-            ``_dataplane_wakeup``) is counted and run again."""
-            nonlocal stalls
+            """Seconds for ``count`` echoes."""
             items = [payloads[size]] * count
-            while True:
-                settle(pool)
-                hard = stall_timer(max(60.0, 200 * seconds))  # not even a wake-up helped
-                hard.start()
-                with StallGuard(pool, max(5.0, 20 * seconds)) as guard:
-                    start = time.perf_counter()
-                    out = pool.map_list(echo, items, chunksize=1)
-                    elapsed = time.perf_counter() - start
-                hard.cancel()
-                if len(out) != count or not np.array_equal(out[-1], payloads[size]):
-                    raise AssertionError(f"echo of {size} bytes came back wrong")
-                if not guard.stalls:
-                    return elapsed
-                stalls += 1
+            hang = hang_timer(max(60.0, 200 * seconds))
+            hang.start()
+            start = time.perf_counter()
+            out = pool.map_list(echo, items, chunksize=1)
+            elapsed = time.perf_counter() - start
+            hang.cancel()
+            if len(out) != count or not np.array_equal(out[-1], payloads[size]):
+                raise AssertionError(f"echo of {size} bytes came back wrong")
+            return elapsed
 
         tasks = {}
         for size in sizes:  # warm (segments pooled, pages touched), then size the runs
@@ -105,7 +96,6 @@ def child(sizes: Sequence[int], seconds: float, repeats: int, workers: int) -> d
     finally:
         pool.shutdown()
     return {
-        "stalled_runs": stalls,
         "threshold_read_by_forkjoin": read_by_forkjoin,
         "threshold_caller": buffers.OUT_OF_BAND_MIN_BYTES,
         "threshold_workers": sorted(in_workers),
@@ -123,10 +113,9 @@ ATTEMPTS = 3  # a child that fails is started again, this many times in all
 def run_child(
     threshold: int, sizes: Sequence[int], seconds: float, repeats: int, workers: int, log: Any
 ) -> dict[str, Any]:
-    """One threshold in a fresh interpreter. A child that fails (a stall no wake-up cured, or
-    a crash: see the README's known issues) is started again, up to ``ATTEMPTS`` times in all;
-    the failures are kept in the result (``failures``), and ``rates`` is missing if every
-    attempt failed."""
+    """One threshold in a fresh interpreter. A child that fails (a hang or a crash: a forkjoin
+    bug) is started again, up to ``ATTEMPTS`` times in all; the failures are kept in the result
+    (``failures``) and shown with the table, and ``rates`` is missing if every attempt failed."""
     env = dict(os.environ)
     env[ENV] = str(threshold)
     command = [
@@ -154,7 +143,7 @@ def run_child(
                 )
             result["failures"] = failures
             return result
-        why = "stalled" if done.returncode == STALL_EXIT else f"failed (exit {done.returncode})"
+        why = "hung" if done.returncode == HANG_EXIT else f"failed (exit {done.returncode})"
         failures.append(f"{why}:\n{done.stderr[-4000:]}")
         last = done.stderr.strip().splitlines()[-1:] or [""]
         log(f"threshold: the child {why}: {last[0][:120]}; attempt {len(failures) + 1}")
@@ -215,7 +204,6 @@ def sweep(
             int(t) == r["threshold_read_by_forkjoin"] for t, r in measured.items()
         ),
         "failed_attempts": {t: len(r["failures"]) for t, r in results.items()},
-        "stalled_runs": {t: r["stalled_runs"] for t, r in measured.items()},
         "sizes": list(sizes),
         "thresholds": list(thresholds),
         "chunksize": 1,

@@ -210,14 +210,13 @@ def render_threshold(data: dict[str, Any], console: Any, current: int) -> None:
         "rows take, per size, the median over the thresholds on each side"
     )
     troubles = [
-        f"{size_label(int(t))}: {data['failed_attempts'][t]} failed attempt(s), "
-        f"{data['stalled_runs'].get(t, 0)} stalled run(s) redone"
-        for t in data["failed_attempts"]
-        if data["failed_attempts"][t] or data["stalled_runs"].get(t)
+        f"{size_label(int(t))}: {count} failed attempt(s)"
+        for t, count in data["failed_attempts"].items()
+        if count
     ]
     if troubles:
         console.print(
-            "  note: forkjoin stalls/crashes (README, known issues), per threshold: "
+            "  note: forkjoin hung or crashed (a bug: see failures in the JSON), per threshold: "
             + "; ".join(troubles)
         )
     if not data["env_read_by_forkjoin"]:
@@ -334,10 +333,9 @@ BENCHES: dict[str, Callable[[Settings, Contenders, Clock, Log], Section]] = {
 
 
 class Watchdog:
-    """``with Watchdog(what, seconds):`` a block that outlives ``seconds`` has hung (see the
-    README: forkjoin's process backend can lose a wake-up): print every thread's stack, stop
-    the processes this run started (Ray's too) and exit with status 3. The JSON written so far
-    stays."""
+    """``with Watchdog(what, seconds):`` a block that outlives ``seconds`` has hung (a bug in a
+    contender): print every thread's stack, stop the processes this run started (Ray's too) and
+    exit with status 3. The JSON written so far stays."""
 
     def __init__(self, what: str, seconds: float, log: Log) -> None:
         self.what, self.seconds, self.log = what, seconds, log

@@ -343,8 +343,27 @@ def main(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
         os._exit(0)  # the caller went away: nothing to report to, nobody to tell
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a timeout, a cancelled or abandoned task, a shutdown) unwinds the worker like
+    an exception, so ``finally`` blocks and ``atexit`` hooks (``run_on_devices``' teardown:
+    free the model, empty the CUDA cache) run before it exits; the caller sends SIGKILL after a
+    grace period if they take too long."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+def _die_by_sigterm_if_terminated() -> None:
+    """Registered first, so it runs last at exit: end by the signal itself, as if unhandled."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    import atexit
+
+    atexit.register(_die_by_sigterm_if_terminated)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     threading.Thread(target=_watch_parent, args=(watchdog_fd,), daemon=True).start()
     sock = socket.socket(fileno=sock_fd)
     sock.setblocking(True)

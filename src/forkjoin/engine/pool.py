@@ -89,7 +89,11 @@ class Pool(Executor):
             slots=slots,
             prefetch=prefetch,
         )
-        check_supported(self._backend, self.options)
+        try:
+            check_supported(self._backend, self.options)
+        except BaseException:
+            self._backend.shutdown(wait=False)  # refused: leave nothing behind
+            raise
         self._functions = FunctionRefCache()
         self._submit_index = itertools.count()
         self._state = PoolState.RUNNING
