@@ -138,6 +138,16 @@ def plain_table(title: str, headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def footer(meta: dict[str, Any], load: Any, path: Any) -> str:
+    """The last line of a run: its duration, the machine's load around it, where results went."""
+    loads = (
+        ""
+        if not load
+        else f"; load average {load[0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end"
+    )
+    return f"{meta['seconds_total']:.0f} s{loads}; results in {path}"
+
+
 def render(sections: list[Section], goals: list[Goal], console: Any) -> None:
     """The tables, one per section, then the goals; rich if the console is rich's."""
 

@@ -55,7 +55,15 @@ from _dataplane_sections import (  # noqa: E402
 )
 from _dataplane_threshold import INLINE, sweep  # noqa: E402
 from _harness import WORKERS, Clock, Log  # noqa: E402
-from _report import Goal, PlainConsole, Section, make_console, plain_table, to_json  # noqa: E402
+from _report import (  # noqa: E402
+    Goal,
+    PlainConsole,
+    Section,
+    footer,
+    make_console,
+    plain_table,
+    to_json,
+)
 
 DEFAULT_JSON = HERE / "results" / "bench_dataplane.json"
 THRESHOLD_JSON = HERE / "results" / "bench_dataplane_threshold.json"
@@ -473,12 +481,7 @@ def main(
     goals = evaluate_goals({s.key: s for s in sections})
     write(threshold)
     render(sections, goals, threshold, console, meta["out_of_band_min_bytes"])
-    loads = (
-        ""
-        if not load
-        else f"; load average {load[0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end"
-    )
-    console.print(f"{meta['seconds_total']:.0f} s{loads}; results in {json_path}")
+    console.print(footer(meta, load, json_path))
     missed = [goal.key for goal in goals if goal.met is False]
     return 1 if args.check and missed else 0
 

@@ -43,7 +43,7 @@ if str(HERE) not in sys.path:
 
 from _harness import FULL, QUICK, WORKERS, Clock, Log, Settings  # noqa: E402
 from _latency import bench_cold, bench_eventlog, bench_warm  # noqa: E402
-from _report import Goal, Row, Section, make_console, render, to_json  # noqa: E402
+from _report import Goal, Row, Section, footer, make_console, render, to_json  # noqa: E402
 from _throughput import bench_cpu, bench_map, bench_submit  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_engine.json"
@@ -226,12 +226,7 @@ def main(
     render(sections, goals, console)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(to_json(meta, sections, goals), indent=2) + "\n")
-    loads = (
-        ""
-        if not load
-        else f"; load average {load[0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end"
-    )
-    console.print(f"{meta['seconds_total']:.0f} s{loads}; results in {args.json}")
+    console.print(footer(meta, load, args.json))
     missed = [goal.key for goal in goals if goal.met is False]
     return 1 if args.check and missed else 0
 

@@ -306,7 +306,6 @@ def unpack(
     descriptor: tuple[Any, ...],
     fds: list[int],
     on_unmapped: Callable[[int], None] | None = None,
-    readonly: bool = False,
 ) -> Any:
     """Rebuild an object from a descriptor and the frame's fds, without copying its buffers.
 
@@ -315,7 +314,7 @@ def unpack(
     """
     if len(descriptor) == 1:
         return pickle.loads(descriptor[0])
-    mapping = map_descriptor(descriptor, fds, on_unmapped, readonly)
+    mapping = map_descriptor(descriptor, fds, on_unmapped)
     return unpack_mapped(descriptor, mapping)
 
 
