@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..engine.shared import Shared, collect_handles
+from ..engine.shared import _live as live_handles
 from . import shm
 
 PROTOCOL = 5
@@ -191,6 +192,16 @@ def pickle_with_buffers(
     buffers: list[memoryview] = []
     handles: list[Shared[Any]] = []
     keep_apart = _BufferSorter(buffers, OUT_OF_BAND_MIN_BYTES if min_bytes is None else min_bytes)
+    if not by_value and not live_handles and "torch" not in sys.modules:
+        # The common case, on the hot path: nothing here needs a hook (no fj.shared handle
+        # exists in this process, no tensor can be met), so the C pickler alone.
+        try:
+            stream = pickle.dumps(obj, PROTOCOL, buffer_callback=keep_apart)
+            if b"__main__" not in stream:
+                return stream, buffers, handles
+        except Exception:
+            pass
+        buffers.clear()
 
     previous = collect_handles(handles if collect else None)
     try:
@@ -259,6 +270,15 @@ def pack(
     """
     if min_bytes is None:
         min_bytes = OUT_OF_BAND_MIN_BYTES
+    if not by_value and not live_handles and "torch" not in sys.modules:
+        # The hot path (every task): a small object with nothing to set apart or hook.
+        sorter = _BufferSorter([], min_bytes)
+        try:
+            stream = pickle.dumps(obj, PROTOCOL, buffer_callback=sorter)
+        except Exception:
+            stream = b"__main__"
+        if not sorter.buffers and len(stream) < min_bytes and b"__main__" not in stream:
+            return Packed(stream)
     stream, buffers, handles = pickle_with_buffers(obj, by_value, min_bytes, collect)
     stream_in_segment = len(stream) >= min_bytes
     if not buffers and not stream_in_segment:

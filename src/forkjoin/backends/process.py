@@ -608,7 +608,7 @@ class ProcessBackend(Backend):
                     break
                 if task.timeout is not None and (batch or worker.in_flight):
                     break  # a task with a timeout runs alone, so its clock is its own
-                if batch and len(fds) + _fds_needed(task) > wire.MAX_FDS_PER_FRAME:
+                if fds and len(fds) + _fds_needed(task) > wire.MAX_FDS_PER_FRAME:
                     break
                 pending.popleft()
                 if not task.claim():
@@ -810,7 +810,9 @@ class ProcessBackend(Backend):
         self._report(task, done, decode_results(task, payload, failures, fds, on_unmapped))
 
     def _report(self, task: Task, done: DoneCallback, outcome: TaskOutcome) -> None:
-        _release(task)
+        payload = task.payload
+        if payload is not None and payload.pool is not None:  # a pooled segment: reusable now
+            payload.release()
         if task.cancelled and outcome.status is not Status.CANCELLED:
             return
         done(task, outcome)
