@@ -1,0 +1,1 @@
+"""Bridges from other libraries' parallel APIs onto forkjoin pools (imported on demand)."""
