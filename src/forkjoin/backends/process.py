@@ -810,9 +810,7 @@ class ProcessBackend(Backend):
         self._report(task, done, decode_results(task, payload, failures, fds, on_unmapped))
 
     def _report(self, task: Task, done: DoneCallback, outcome: TaskOutcome) -> None:
-        payload = task.payload
-        if payload is not None and payload.pool is not None:  # a pooled segment: reusable now
-            payload.release()
+        _release(task)
         if task.cancelled and outcome.status is not Status.CANCELLED:
             return
         done(task, outcome)
@@ -887,9 +885,10 @@ class ProcessBackend(Backend):
 
 
 def _release(task: Task) -> None:
-    """The task will not be sent again: its argument segment may go back to the pool."""
+    """The task will not be sent again: its argument segment may go back to the pool. Runs for
+    every task, so it only looks at an attribute unless there is a pooled segment."""
     payload = task.payload
-    if isinstance(payload, buffers.Packed):
+    if payload is not None and payload.pool is not None:
         payload.release()
 
 

@@ -218,12 +218,7 @@ class Worker:
                 f"reference to it until the map has finished"
             )
         if entry[2] is _UNRESOLVED:
-            mapping, descriptor = entry[0], entry[1]
-            entry[2] = (
-                unpack_mapped(descriptor, mapping)
-                if mapping is not None
-                else (pickle.loads(descriptor[0]))
-            )
+            entry[2] = _unpack((entry[1], entry[0]))  # (descriptor, mapping)
         return entry[2]
 
     def run_task(self, spec: tuple[Any, ...]) -> None:

@@ -45,14 +45,6 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
-def dumps_by_value(obj: Any) -> bytes:
-    """cloudpickle straight away: for functions, which standard pickle often sends by a name the
-    worker cannot import (``__main__.f``)."""
-    import cloudpickle
-
-    return cloudpickle.dumps(obj, PROTOCOL)
-
-
 def loads(data: bytes | bytearray | memoryview) -> Any:
     return pickle.loads(data)
 
