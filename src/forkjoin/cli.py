@@ -229,7 +229,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="seed of the generated data (default: 1234)",
     )
+    for module in _command_modules():
+        COMMANDS.update(module.register(commands))
     return parser
+
+
+# Layers add their own subcommands (``forkjoin process``, ``train``, ``bench``...): each module
+# defines ``register(commands) -> {name: handler}``, imports only argparse at the top, and does
+# its heavy imports inside the handler, so ``forkjoin --help`` stays fast.
+_COMMAND_MODULES = ("forkjoin.data.commands", "forkjoin.train.commands", "forkjoin.bench.commands")
+
+
+def _command_modules() -> list[Any]:
+    import importlib
+
+    modules = []
+    for name in _COMMAND_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise  # the module exists but something it imports is missing: show it
+    return modules
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -347,7 +368,11 @@ def cmd_demo(args: argparse.Namespace, streams: Streams) -> int:
     return EXIT_OK if all(report.verified for report in reports) else EXIT_FAILURE
 
 
-COMMANDS = {"info": cmd_info, "map": cmd_map, "demo": cmd_demo}
+COMMANDS: dict[str, Callable[[argparse.Namespace, Streams], int]] = {
+    "info": cmd_info,
+    "map": cmd_map,
+    "demo": cmd_demo,
+}
 
 
 def main(
