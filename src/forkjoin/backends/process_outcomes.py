@@ -7,11 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.task import ItemFailure, Status, Task, TaskOutcome
+from ..engine.task import Status, Task, TaskOutcome
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
-from . import wire
-from .base import task_error
 from .buffers import unpack
+from .failures import failure_from_record
 from .process_handle import WorkerHandle
 
 
@@ -103,21 +102,6 @@ def decode_results(
             index=task.first_index,
         )
         return TaskOutcome(Status.UNREADABLE, error=unreadable)
-    for position, exc_payload, type_name, message, tb_text in failures:
-        if type_name == "SerializationError" and exc_payload is None:
-            error: BaseException = SerializationError(
-                f"{task.describe(position)}: {message}",
-                what="result",
-                side="worker",
-                index=task.first_index + position,
-            )
-        else:
-            original = None
-            if exc_payload is not None:
-                try:
-                    original = wire.loads(exc_payload)
-                except Exception:
-                    original = None
-            error = task_error(task, position, original, type_name, message, tb_text)
-        values[position] = ItemFailure(error)
+    for record in failures:
+        values[record[0]] = failure_from_record(task, record)
     return TaskOutcome(Status.DONE, values, any_failed=bool(failures))

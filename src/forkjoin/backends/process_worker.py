@@ -46,6 +46,7 @@ from typing import Any
 
 from ..engine.shared import Shared
 from .buffers import MappingCache, Packed, map_descriptor, pack, unpack_mapped
+from .failures import exception_record, unpicklable_result_record
 from .shm import SegmentPool
 from .wire import MAX_FDS_PER_FRAME
 
@@ -86,17 +87,6 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _exception_record(position: int, exc: BaseException, tb_text: str) -> tuple[Any, ...]:
-    from .wire import dumps
-
-    try:
-        payload: bytes | None = dumps(exc)
-        pickle.loads(payload)  # type: ignore[arg-type]  # many exceptions pickle but cannot be rebuilt: check here
-    except Exception:
-        payload = None
-    return (position, payload, type(exc).__name__, str(exc), tb_text)
-
-
 def _encode_values(values: list[Any], failures: list[tuple[Any, ...]], pool: SegmentPool) -> Packed:
     """Pickle the results; a result that cannot be pickled becomes a failure of its own."""
     from .wire import dumps
@@ -110,12 +100,7 @@ def _encode_values(values: list[Any], failures: list[tuple[Any, ...]], pool: Seg
             dumps(value)
         except Exception as exc:
             values[position] = None
-            message = (
-                f"the result of this item could not be pickled in the worker "
-                f"({type(exc).__name__}: {exc}); return plain data (numbers, strings, lists, "
-                f"dicts, arrays) instead of {type(value).__name__} objects"
-            )
-            failures.append((position, None, "SerializationError", message, ""))
+            failures.append(unpicklable_result_record(position, value, exc))
     return pack(values, pool, collect=False)
 
 
@@ -243,7 +228,7 @@ class Worker:
         del payload, spec  # the task's segment is released once the items are gone
         run = run_chunk(fn, kind, items, first_index, seed)
         del items
-        failures = [_exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
+        failures = [exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
         values_payload = _encode_values(run.values, failures, self.pool)
         self.outbox.append(
             (task_id, "done", run.start_time, run.end_time, values_payload, failures)
