@@ -1,0 +1,69 @@
+"""``write_run_report``: the breakdown and per-worker timeline of any real run, as HTML or JSON.
+
+Works from a ``Pool`` (its ``pool.events``), an ``EventLog``, or the records themselves. The
+engine's ``fj.map(..., report="run.html")`` and ``pool.report(path)`` call this.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .advice import advise_breakdown
+from .breakdown import Breakdown, breakdown_of_events
+
+
+def _events_of(source: Any) -> Any:
+    events = getattr(source, "events", source)  # a Pool exposes its EventLog as .events
+    if not hasattr(events, "task_records"):
+        raise TypeError(
+            f"write_run_report needs a forkjoin Pool or its EventLog (pool.events), got "
+            f"{type(source).__name__}"
+        )
+    return events
+
+
+def run_breakdown(
+    pool_or_events: Any,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    workers: int | None = None,
+) -> Breakdown:
+    """The phase breakdown of a pool's recorded tasks, optionally only those in
+    ``[since, until]`` (``time.monotonic()`` values; e.g. taken around one ``map`` call)."""
+    events = _events_of(pool_or_events)
+    if workers is None:
+        workers = getattr(pool_or_events, "workers", None)
+    return breakdown_of_events(events, workers=workers, t0=since, t1=until)
+
+
+def write_run_report(
+    pool_or_events: Any,
+    path: str | Path,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    workers: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write the run's breakdown, timeline and advice to ``path``: ``.html`` (self-contained,
+    plots embedded), ``.json`` (every number and the timeline) or ``.txt`` (tables)."""
+    path = Path(path)
+    brk = run_breakdown(pool_or_events, since=since, until=until, workers=workers)
+    advice = advise_breakdown(brk)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        data = brk.as_dict(timeline=True)
+        data["advice"] = advice
+        path.write_text(json.dumps(data, indent=2, default=float))
+    elif suffix in (".txt", ".text"):
+        from .render import render_breakdown_text
+
+        path.write_text(render_breakdown_text(brk, advice))
+    else:
+        from .render import write_run_html
+
+        write_run_html(brk, advice, path, title or "forkjoin run report")
+    return path
