@@ -1,0 +1,285 @@
+"""``Dataset``: a lazy, partitioned table. Operations record a plan; consumers and sinks run it.
+
+>>> import forkjoin as fj
+>>> ds = fj.data.from_items([{"x": i} for i in range(10)])
+>>> ds.map_batches(lambda t: {"y": [v * 2 for v in t["x"].to_pylist()]}).count(workers=1)
+10
+
+Every consumer and sink takes the run options ``workers=``, ``backend=`` (default "process";
+any forkjoin backend), ``pool=`` (run on an existing ``fj.Pool``) and ``in_flight=``
+(partitions in flight, bounding memory).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from .execute import COLLECT, COUNT, DataStats, RunConfig, Terminal, combine, execute
+from .plan import (
+    AddColumn,
+    Filter,
+    GroupByAgg,
+    Limit,
+    MapBatches,
+    MapRows,
+    Op,
+    RenameColumns,
+    Repartition,
+    SelectColumns,
+    Sort,
+    plan_hash,
+    to_format,
+)
+from .sources import SourcePlan
+
+
+class Dataset:
+    """A lazy dataset: a source (files or in-memory partitions) and a list of operations."""
+
+    def __init__(self, source: SourcePlan, ops: Sequence[Op] = (), inputs: Sequence[str] = ()) -> None:
+        self._source = source
+        self._ops: tuple[Op, ...] = tuple(ops)
+        self._inputs = tuple(inputs)  # input file paths (a sink never writes over them)
+        self._stats = DataStats()
+
+    def _with(self, op: Op) -> Dataset:
+        return Dataset(self._source, (*self._ops, op), self._inputs)
+
+    def __repr__(self) -> str:
+        ops = " -> ".join(op.name for op in self._ops) or "no operations"
+        return (
+            f"<forkjoin.data.Dataset {self._source.spec.kind} source, "
+            f"{len(self._source.partitions)} partitions, {ops}>"
+        )
+
+    @property
+    def num_partitions(self) -> int:
+        """Partitions of the source (each one task)."""
+        return len(self._source.partitions)
+
+    # -- operations (lazy) -----------------------------------------------------------------------
+
+    def map_batches(
+        self,
+        fn: Callable[..., Any],
+        *,
+        batch_size: int | None = 4096,
+        batch_format: str = "pyarrow",
+        fn_kwargs: Mapping[str, Any] | None = None,
+    ) -> Dataset:
+        """``fn(batch)`` on batches of up to ``batch_size`` rows (None: a whole partition).
+        The batch is a ``pyarrow.Table``, a ``pandas.DataFrame`` or a dict of numpy arrays
+        (``batch_format``); ``fn`` returns any of these (or a dict of lists)."""
+        return self._with(MapBatches(fn, batch_size, batch_format, dict(fn_kwargs or {})))
+
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Dataset:
+        """``fn(row) -> row``, rows as dicts."""
+        return self._with(MapRows(fn))
+
+    def flat_map(self, fn: Callable[[dict[str, Any]], Any]) -> Dataset:
+        """``fn(row) -> list of rows`` (zero or more)."""
+        return self._with(MapRows(fn, flat=True))
+
+    def filter(self, fn: Callable[[dict[str, Any]], Any] | None = None, *, expr: Any = None) -> Dataset:
+        """Keep rows where ``fn(row)`` is true, or where a ``pyarrow.compute`` expression holds
+        (``expr=pc.field("x") > 3``: vectorised, no Python per row)."""
+        if (fn is None) == (expr is None):
+            raise TypeError("filter() takes a function or expr=, not both or neither")
+        return self._with(Filter(fn, expr))
+
+    def select_columns(self, columns: str | Sequence[str]) -> Dataset:
+        return self._with(SelectColumns([columns] if isinstance(columns, str) else list(columns)))
+
+    def rename_columns(self, mapping: Mapping[str, str]) -> Dataset:
+        return self._with(RenameColumns(dict(mapping)))
+
+    def add_column(self, column: str, fn: Callable[[Any], Any], *, batch_format: str = "pandas") -> Dataset:
+        """A column computed by ``fn(batch)`` (a DataFrame by default): one value per row."""
+        return self._with(AddColumn(column, fn, batch_format))
+
+    def drop_columns(self, columns: Sequence[str]) -> Dataset:
+        names = self.schema().names
+        return self.select_columns([c for c in names if c not in set(columns)])
+
+    def limit(self, n: int) -> Dataset:
+        """The first ``n`` rows (in partition order)."""
+        if n < 0:
+            raise ValueError(f"limit must be >= 0, got {n}")
+        return self._with(Limit(n))
+
+    def repartition(self, partitions: int) -> Dataset:
+        """``partitions`` partitions of equal rows (runs what comes before it to completion)."""
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        return self._with(Repartition(partitions))
+
+    def sort(self, key: str | Sequence[str], descending: bool | Sequence[bool] = False) -> Dataset:
+        """Sorted by ``key`` (stable; nulls last). Collects the data: for moderate sizes."""
+        keys = [key] if isinstance(key, str) else list(key)
+        flags = [descending] * len(keys) if isinstance(descending, bool) else list(descending)
+        return self._with(Sort([(k, "descending" if d else "ascending") for k, d in zip(keys, flags, strict=True)]))
+
+    def groupby(self, keys: str | Sequence[str]) -> GroupedDataset:
+        return GroupedDataset(self, [keys] if isinstance(keys, str) else list(keys))
+
+    # -- consumers -------------------------------------------------------------------------------
+
+    def _run(self, terminal: Terminal, run: dict[str, Any], **kwargs: Any) -> Iterator[Any]:
+        config = RunConfig.from_kwargs(**run)
+        self._stats = stats = DataStats()
+        start = time.perf_counter()
+        try:
+            yield from execute(self._source, self._ops, terminal, config, stats, **kwargs)
+        finally:
+            stats.seconds = time.perf_counter() - start
+
+    def iter_batches(self, *, batch_size: int | None = None, batch_format: str = "pyarrow",
+                     **run: Any) -> Iterator[Any]:  # fmt: skip
+        """Stream the result, in order, as batches (a partition at a time without
+        ``batch_size``): at most ``in_flight`` partitions are in memory."""
+        pending: list[pa.Table] = []
+        held = 0
+        for result in self._run(COLLECT, run):
+            table = result.table
+            assert table is not None
+            if batch_size is None:
+                if table.num_rows:
+                    yield to_format(table, batch_format)
+                continue
+            pending.append(table)
+            held += table.num_rows
+            while held >= batch_size:
+                merged = combine(pending)
+                yield to_format(merged.slice(0, batch_size), batch_format)
+                rest = merged.slice(batch_size)
+                pending, held = [rest], rest.num_rows
+        if batch_size is not None and held:
+            yield to_format(combine(pending), batch_format)
+
+    def iter_rows(self, **run: Any) -> Iterator[dict[str, Any]]:
+        for batch in self.iter_batches(**run):
+            yield from batch.to_pylist()
+
+    def to_arrow(self, **run: Any) -> pa.Table:
+        tables = [r.table for r in self._run(COLLECT, run)]
+        return combine([t for t in tables if t is not None], self._output_schema_hint())
+
+    def to_pandas(self, **run: Any) -> Any:
+        return self.to_arrow(**run).to_pandas()
+
+    def to_numpy(self, column: str | None = None, **run: Any) -> Any:
+        """A dict of numpy arrays, or one array when ``column`` is given."""
+        table = self.to_arrow(**run)
+        if column is not None:
+            return table.column(column).to_numpy()
+        return to_format(table, "numpy")
+
+    def take(self, n: int = 20, **run: Any) -> list[dict[str, Any]]:
+        """The first ``n`` rows as dicts (runs only the partitions it needs)."""
+        return self.limit(n).to_arrow(**run).to_pylist()  # type: ignore[no-any-return]
+
+    def count(self, **run: Any) -> int:
+        """Rows in the result: from metadata when no operation can change the count."""
+        if all(isinstance(op, (SelectColumns, RenameColumns, AddColumn)) for op in self._ops):
+            known = [p.rows for p in self._source.partitions]
+            if self._source.spec.filter is None and all(r is not None for r in known):
+                return sum(r for r in known if r is not None)
+        return sum(r.rows for r in self._run(COUNT, run))
+
+    def schema(self, **run: Any) -> pa.Schema:
+        """The result's schema: the source's when no operation changes it, else that of the
+        first partition, processed."""
+        source_schema = self._source.spec.schema
+        if not self._ops and source_schema is not None:
+            if self._source.spec.columns is not None:
+                return pa.schema([source_schema.field(c) for c in self._source.spec.columns])
+            return source_schema
+        first = Dataset(
+            SourcePlan(self._source.spec, self._source.partitions[:1], self._source.counts),
+            self._ops,
+            self._inputs,
+        )
+        run.setdefault("backend", "inline")
+        return first.to_arrow(**run).schema
+
+    def stats(self) -> DataStats:
+        """What the last execution of this Dataset did (rows, partitions, skipped, time)."""
+        return self._stats
+
+    def materialize(self, **run: Any) -> Dataset:
+        """Run the plan now and keep the result in memory as a new Dataset."""
+        from . import from_arrow
+
+        return from_arrow(self.to_arrow(**run))
+
+    def _output_schema_hint(self) -> pa.Schema | None:
+        return self._source.spec.schema if not self._ops else None
+
+    # -- sinks -----------------------------------------------------------------------------------
+
+    def write_parquet(self, path: str, *, mode: str = "create", resume: bool = True,
+                      compression: str | None = None, **run: Any) -> DataStats:  # fmt: skip
+        """Write one Parquet file per partition into directory ``path``, atomically, with
+        ``_manifest.json``. A rerun of the same plan resumes (skips committed partitions);
+        a different plan is refused unless ``mode="overwrite"``."""
+        return self._write("parquet", path, mode, resume, compression, run)
+
+    def write_csv(self, path: str, *, mode: str = "create", resume: bool = True, **run: Any) -> DataStats:
+        return self._write("csv", path, mode, resume, None, run)
+
+    def write_json(self, path: str, *, mode: str = "create", resume: bool = True, **run: Any) -> DataStats:
+        """JSON Lines, one file per partition."""
+        return self._write("json", path, mode, resume, None, run)
+
+    def _write(self, fmt: str, path: str, mode: str, resume: bool, compression: str | None,
+               run: dict[str, Any]) -> DataStats:  # fmt: skip
+        from .sinks import Committer
+
+        keys = [p.key() for p in self._source.partitions]
+        digest = plan_hash([self._source.spec.key(), *keys], self._ops, f"{fmt},{compression}")
+        committer = Committer(path, fmt, digest, mode=mode, resume=resume,
+                              inputs=list(self._inputs), compression=compression)  # fmt: skip
+        terminal = Terminal("write", sink=committer.spec)
+        for result in self._run(terminal, run, ordered=False, skip=committer.committed):
+            committer.commit(result.extra)
+            self._stats.files_written += 1
+            self._stats.bytes_written += result.extra.bytes
+        manifest = committer.finish()
+        self._stats.rows_out = manifest["rows"]
+        return self._stats
+
+
+class GroupedDataset:
+    """``ds.groupby(keys)``: call ``agg`` (or ``count``, ``sum``, ``mean``, ``min``, ``max``)."""
+
+    def __init__(self, dataset: Dataset, keys: list[str]) -> None:
+        self._dataset = dataset
+        self._keys = keys
+
+    def agg(self, spec: Mapping[str, Any] | None = None, **named: Any) -> Dataset:
+        """Aggregations computed per partition, merged at the end: ``{"x": "sum"}``,
+        ``{"x": ["min", "max"]}``, ``{"x": Reducer(...)}``, or ``total=("x", "sum")``.
+        Built-ins: sum, count, mean, min, max. One row per group, sorted by key."""
+        from .aggregate import AggSpec
+
+        return self._dataset._with(GroupByAgg(self._keys, AggSpec.parse(spec, named)))
+
+    def count(self) -> Dataset:
+        """Rows per group, in a column named ``count``."""
+        return self.agg(count=(self._keys[0], "count"))
+
+    def sum(self, column: str) -> Dataset:
+        return self.agg({column: "sum"})
+
+    def mean(self, column: str) -> Dataset:
+        return self.agg({column: "mean"})
+
+    def min(self, column: str) -> Dataset:
+        return self.agg({column: "min"})
+
+    def max(self, column: str) -> Dataset:
+        return self.agg({column: "max"})

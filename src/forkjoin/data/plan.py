@@ -1,0 +1,352 @@
+"""The lazy plan: operations recorded by a Dataset, fused into one task per partition.
+
+::
+
+    Dataset.map_batches(f).filter(p).select_columns([...]).groupby("k").agg(...).map(g)
+       │
+       ▼  split_stages(): row-wise operations fuse; a barrier (repartition, sort, limit,
+       │  groupby) ends a stage and its result feeds the next one
+    stage 1: [MapBatches(f), Filter(p), Select]  + barrier GroupByAgg   (one task per partition)
+    stage 2: [Map(g)]                                                   (one task per partition)
+
+Row-wise operations are applied to a partition's Arrow table in order, in the worker
+(``apply_ops``); nothing is materialised between them. Each operation checks what a user
+function returns and names itself and what it expected when that is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+BATCH_FORMATS = ("pyarrow", "pandas", "numpy")
+
+
+def describe_function(fn: Any) -> str:
+    """A stable text for a function, for plan hashes: its qualified name and a hash of its code
+    (the same across processes and runs, unlike a pickle)."""
+    if isinstance(fn, type):
+        return f"{fn.__module__}.{fn.__qualname__}"
+    code = getattr(fn, "__code__", None)
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    if code is None:
+        inner = getattr(fn, "func", None)  # functools.partial
+        if inner is not None:
+            return f"partial({describe_function(inner)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+        return name
+    digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+    return f"{name}#{digest}#{getattr(fn, '__defaults__', None)!r}"
+
+
+def function_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+# -- batches in and out --------------------------------------------------------------------------
+
+
+def to_format(table: pa.Table, batch_format: str) -> Any:
+    if batch_format == "pyarrow":
+        return table
+    if batch_format == "pandas":
+        return table.to_pandas()
+    return {name: column.to_numpy(zero_copy_only=False) for name, column in
+            zip(table.column_names, table.columns, strict=True)}  # fmt: skip
+
+
+def from_batch(value: Any, where: str) -> pa.Table:
+    """A user function's batch result as an Arrow table, or an error naming ``where``."""
+    if isinstance(value, pa.Table):
+        return value
+    if isinstance(value, pa.RecordBatch):
+        return pa.Table.from_batches([value])
+    module = type(value).__module__
+    if module.startswith("pandas") and hasattr(value, "columns"):
+        return pa.Table.from_pandas(value, preserve_index=False)
+    if isinstance(value, dict):
+        lengths = {name: _length(column) for name, column in value.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"{where} returned columns of different lengths {lengths}; every column of a "
+                f"batch must have the same number of rows"
+            )
+        try:
+            return pa.table({name: _to_array(column) for name, column in value.items()})
+        except (pa.ArrowException, TypeError) as exc:
+            raise TypeError(f"{where} returned a dict whose columns Arrow cannot hold: {exc}") from None
+    raise TypeError(
+        f"{where} returned {type(value).__name__}; expected a pyarrow.Table, a "
+        f"pandas.DataFrame or a dict of column name -> array"
+    )
+
+
+def _length(column: Any) -> int:
+    try:
+        return len(column)
+    except TypeError:
+        return -1
+
+
+def _to_array(column: Any) -> Any:
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return column
+    if hasattr(column, "ndim") and getattr(column, "ndim", 1) > 1:
+        return pa.array(list(column))  # a 2-D array becomes a list column, one row per row
+    return column
+
+
+def rows_to_table(rows: list[Any], where: str, schema: pa.Schema | None = None) -> pa.Table:
+    for row in rows:
+        if not isinstance(row, dict):
+            raise TypeError(f"{where} returned {type(row).__name__}; expected a dict (one row)")
+    if not rows:
+        return schema.empty_table() if schema is not None else pa.table({})
+    try:
+        return pa.Table.from_struct_array(pa.array(rows))
+    except (pa.ArrowException, TypeError) as exc:
+        raise TypeError(f"{where} returned rows that Arrow cannot hold: {exc}") from None
+
+
+# -- operations ----------------------------------------------------------------------------------
+
+
+class Op:
+    """One recorded operation. Row-wise ones implement ``apply``; barriers do not."""
+
+    barrier = False
+    name = "op"
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass
+class MapBatches(Op):
+    fn: Callable[..., Any]
+    batch_size: int | None = 4096
+    batch_format: str = "pyarrow"
+    fn_kwargs: dict[str, Any] = field(default_factory=dict)
+    name = "map_batches"
+
+    def __post_init__(self) -> None:
+        if self.batch_format not in BATCH_FORMATS:
+            raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got {self.batch_format!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        if table.num_rows == 0:
+            return table  # an empty partition: the function never sees an empty batch
+        where = f"map_batches({function_name(self.fn)})"
+        size = self.batch_size or table.num_rows
+        fn, fmt, kwargs = self.fn, self.batch_format, self.fn_kwargs
+        outputs = [
+            from_batch(fn(to_format(table.slice(lo, size), fmt), **kwargs), where)
+            for lo in range(0, table.num_rows, size)
+        ]
+        return concat(outputs)
+
+    def key(self) -> str:
+        return f"map_batches({describe_function(self.fn)},{self.batch_size},{self.batch_format},{sorted(self.fn_kwargs.items())!r})"
+
+
+@dataclass
+class MapRows(Op):
+    fn: Callable[[dict[str, Any]], Any]
+    flat: bool = False
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "flat_map" if self.flat else "map"
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        where = f"{self.name}({function_name(self.fn)})"
+        if self.flat:
+            rows = []
+            for row in table.to_pylist():
+                produced = self.fn(row)
+                if isinstance(produced, dict) or not isinstance(produced, Iterable):
+                    raise TypeError(
+                        f"{where} returned {type(produced).__name__}; expected a list (or other "
+                        f"iterable) of dicts"
+                    )
+                rows.extend(produced)
+        else:
+            rows = [self.fn(row) for row in table.to_pylist()]
+        return rows_to_table(rows, where)
+
+    def key(self) -> str:
+        return f"{self.name}({describe_function(self.fn)})"
+
+
+@dataclass
+class Filter(Op):
+    fn: Callable[[dict[str, Any]], Any] | None = None
+    expr: Any = None  # a pyarrow.compute.Expression
+    name = "filter"
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        if self.expr is not None:
+            return table.filter(self.expr)
+        assert self.fn is not None
+        mask = [bool(self.fn(row)) for row in table.to_pylist()]
+        return table.filter(pa.array(mask, type=pa.bool_())) if mask else table
+
+    def key(self) -> str:
+        return f"filter({describe_function(self.fn) if self.fn else str(self.expr)})"
+
+
+@dataclass
+class SelectColumns(Op):
+    columns: list[str]
+    name = "select_columns"
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        missing = [c for c in self.columns if c not in table.column_names]
+        if missing:
+            raise KeyError(f"select_columns: no column(s) {missing}; the data has {table.column_names}")
+        return table.select(self.columns)
+
+    def key(self) -> str:
+        return f"select_columns({self.columns})"
+
+
+@dataclass
+class RenameColumns(Op):
+    mapping: dict[str, str]
+    name = "rename_columns"
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        missing = [c for c in self.mapping if c not in table.column_names]
+        if missing:
+            raise KeyError(f"rename_columns: no column(s) {missing}; the data has {table.column_names}")
+        return table.rename_columns([self.mapping.get(c, c) for c in table.column_names])
+
+    def key(self) -> str:
+        return f"rename_columns({sorted(self.mapping.items())})"
+
+
+@dataclass
+class AddColumn(Op):
+    column: str
+    fn: Callable[[Any], Any]
+    batch_format: str = "pandas"
+    name = "add_column"
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        where = f"add_column({self.column!r}, {function_name(self.fn)})"
+        values = self.fn(to_format(table, self.batch_format))
+        if hasattr(values, "to_numpy") and not isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = values.to_numpy()  # a pandas Series: its values, not its index
+        if _length(values) != table.num_rows:
+            raise ValueError(
+                f"{where} returned {_length(values)} values for a batch of {table.num_rows} rows; "
+                f"expected one value per row"
+            )
+        array = _to_array(values)
+        if self.column in table.column_names:
+            return table.set_column(table.column_names.index(self.column), self.column, array)
+        return table.append_column(self.column, array)
+
+    def key(self) -> str:
+        return f"add_column({self.column},{describe_function(self.fn)},{self.batch_format})"
+
+
+@dataclass
+class Limit(Op):
+    """Row-wise within a partition (no partition needs more than ``n`` rows) and a barrier
+    across partitions (the first ``n`` rows in order)."""
+
+    n: int
+    name = "limit"
+    barrier = True
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        return table.slice(0, self.n)
+
+    def key(self) -> str:
+        return f"limit({self.n})"
+
+
+@dataclass
+class Repartition(Op):
+    partitions: int
+    name = "repartition"
+    barrier = True
+
+    def key(self) -> str:
+        return f"repartition({self.partitions})"
+
+
+@dataclass
+class Sort(Op):
+    keys: list[tuple[str, str]]  # (column, "ascending" | "descending")
+    name = "sort"
+    barrier = True
+
+    def key(self) -> str:
+        return f"sort({self.keys})"
+
+
+@dataclass
+class GroupByAgg(Op):
+    keys: list[str]
+    aggs: Any  # aggregate.AggSpec
+    name = "groupby"
+    barrier = True
+
+    def key(self) -> str:
+        return f"groupby({self.keys},{self.aggs.key()})"
+
+
+def concat(tables: Sequence[pa.Table]) -> pa.Table:
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowInvalid:
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+def apply_ops(table: pa.Table, ops: Sequence[Op]) -> pa.Table:
+    for op in ops:
+        table = op.apply(table)
+    return table
+
+
+@dataclass
+class Stage:
+    """Row-wise operations fused into one task per partition, ended by a barrier (or None)."""
+
+    ops: list[Op]
+    barrier: Op | None
+
+
+def split_stages(ops: Sequence[Op]) -> Iterator[Stage]:
+    current: list[Op] = []
+    for op in ops:
+        if op.barrier:
+            if isinstance(op, Limit):
+                current.append(op)  # each partition keeps at most n rows before the barrier
+            yield Stage(current, op)
+            current = []
+        else:
+            current.append(op)
+    yield Stage(current, None)
+
+
+def plan_hash(source_keys: Iterable[Any], ops: Sequence[Op], extra: str = "") -> str:
+    digest = hashlib.sha256()
+    for key in source_keys:
+        digest.update(repr(key).encode())
+    for op in ops:
+        digest.update(op.key().encode())
+    digest.update(extra.encode())
+    return digest.hexdigest()[:16]

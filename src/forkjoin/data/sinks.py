@@ -1,0 +1,207 @@
+"""Sinks: workers write partitions, the caller keeps the manifest; reruns resume.
+
+::
+
+    caller: prepare()  check the directory: empty / same plan (resume) / other plan (refuse
+       │               unless mode="overwrite", which never deletes the input it reads)
+       ▼               remove staging files left by a crashed run
+    worker: write_partition()  .part-00003.parquet.<run>.tmp ──os.replace──> part-00003.parquet
+       │                       (a file is visible only once complete; names are deterministic,
+       ▼                        so a rerun replaces rather than duplicates)
+    caller: commit()  _manifest.json rewritten atomically after each committed partition
+                      ({"complete": false}), and a last time with {"complete": true}
+
+``_manifest.json`` lists each committed file with its partition, rows and bytes, and the plan's
+hash (input files with sizes and mtimes, operations with a hash of each function's code, the
+output format). A rerun of the same plan skips the partitions the manifest lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ..errors import DataError
+
+MANIFEST = "_manifest.json"
+MANIFEST_VERSION = 1
+FORMATS = {"parquet": "parquet", "csv": "csv", "json": "jsonl"}
+_OURS = re.compile(r"^(part-\d{5,}\.(parquet|csv|jsonl)|\.part-\d{5,}\..*\.tmp|_manifest\.json(\..*\.tmp)?)$")
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """Where and how workers write (shipped with each task)."""
+
+    format: str
+    directory: str
+    run_id: str
+    compression: str | None = None
+
+    def file_name(self, index: int) -> str:
+        return f"part-{index:05d}.{FORMATS[self.format]}"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    partition: int
+    rows: int
+    bytes: int
+
+
+def write_partition(table: pa.Table, index: int, sink: SinkSpec) -> FileInfo:
+    """Write one partition to a staging name and rename it into place (in a worker)."""
+    name = sink.file_name(index)
+    final = os.path.join(sink.directory, name)
+    staging = os.path.join(sink.directory, f".{name}.{sink.run_id}.{os.getpid()}.tmp")
+    try:
+        if sink.format == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, staging, compression=sink.compression or "snappy")
+        elif sink.format == "csv":
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, staging)
+        else:
+            with open(staging, "w", encoding="utf-8") as handle:
+                for row in table.to_pylist():
+                    handle.write(json.dumps(row, default=str, ensure_ascii=False))
+                    handle.write("\n")
+        size = os.path.getsize(staging)
+        os.replace(staging, final)
+    except BaseException:
+        try:
+            os.unlink(staging)
+        except FileNotFoundError:
+            pass
+        raise
+    return FileInfo(name, index, table.num_rows, size)
+
+
+# -- the caller's side ---------------------------------------------------------------------------
+
+
+def read_manifest(directory: str) -> dict[str, Any] | None:
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data: dict[str, Any] = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise DataError(f"{path} is not a valid forkjoin manifest ({exc})") from None
+    return data
+
+
+def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
+    staging = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(staging, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(staging, path)
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+class Committer:
+    """The caller's record of a write: which partitions are committed, in ``_manifest.json``."""
+
+    def __init__(self, directory: str, fmt: str, plan_hash: str, *, mode: str, resume: bool,
+                 inputs: list[str], compression: str | None = None) -> None:  # fmt: skip
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        if mode not in ("create", "overwrite"):
+            raise ValueError(f"mode must be 'create' or 'overwrite', got {mode!r}")
+        if "://" in directory and not directory.startswith("file://"):
+            raise DataError(f"{directory}: writing supports local directories only")
+        self.directory = os.path.abspath(directory.removeprefix("file://"))
+        self.format = fmt
+        self.plan_hash = plan_hash
+        self.files: dict[int, FileInfo] = {}
+        for source in inputs:
+            if _inside(source, self.directory):
+                raise DataError(
+                    f"refusing to write into {self.directory}: it holds this plan's own input "
+                    f"{source}; write to another directory"
+                    + (" (mode='overwrite' never deletes the input)" if mode == "overwrite" else "")
+                )
+        self.spec = SinkSpec(fmt, self.directory, uuid.uuid4().hex[:8], compression)
+        self._prepare(mode, resume)
+
+    def _prepare(self, mode: str, resume: bool) -> None:
+        directory = self.directory
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise DataError(f"{directory} exists and is not a directory")
+        os.makedirs(directory, exist_ok=True)
+        manifest = read_manifest(directory)
+        names = os.listdir(directory)
+        ours = [n for n in names if _OURS.match(n)]
+        if mode == "overwrite":
+            for name in ours:
+                os.unlink(os.path.join(directory, name))
+            return
+        for name in ours:  # staging files of a crashed run: never visible, never committed
+            if name.endswith(".tmp"):
+                os.unlink(os.path.join(directory, name))
+        if manifest is None:
+            visible = [n for n in names if not n.startswith(".") and not n.endswith(".tmp")]
+            if visible:
+                raise DataError(
+                    f"{directory} is not empty ({len(visible)} entries, e.g. {sorted(visible)[0]!r}) "
+                    f"and has no {MANIFEST}; use mode='overwrite' to replace its part files, or "
+                    f"write to a new directory"
+                )
+            return
+        if manifest.get("plan_hash") != self.plan_hash or manifest.get("format") != self.format:
+            raise DataError(
+                f"{directory} holds the output of a different plan (plan hash "
+                f"{manifest.get('plan_hash')}, format {manifest.get('format')}; this plan is "
+                f"{self.plan_hash}, {self.format}); refusing to mix outputs: use "
+                f"mode='overwrite' or a new directory"
+            )
+        if not resume:
+            raise DataError(
+                f"{directory} already holds this plan's output; pass resume=True to finish or "
+                f"reuse it, or mode='overwrite' to write it again"
+            )
+        for entry in manifest.get("files", []):
+            info = FileInfo(**entry)
+            path = os.path.join(directory, info.name)
+            if os.path.exists(path) and os.path.getsize(path) == info.bytes:
+                self.files[info.partition] = info
+
+    @property
+    def committed(self) -> frozenset[int]:
+        return frozenset(self.files)
+
+    def commit(self, info: FileInfo) -> None:
+        self.files[info.partition] = info
+        self._write(complete=False)
+
+    def finish(self) -> dict[str, Any]:
+        """Write the final manifest (the last thing a write does) and return it."""
+        return self._write(complete=True)
+
+    def _write(self, complete: bool) -> dict[str, Any]:
+        files = [asdict(self.files[i]) for i in sorted(self.files)]
+        data = {
+            "version": MANIFEST_VERSION,
+            "format": self.format,
+            "plan_hash": self.plan_hash,
+            "complete": complete,
+            "partitions": len(files),
+            "rows": sum(f["rows"] for f in files),
+            "files": files,
+        }
+        _write_json_atomically(os.path.join(self.directory, MANIFEST), data)
+        return data

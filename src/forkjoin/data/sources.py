@@ -1,0 +1,720 @@
+"""Sources: find the files, cut them into partitions, and read one partition in a worker.
+
+::
+
+    paths / globs / directories / fsspec URLs          in-memory rows, DataFrames, Tables
+       │  discover(): sorted files, hidden and _underscore names skipped   │
+       ▼                                                                    ▼
+    plan_parquet   row groups grouped up to target_bytes                 slices of ~target_bytes
+    plan_text      whole files, or byte ranges of target_bytes (CSV, JSONL)
+       │
+       ▼
+    Partition (small, picklable: path + row groups or byte range, or a table slice)
+       │  sent to a worker with the ReadSpec (columns, filter, schema, on_error)
+       ▼
+    read_partition() -> (pyarrow.Table, ReadCounts)      DataError names file and row group/line
+
+The caller only reads metadata (Parquet footers, CSV headers, the first block of text files to
+infer a schema); the data itself is read by the workers.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from ..errors import DataError
+
+# Uncompressed bytes per partition: large enough that per-task overhead (~1 ms) is noise next
+# to reading and a Python UDF, small enough that workers x in-flight partitions stay well under
+# a quarter of memory on a laptop. Chosen from benchmarks/bench_data.py (16-64 MiB were within
+# noise; 32 MiB keeps peak RSS lower).
+TARGET_PARTITION_BYTES = 32 * 1024 * 1024
+# How much of the first text file is read in the caller to infer the schema (CSV, JSONL).
+SCHEMA_SAMPLE_BYTES = 1024 * 1024
+# In-memory sources: at least this many partitions per usable CPU, so small inputs with a slow
+# UDF still spread over every worker.
+MIN_PARTITIONS_PER_CPU = 2
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One task's worth of input: a file's row groups or byte range, or an in-memory slice."""
+
+    index: int
+    kind: str  # "parquet" | "csv" | "json" | "table"
+    path: str = ""
+    row_groups: tuple[int, ...] = ()
+    start: int = 0
+    end: int = -1  # byte range [start, end); -1: the whole file
+    rows: int | None = None  # known before reading (Parquet metadata, in-memory)
+    nbytes: int = 0
+    table: pa.Table | None = field(default=None, compare=False, repr=False)
+    mtime_ns: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "table":
+            return f"in-memory partition {self.index}"
+        if self.kind == "parquet":
+            return f"{self.path} (row groups {_ranges(self.row_groups)})"
+        if self.end >= 0:
+            return f"{self.path} (bytes {self.start}-{self.end})"
+        return self.path
+
+    def key(self) -> tuple[Any, ...]:
+        """What identifies this input for a plan hash (not the data of an in-memory table)."""
+        if self.kind == "table":
+            assert self.table is not None
+            return ("table", self.index, self.table.num_rows, self.table.nbytes)
+        return (self.kind, self.path, self.row_groups, self.start, self.end, self.mtime_ns)
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """How every partition of a source is read (shipped with each task; small)."""
+
+    kind: str
+    columns: tuple[str, ...] | None = None
+    filter: Any = None  # a pyarrow.compute.Expression (pushed into the reader), or None
+    schema: pa.Schema | None = None  # the source's schema, enforced on every partition
+    on_error: str = "raise"  # "raise" | "skip"
+    filesystem: Any = None  # an fsspec filesystem, or None for local paths
+    csv_delimiter: str = ","
+
+    def key(self) -> tuple[Any, ...]:
+        return (
+            self.kind,
+            self.columns,
+            str(self.filter),
+            str(self.schema),
+            self.on_error,
+            self.csv_delimiter,
+        )
+
+
+@dataclass
+class ReadCounts:
+    """What reading one partition met: rows read and what ``on_error="skip"`` dropped."""
+
+    rows_read: int = 0
+    rows_skipped: int = 0
+    files_skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, other: ReadCounts) -> None:
+        self.rows_read += other.rows_read
+        self.rows_skipped += other.rows_skipped
+        self.files_skipped += other.files_skipped
+        self.problems += other.problems[: max(0, 20 - len(self.problems))]
+
+
+@dataclass
+class SourcePlan:
+    spec: ReadSpec
+    partitions: list[Partition]
+    counts: ReadCounts  # problems met while planning (files skipped with on_error="skip")
+
+
+def _ranges(values: Sequence[int]) -> str:
+    if not values:
+        return "-"
+    if list(values) == list(range(values[0], values[-1] + 1)) and len(values) > 1:
+        return f"{values[0]}-{values[-1]}"
+    return ",".join(str(v) for v in values)
+
+
+# -- discovery -----------------------------------------------------------------------------------
+
+
+def _filesystem(path: str) -> tuple[Any, str]:
+    """(fsspec filesystem or None, path on it) for a local path or a URL."""
+    if "://" not in path or path.startswith("file://"):
+        return None, path.removeprefix("file://")
+    try:
+        import fsspec
+    except ImportError:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"reading {path!r} needs fsspec: pip install fsspec (and the filesystem's package)"
+        ) from None
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs, inner
+
+
+def _visible(name: str) -> bool:
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return not base.startswith((".", "_"))
+
+
+def discover(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], suffixes: tuple[str, ...]) -> tuple[Any, list[str]]:
+    """Sorted files named by ``paths``: files, globs, or directories (searched recursively for
+    ``suffixes``; names starting with ``.`` or ``_``, like staging files and manifests, are
+    skipped). All paths must be on one filesystem."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise DataError("no input paths given")
+    fs, _ = _filesystem(os.fspath(items[0]))
+    found: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        item_fs, path = _filesystem(text)
+        if (item_fs is None) != (fs is None):
+            raise DataError(f"all inputs must be on one filesystem; {text!r} is not")
+        found += _discover_one(item_fs, path, text, suffixes)
+    return fs, found
+
+
+def _discover_one(fs: Any, path: str, shown: str, suffixes: tuple[str, ...]) -> list[str]:
+    if fs is None:
+        if any(ch in path for ch in "*?["):
+            matches = sorted(p for p in _glob.glob(path, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise DataError(f"no files match {shown!r}")
+            return matches
+        if os.path.isdir(path):
+            out = []
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if _visible(d))
+                out += [
+                    os.path.join(root, f)
+                    for f in sorted(files)
+                    if _visible(f) and f.lower().endswith(suffixes)
+                ]
+            if not out:
+                raise DataError(f"no {'/'.join(suffixes)} files in directory {shown!r}")
+            return out
+        if not os.path.exists(path):
+            raise DataError(f"input not found: {shown!r}")
+        return [path]
+    if any(ch in path for ch in "*?["):
+        matches = sorted(p for p in fs.glob(path) if fs.isfile(p))
+    elif fs.isdir(path):
+        matches = sorted(
+            p
+            for p in fs.find(path)
+            if _visible(p) and p.lower().endswith(suffixes) and "/." not in p and "/_" not in p
+        )
+    elif fs.exists(path):
+        matches = [path]
+    else:
+        raise DataError(f"input not found: {shown!r}")
+    if not matches:
+        raise DataError(f"no files match {shown!r}")
+    return matches
+
+
+def _open(fs: Any, path: str) -> Any:
+    return open(path, "rb") if fs is None else fs.open(path, "rb")
+
+
+def _stat(fs: Any, path: str) -> tuple[int, int]:
+    """(size, mtime in ns) of a file."""
+    if fs is None:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    info = fs.info(path)
+    mtime = info.get("mtime") or info.get("LastModified") or 0
+    try:
+        mtime_ns = int(float(mtime) * 1e9)
+    except (TypeError, ValueError):
+        mtime_ns = hash(str(mtime))
+    return int(info.get("size") or 0), mtime_ns
+
+
+def skip_or_raise(spec_on_error: str, counts: ReadCounts, message: str, rows: int = 0) -> None:
+    if spec_on_error != "skip":
+        raise DataError(message)
+    counts.files_skipped += 1
+    counts.rows_skipped += rows
+    if len(counts.problems) < 20:
+        counts.problems.append(message)
+
+
+# -- planning: Parquet ---------------------------------------------------------------------------
+
+
+def _schema_difference(expected: pa.Schema, got: pa.Schema) -> str:
+    exp = {f.name: str(f.type) for f in expected}
+    new = {f.name: str(f.type) for f in got}
+    parts = []
+    missing = [n for n in exp if n not in new]
+    extra = [n for n in new if n not in exp]
+    changed = [f"{n} {exp[n]} -> {new[n]}" for n in exp if n in new and exp[n] != new[n]]
+    if missing:
+        parts.append(f"missing columns {missing}")
+    if extra:
+        parts.append(f"new columns {extra}")
+    if changed:
+        parts.append("changed types " + ", ".join(changed))
+    return "; ".join(parts) or "different column order"
+
+
+def plan_parquet(
+    paths: Any,
+    *,
+    columns: Sequence[str] | None,
+    filter: Any,
+    on_error: str,
+    target_bytes: int,
+) -> SourcePlan:
+    import pyarrow.parquet as pq
+
+    fs, files = discover(paths, PARQUET_SUFFIXES)
+    counts = ReadCounts()
+    partitions: list[Partition] = []
+    schema: pa.Schema | None = None
+    for path in files:
+        size, mtime = _stat(fs, path)
+        try:
+            with _open(fs, path) as handle:
+                meta = pq.ParquetFile(handle).metadata
+                file_schema = meta.schema.to_arrow_schema().remove_metadata()
+        except (pa.ArrowException, OSError) as exc:
+            skip_or_raise(on_error, counts, f"{path}: not a readable Parquet file ({exc})")
+            continue
+        if schema is None:
+            schema = file_schema
+        elif not file_schema.equals(schema):
+            skip_or_raise(
+                on_error,
+                counts,
+                f"{path}: schema differs from {files[0]}: "
+                f"{_schema_difference(schema, file_schema)}",
+                meta.num_rows,
+            )
+            continue
+        group: list[int] = []
+        group_bytes = group_rows = 0
+        for rg in range(meta.num_row_groups):
+            info = meta.row_group(rg)
+            group.append(rg)
+            group_bytes += info.total_byte_size
+            group_rows += info.num_rows
+            if group_bytes >= target_bytes or rg == meta.num_row_groups - 1:
+                partitions.append(
+                    Partition(
+                        len(partitions), "parquet", path, tuple(group), rows=group_rows,
+                        nbytes=group_bytes, mtime_ns=mtime,
+                    )
+                )  # fmt: skip
+                group, group_bytes, group_rows = [], 0, 0
+        if meta.num_row_groups == 0:
+            partitions.append(
+                Partition(len(partitions), "parquet", path, (), rows=0, nbytes=0, mtime_ns=mtime)
+            )
+        del size
+    if schema is None:
+        schema = pa.schema([])
+    _check_columns(schema, columns, "read_parquet")
+    spec = ReadSpec(
+        "parquet",
+        tuple(columns) if columns else None,
+        _to_expression(filter),
+        schema,
+        on_error,
+        fs,
+    )
+    return SourcePlan(spec, partitions, counts)
+
+
+def _check_columns(schema: pa.Schema, columns: Sequence[str] | None, where: str) -> None:
+    if columns and len(schema):
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise DataError(f"{where}: no column(s) {missing}; the input has {schema.names}")
+
+
+def _to_expression(filter: Any) -> Any:
+    """A pyarrow.compute.Expression from an expression or DNF tuples [("x", ">", 5), ...]."""
+    if filter is None:
+        return None
+    import pyarrow.compute as pc
+
+    if isinstance(filter, pc.Expression):
+        return filter
+    import pyarrow.parquet as pq
+
+    return pq.filters_to_expression(filter)
+
+
+# -- planning: CSV / JSON Lines ------------------------------------------------------------------
+
+
+def _read_head(fs: Any, path: str, nbytes: int) -> bytes:
+    """The first ``nbytes`` of a file, cut back to the last complete line."""
+    with _open(fs, path) as handle:
+        data = handle.read(nbytes)
+        if len(data) == nbytes:
+            cut = data.rfind(b"\n")
+            data = data[: cut + 1] if cut >= 0 else data + handle.readline()
+    return bytes(data)
+
+
+def _compressed(path: str) -> bool:
+    return path.lower().endswith((".gz", ".bz2", ".zst", ".xz"))
+
+
+def plan_text(
+    paths: Any,
+    kind: str,
+    *,
+    columns: Sequence[str] | None,
+    filter: Any,
+    on_error: str,
+    target_bytes: int,
+    schema: pa.Schema | None,
+    delimiter: str = ",",
+) -> SourcePlan:
+    fs, files = discover(paths, CSV_SUFFIXES if kind == "csv" else JSON_SUFFIXES)
+    counts = ReadCounts()
+    partitions: list[Partition] = []
+    header: list[str] | None = None
+    for path in files:
+        size, mtime = _stat(fs, path)
+        if kind == "csv":
+            head = _read_head(fs, path, 64 * 1024) if not _compressed(path) else b""
+            names = _csv_names(head, delimiter) if head else None
+            if names is not None:
+                if header is None:
+                    header = names
+                elif names != header:
+                    skip_or_raise(
+                        on_error,
+                        counts,
+                        f"{path}: header {names} differs from {files[0]}'s {header} "
+                        f"(schema changed between files)",
+                    )
+                    continue
+        if schema is None and size > 0 and not _compressed(path):
+            schema = _infer_schema(fs, path, kind, delimiter)
+        if _compressed(path) or size <= target_bytes:
+            partitions.append(Partition(len(partitions), kind, path, nbytes=size, mtime_ns=mtime))
+            continue
+        for start in range(0, size, target_bytes):
+            end = min(size, start + target_bytes)
+            partitions.append(
+                Partition(len(partitions), kind, path, start=start, end=end, nbytes=end - start,
+                          mtime_ns=mtime)
+            )  # fmt: skip
+    if schema is not None:
+        _check_columns(schema, columns, f"read_{kind}")
+    spec = ReadSpec(
+        kind,
+        tuple(columns) if columns else None,
+        _to_expression(filter),
+        schema,
+        on_error,
+        fs,
+        delimiter,
+    )
+    return SourcePlan(spec, partitions, counts)
+
+
+def _csv_names(head: bytes, delimiter: str) -> list[str]:
+    import csv
+
+    first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    return next(csv.reader([first], delimiter=delimiter), [])
+
+
+def _infer_schema(fs: Any, path: str, kind: str, delimiter: str) -> pa.Schema:
+    head = _read_head(fs, path, SCHEMA_SAMPLE_BYTES)
+    try:
+        if kind == "csv":
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(
+                io.BytesIO(head),
+                parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=_skip_row),
+            )
+        else:
+            import pyarrow.json as pjson
+
+            try:
+                table = pjson.read_json(io.BytesIO(head))
+            except pa.ArrowException:
+                table = _json_lines_python(head, None, path, 0, "skip", ReadCounts())
+    except pa.ArrowException as exc:
+        raise DataError(f"{path}: cannot infer a schema from its first block: {exc}") from None
+    return table.schema
+
+
+def _skip_row(row: Any) -> str:
+    return "skip"
+
+
+# -- in-memory sources ---------------------------------------------------------------------------
+
+
+def plan_table(table: pa.Table, partitions: int | None, target_bytes: int) -> SourcePlan:
+    from ..machine import usable_cpu_count
+
+    rows = table.num_rows
+    if partitions is None:
+        by_bytes = -(-table.nbytes // target_bytes) if table.nbytes else 1
+        partitions = max(by_bytes, MIN_PARTITIONS_PER_CPU * usable_cpu_count())
+    partitions = max(1, min(partitions, rows)) if rows else 1
+    out = []
+    for i in range(partitions):
+        lo, hi = rows * i // partitions, rows * (i + 1) // partitions
+        part = table.slice(lo, hi - lo)
+        out.append(Partition(i, "table", rows=hi - lo, nbytes=part.nbytes, table=part))
+    return SourcePlan(ReadSpec("table", schema=table.schema), out, ReadCounts())
+
+
+def table_from_items(items: Iterable[Any]) -> pa.Table:
+    rows = list(items)
+    if rows and all(isinstance(r, dict) for r in rows):
+        return pa.Table.from_pylist(rows)
+    return pa.table({"item": rows})
+
+
+# -- reading one partition (in a worker) ---------------------------------------------------------
+
+
+def read_partition(part: Partition, spec: ReadSpec) -> tuple[pa.Table, ReadCounts]:
+    """Read one partition: columns projected and the filter applied by the reader."""
+    counts = ReadCounts()
+    if part.kind == "table":
+        assert part.table is not None
+        table = part.table
+    elif part.kind == "parquet":
+        table = _read_parquet(part, spec, counts)
+    elif part.kind == "csv":
+        table = _read_csv(part, spec, counts)
+    else:
+        table = _read_json(part, spec, counts)
+    counts.rows_read += table.num_rows
+    if spec.kind != "parquet" and spec.columns is not None and part.kind != "table":
+        table = table.select(list(spec.columns))
+    if spec.filter is not None and part.kind != "parquet":
+        table = table.filter(spec.filter)
+    return table, counts
+
+
+def _empty(spec: ReadSpec) -> pa.Table:
+    schema = spec.schema if spec.schema is not None else pa.schema([])
+    table = schema.empty_table()
+    if spec.columns is not None and len(schema):
+        table = table.select(list(spec.columns))
+    return table
+
+
+def _read_parquet(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    columns = list(spec.columns) if spec.columns is not None else None
+    if spec.filter is not None and columns is not None:
+        # The filter may name columns that the projection drops: read them, select after.
+        wanted = columns
+        columns = list(dict.fromkeys(columns + _expression_fields(spec.filter, spec.schema)))
+    else:
+        wanted = None
+    tables = []
+    for rg in part.row_groups:
+        try:
+            with _open(spec.filesystem, part.path) as handle:
+                table = pq.ParquetFile(handle).read_row_group(rg, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            rows = 0
+            try:
+                with _open(spec.filesystem, part.path) as handle:
+                    rows = pq.ParquetFile(handle).metadata.row_group(rg).num_rows
+            except (pa.ArrowException, OSError):
+                pass
+            message = f"{part.path}: row group {rg} is corrupt or truncated ({exc})"
+            if spec.on_error != "skip":
+                raise DataError(message) from None
+            counts.rows_skipped += rows
+            counts.problems.append(message)
+            continue
+        if spec.filter is not None:
+            table = table.filter(spec.filter)
+        if wanted is not None:
+            table = table.select(wanted)
+        tables.append(table.replace_schema_metadata(None))
+    if not tables:
+        return _empty(spec)
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _expression_fields(expression: Any, schema: pa.Schema | None) -> list[str]:
+    names = schema.names if schema is not None else []
+    text = str(expression)
+    return [n for n in names if n in text]
+
+
+def _range_bytes(part: Partition, spec: ReadSpec) -> tuple[bytes, bytes, int]:
+    """(header line or b"", the partition's complete lines, byte offset of its first line).
+
+    A line belongs to the range its first byte falls in: a range starts after the first
+    newline at or past ``start - 1`` and ends with the line that contains byte ``end - 1``."""
+    with _open(spec.filesystem, part.path) as handle:
+        header = handle.readline() if spec.kind == "csv" else b""
+        start = part.start
+        if start <= len(header):
+            start = len(header)
+        else:
+            handle.seek(start - 1)
+            skipped = handle.readline()  # the line started in the previous range, if any
+            start = start - 1 + len(skipped)
+        if start >= part.end:
+            return header, b"", start
+        handle.seek(start)
+        data = handle.read(part.end - start)
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()
+    return header, data, start
+
+
+def _line_of(spec: ReadSpec, part: Partition, offset: int) -> int:
+    """1-based line number of the line starting at byte ``offset``."""
+    lines = 1
+    with _open(spec.filesystem, part.path) as handle:
+        remaining = offset
+        while remaining > 0:
+            block = handle.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            lines += block.count(b"\n")
+            remaining -= len(block)
+    return lines
+
+
+def _read_csv(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Table:
+    import pyarrow.csv as pcsv
+
+    bad: list[tuple[int | None, str]] = []
+
+    def handler(row: Any) -> str:
+        bad.append((row.number, row.text))
+        return "skip" if spec.on_error == "skip" else "error"
+
+    column_types = {f.name: f.type for f in spec.schema} if spec.schema is not None else None
+    convert = pcsv.ConvertOptions(column_types=column_types)
+    parse = pcsv.ParseOptions(delimiter=spec.csv_delimiter, invalid_row_handler=handler)
+    read = pcsv.ReadOptions(use_threads=False)
+    first_line_offset = 0
+    try:
+        if part.end < 0:
+            with _open(spec.filesystem, part.path) as handle:
+                source: Any = handle if spec.filesystem is not None else part.path
+                if spec.filesystem is None:
+                    table = pcsv.read_csv(source, read, parse, convert)
+                else:
+                    table = pcsv.read_csv(io.BytesIO(handle.read()), read, parse, convert)
+        else:
+            header, data, first_line_offset = _range_bytes(part, spec)
+            if not data:
+                return _full_empty(spec)
+            table = pcsv.read_csv(io.BytesIO(header + data), read, parse, convert)
+    except pa.ArrowException as exc:
+        where = part.describe()
+        if bad and bad[-1][0] is not None:
+            number, text = bad[-1]
+            assert number is not None
+            line = _data_line(spec, part, first_line_offset, number)
+            raise DataError(
+                f"{part.path}: line {line}: row does not parse ({exc}): {text[:80]!r}"
+            ) from None
+        raise DataError(f"{where}: {exc}") from None
+    if bad:
+        counts.rows_skipped += len(bad)
+        for number, text in bad[: 20 - len(counts.problems)]:
+            line = _data_line(spec, part, first_line_offset, number) if number else "?"
+            counts.problems.append(f"{part.path}: line {line} skipped: {text[:80]!r}")
+    return table
+
+
+def _full_empty(spec: ReadSpec) -> pa.Table:
+    assert spec.schema is not None
+    return spec.schema.empty_table()
+
+
+def _data_line(spec: ReadSpec, part: Partition, first_line_offset: int, number: int) -> int:
+    """File line of pyarrow's row ``number`` (1-based, the header line counted as row 1)."""
+    if part.end < 0 or first_line_offset == 0:
+        return number
+    return _line_of(spec, part, first_line_offset) + number - 2
+
+
+def _read_json(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Table:
+    import pyarrow.json as pjson
+
+    if part.end < 0:
+        with _open(spec.filesystem, part.path) as handle:
+            if _compressed(part.path) and spec.filesystem is None:
+                data = pa.input_stream(part.path, compression="detect").read()
+            else:
+                data = handle.read()
+        offset = 0
+    else:
+        _, data, offset = _range_bytes(part, spec)
+    if not data.strip():
+        return _full_empty(spec) if spec.schema is not None else pa.table({})
+    parse = pjson.ParseOptions(explicit_schema=spec.schema, unexpected_field_behavior="error")
+    try:
+        return pjson.read_json(io.BytesIO(data), pjson.ReadOptions(use_threads=False), parse)
+    except pa.ArrowException:
+        # Find the line at fault (and, with on_error="skip", keep the others) the slow way.
+        return _json_lines_python(data, spec.schema, part.path, offset, spec.on_error, counts, spec)
+
+
+def _json_lines_python(
+    data: bytes,
+    schema: pa.Schema | None,
+    path: str,
+    offset: int,
+    on_error: str,
+    counts: ReadCounts,
+    spec: ReadSpec | None = None,
+) -> pa.Table:
+    rows = []
+    first_line: int | None = None
+    for number, raw in enumerate(data.split(b"\n")):
+        if not raw.strip():
+            continue
+        problem = ""
+        try:
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                problem = f"expected a JSON object, got {type(value).__name__}"
+            elif schema is not None and set(value) - set(schema.names):
+                problem = (
+                    f"new field(s) {sorted(set(value) - set(schema.names))} not in the schema "
+                    f"{schema.names} (schema changed between files?)"
+                )
+        except ValueError as exc:
+            problem = f"not valid JSON ({exc})"
+        if problem:
+            if first_line is None:
+                first_line = 1
+                if offset and spec is not None:
+                    first_line = _line_of(spec, Partition(0, "json", path), offset)
+            line = first_line + number
+            message = f"{path}: line {line}: {problem}: {raw[:80]!r}"
+            if on_error != "skip":
+                raise DataError(message)
+            counts.rows_skipped += 1
+            if len(counts.problems) < 20:
+                counts.problems.append(message)
+            continue
+        rows.append(value)
+    try:
+        if schema is None:
+            return pa.Table.from_struct_array(pa.array(rows)) if rows else pa.table({})
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: values do not fit the schema {schema}: {exc}") from None
