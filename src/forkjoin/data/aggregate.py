@@ -2,11 +2,11 @@
 
 ::
 
-    partition 0 ──> partial(): group_by(keys) -> sum, count, min, max; Reducer.chunk per group ─┐
-    partition 1 ──> partial()                                                                 ├─> merge()
-    ...                                                                                       │   sums of sums,
-    partition n ──> partial()                                                                 ┘   min of mins,
-                                                                 mean = sum / count, Reducer.merge, finalize
+    partition 0 ──> partial(): group_by(keys): sum, count, min, max; Reducer.chunk ──┐
+    partition 1 ──> partial()                                                     ├─> merge()
+    ...                                                                           │
+    partition n ──> partial()                                                     ┘
+    merge(): sums of sums, min of mins, mean = sum / count, Reducer.merge, finalize
 
 Workers send back one small table per partition (a row per group), never the rows themselves.
 Results match ``pandas.DataFrame.groupby(keys).agg(...)``: rows with a null key are dropped,
@@ -66,7 +66,9 @@ class AggSpec:
                 outputs.append((column, column, _check(how)))
         for out, pair in named.items():
             if not (isinstance(pair, tuple) and len(pair) == 2):
-                raise TypeError(f"named aggregation {out}= must be (column, aggregation), got {pair!r}")
+                raise TypeError(
+                    f"named aggregation {out}= must be (column, aggregation), got {pair!r}"
+                )
             outputs.append((out, pair[0], _check(pair[1])))
         if not outputs:
             raise ValueError("agg() needs at least one aggregation, e.g. agg({'x': 'sum'})")
@@ -183,7 +185,9 @@ def merge(partials: Sequence[Partial], keys: Sequence[str], spec: AggSpec,
     for part in partials:
         for key, values in part.custom.items():
             if key in custom:
-                custom[key] = [r.merge(a, b) for r, a, b in zip(reducers, custom[key], values, strict=True)]
+                custom[key] = [
+                    r.merge(a, b) for r, a, b in zip(reducers, custom[key], values, strict=True)
+                ]
             else:
                 custom[key] = list(values)
     if not merged.num_rows and custom:
@@ -209,7 +213,9 @@ def merge(partials: Sequence[Partial], keys: Sequence[str], spec: AggSpec,
         if how == "mean":
             total = pc.cast(col("sum"), pa.float64())
             count = col("count")
-            out[name] = pc.if_else(pc.equal(count, 0), None, pc.divide(total, pc.cast(count, pa.float64())))
+            out[name] = pc.if_else(
+                pc.equal(count, 0), None, pc.divide(total, pc.cast(count, pa.float64()))
+            )
         else:
             out[name] = col(how)
     return pa.table(out)

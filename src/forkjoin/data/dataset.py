@@ -40,7 +40,9 @@ from .sources import SourcePlan
 class Dataset:
     """A lazy dataset: a source (files or in-memory partitions) and a list of operations."""
 
-    def __init__(self, source: SourcePlan, ops: Sequence[Op] = (), inputs: Sequence[str] = ()) -> None:
+    def __init__(
+        self, source: SourcePlan, ops: Sequence[Op] = (), inputs: Sequence[str] = ()
+    ) -> None:
         self._source = source
         self._ops: tuple[Op, ...] = tuple(ops)
         self._inputs = tuple(inputs)  # input file paths (a sink never writes over them)
@@ -84,7 +86,9 @@ class Dataset:
         """``fn(row) -> list of rows`` (zero or more)."""
         return self._with(MapRows(fn, flat=True))
 
-    def filter(self, fn: Callable[[dict[str, Any]], Any] | None = None, *, expr: Any = None) -> Dataset:
+    def filter(
+        self, fn: Callable[[dict[str, Any]], Any] | None = None, *, expr: Any = None
+    ) -> Dataset:
         """Keep rows where ``fn(row)`` is true, or where a ``pyarrow.compute`` expression holds
         (``expr=pc.field("x") > 3``: vectorised, no Python per row)."""
         if (fn is None) == (expr is None):
@@ -97,7 +101,9 @@ class Dataset:
     def rename_columns(self, mapping: Mapping[str, str]) -> Dataset:
         return self._with(RenameColumns(dict(mapping)))
 
-    def add_column(self, column: str, fn: Callable[[Any], Any], *, batch_format: str = "pandas") -> Dataset:
+    def add_column(
+        self, column: str, fn: Callable[[Any], Any], *, batch_format: str = "pandas"
+    ) -> Dataset:
         """A column computed by ``fn(batch)`` (a DataFrame by default): one value per row."""
         return self._with(AddColumn(column, fn, batch_format))
 
@@ -121,7 +127,11 @@ class Dataset:
         """Sorted by ``key`` (stable; nulls last). Collects the data: for moderate sizes."""
         keys = [key] if isinstance(key, str) else list(key)
         flags = [descending] * len(keys) if isinstance(descending, bool) else list(descending)
-        return self._with(Sort([(k, "descending" if d else "ascending") for k, d in zip(keys, flags, strict=True)]))
+        return self._with(
+            Sort(
+                [(k, "descending" if d else "ascending") for k, d in zip(keys, flags, strict=True)]
+            )
+        )
 
     def groupby(self, keys: str | Sequence[str]) -> GroupedDataset:
         return GroupedDataset(self, [keys] if isinstance(keys, str) else list(keys))
@@ -212,7 +222,7 @@ class Dataset:
 
     def materialize(self, **run: Any) -> Dataset:
         """Run the plan now and keep the result in memory as a new Dataset."""
-        from . import from_arrow
+        from .api import from_arrow
 
         return from_arrow(self.to_arrow(**run))
 
@@ -228,10 +238,14 @@ class Dataset:
         a different plan is refused unless ``mode="overwrite"``."""
         return self._write("parquet", path, mode, resume, compression, run)
 
-    def write_csv(self, path: str, *, mode: str = "create", resume: bool = True, **run: Any) -> DataStats:
+    def write_csv(
+        self, path: str, *, mode: str = "create", resume: bool = True, **run: Any
+    ) -> DataStats:
         return self._write("csv", path, mode, resume, None, run)
 
-    def write_json(self, path: str, *, mode: str = "create", resume: bool = True, **run: Any) -> DataStats:
+    def write_json(
+        self, path: str, *, mode: str = "create", resume: bool = True, **run: Any
+    ) -> DataStats:
         """JSON Lines, one file per partition."""
         return self._write("json", path, mode, resume, None, run)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,8 @@ import pyarrow as pa
 
 from ..errors import DataError, TaskError
 from .plan import GroupByAgg, Limit, Op, Repartition, Sort, apply_ops, concat, split_stages
-from .sources import Partition, ReadCounts, ReadSpec, SourcePlan, plan_table, read_partition
+from .readers import read_partition
+from .sources import Partition, ReadCounts, ReadSpec, SourcePlan, plan_table
 
 # Partitions in flight per worker (submitted and not yet merged): 2 keeps each worker busy while
 # the previous result travels back; more only adds memory (benchmarks/bench_data.py).
@@ -138,7 +139,9 @@ class DataStats:
         return text
 
 
-def process_partition(part: Partition, spec: ReadSpec, ops: Sequence[Op], terminal: Terminal) -> PartResult:
+def process_partition(
+    part: Partition, spec: ReadSpec, ops: Sequence[Op], terminal: Terminal
+) -> PartResult:
     """One task (runs in a worker): read, apply the fused operations, finish as asked."""
     start = time.perf_counter()
     table, counts = read_partition(part, spec)
@@ -167,7 +170,7 @@ def run_partitions(
     stats: DataStats,
     *,
     ordered: bool = True,
-) -> Iterator[PartResult]:
+) -> Generator[PartResult, None, None]:
     """Results of one stage as they are merged; DataError from a worker is raised as itself."""
     if not parts:
         return
@@ -236,9 +239,8 @@ def execute(
     final_stats = stats if len(stages) == 1 else DataStats()
     todo = [p for p in parts if p.index not in skip]
     stats.partitions_resumed += len(parts) - len(todo)
-    for result in run_partitions(todo, spec, stages[-1].ops, terminal, config, final_stats,
-                                 ordered=ordered):  # fmt: skip
-        yield result
+    last = stages[-1].ops
+    yield from run_partitions(todo, spec, last, terminal, config, final_stats, ordered=ordered)
     if final_stats is not stats:
         stats.partitions += final_stats.partitions
         stats.rows_out = final_stats.rows_out
@@ -272,7 +274,9 @@ def _run_barrier(parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op], 
         return merge(partials, barrier.keys, barrier.aggs, spec.schema)
     tables: list[pa.Table] = []
     rows = 0
-    results = run_partitions(parts, spec, ops, COLLECT, config, stats)
+    results: Generator[PartResult, None, None] = run_partitions(
+        parts, spec, ops, COLLECT, config, stats
+    )
     try:
         for result in results:
             assert result.table is not None

@@ -36,7 +36,9 @@ def describe_function(fn: Any) -> str:
     if code is None:
         inner = getattr(fn, "func", None)  # functools.partial
         if inner is not None:
-            return f"partial({describe_function(inner)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+            return (
+                f"partial({describe_function(inner)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+            )
         return name
     digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
     return f"{name}#{digest}#{getattr(fn, '__defaults__', None)!r}"
@@ -77,7 +79,9 @@ def from_batch(value: Any, where: str) -> pa.Table:
         try:
             return pa.table({name: _to_array(column) for name, column in value.items()})
         except (pa.ArrowException, TypeError) as exc:
-            raise TypeError(f"{where} returned a dict whose columns Arrow cannot hold: {exc}") from None
+            raise TypeError(
+                f"{where} returned a dict whose columns Arrow cannot hold: {exc}"
+            ) from None
     raise TypeError(
         f"{where} returned {type(value).__name__}; expected a pyarrow.Table, a "
         f"pandas.DataFrame or a dict of column name -> array"
@@ -137,9 +141,13 @@ class MapBatches(Op):
 
     def __post_init__(self) -> None:
         if self.batch_format not in BATCH_FORMATS:
-            raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got {self.batch_format!r}")
+            raise ValueError(
+                f"batch_format must be one of {BATCH_FORMATS}, got {self.batch_format!r}"
+            )
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
+            raise ValueError(
+                f"batch_size must be a positive integer or None, got {self.batch_size!r}"
+            )
 
     def apply(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:
@@ -154,7 +162,9 @@ class MapBatches(Op):
         return concat(outputs)
 
     def key(self) -> str:
-        return f"map_batches({describe_function(self.fn)},{self.batch_size},{self.batch_format},{sorted(self.fn_kwargs.items())!r})"
+        kwargs = sorted(self.fn_kwargs.items())
+        fn = describe_function(self.fn)
+        return f"map_batches({fn},{self.batch_size},{self.batch_format},{kwargs!r})"
 
 
 @dataclass
@@ -169,7 +179,7 @@ class MapRows(Op):
     def apply(self, table: pa.Table) -> pa.Table:
         where = f"{self.name}({function_name(self.fn)})"
         if self.flat:
-            rows = []
+            rows: list[Any] = []
             for row in table.to_pylist():
                 produced = self.fn(row)
                 if isinstance(produced, dict) or not isinstance(produced, Iterable):
@@ -211,7 +221,9 @@ class SelectColumns(Op):
     def apply(self, table: pa.Table) -> pa.Table:
         missing = [c for c in self.columns if c not in table.column_names]
         if missing:
-            raise KeyError(f"select_columns: no column(s) {missing}; the data has {table.column_names}")
+            raise KeyError(
+                f"select_columns: no column(s) {missing}; the data has {table.column_names}"
+            )
         return table.select(self.columns)
 
     def key(self) -> str:
@@ -226,7 +238,9 @@ class RenameColumns(Op):
     def apply(self, table: pa.Table) -> pa.Table:
         missing = [c for c in self.mapping if c not in table.column_names]
         if missing:
-            raise KeyError(f"rename_columns: no column(s) {missing}; the data has {table.column_names}")
+            raise KeyError(
+                f"rename_columns: no column(s) {missing}; the data has {table.column_names}"
+            )
         return table.rename_columns([self.mapping.get(c, c) for c in table.column_names])
 
     def key(self) -> str:

@@ -32,7 +32,9 @@ from ..errors import DataError
 MANIFEST = "_manifest.json"
 MANIFEST_VERSION = 1
 FORMATS = {"parquet": "parquet", "csv": "csv", "json": "jsonl"}
-_OURS = re.compile(r"^(part-\d{5,}\.(parquet|csv|jsonl)|\.part-\d{5,}\..*\.tmp|_manifest\.json(\..*\.tmp)?)$")
+_OURS = re.compile(
+    r"^(part-\d{5,}\.(parquet|csv|jsonl)|\.part-\d{5,}\..*\.tmp|_manifest\.json(\..*\.tmp)?)$"
+)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ class Committer:
             visible = [n for n in names if not n.startswith(".") and not n.endswith(".tmp")]
             if visible:
                 raise DataError(
-                    f"{directory} is not empty ({len(visible)} entries, e.g. {sorted(visible)[0]!r}) "
+                    f"{directory} is not empty ({len(visible)} entries, e.g. "
+                    f"{sorted(visible)[0]!r}) "
                     f"and has no {MANIFEST}; use mode='overwrite' to replace its part files, or "
                     f"write to a new directory"
                 )
