@@ -1,0 +1,626 @@
+"""Stress and chaos runs: a workload at high load, with faults injected at set rates, checked
+item by item against a serial reference.
+
+::
+
+    reference  = [fn(item) for item in items]                       (serial, in the caller)
+    fault-free = pool.imap(Faulty(fn, {}), enumerate(items))         timed
+    faulted    = pool.imap(Faulty(fn, plan), enumerate(items))       timed, while a killer thread
+                 SIGKILLs a worker every ``kill_every`` seconds and a monitor samples RSS
+    check      every index seen exactly once, with the reference value or the error its fault
+               calls for; after pool.shutdown(): no worker process alive, no new shared-memory
+               segment mapped or open, no new /dev/shm entry
+
+Faults, chosen per item index by a seeded RNG (``rates={"raise": 0.001, ...}``):
+
+    kill         the worker SIGKILLs itself the first time it runs the item: retried, must succeed
+    hang         sleeps past ``timeout=``: TaskTimeoutError expected (needs supports_timeout)
+    raise        raises InjectedFault: TaskError expected
+    unpicklable  returns an object that cannot be pickled: SerializationError expected where the
+                 backend pickles results (else the object itself comes back)
+    memory       allocates past ``memory_limit=``: WorkerCrashedError expected (needs
+                 supports_memory_limit)
+
+A fault kind the backend cannot survive or detect (a SIGKILL on the threads backend would kill
+the caller) is skipped and listed in ``StressReport.skipped``. Every run is bounded: by
+``time_limit`` seconds (then the pool is shut down and what never came back counts as lost) and
+by ``max_tasks``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FAULT_KINDS = ("kill", "hang", "raise", "unpicklable", "memory")
+# Upper bound on tasks a stress run accepts (1M tiny tasks is the issue's benchmark; more only
+# costs time without finding more).
+MAX_TASKS = 5_000_000
+# How long a hang lasts, as a multiple of timeout=: long enough to be surely past it.
+HANG_FACTOR = 4.0
+# How long close-down may take before a leftover process or segment counts as leaked.
+LEAK_GRACE_SECONDS = 5.0
+# RSS sampling period of the monitor thread.
+SAMPLE_SECONDS = 0.1
+
+
+class InjectedFault(Exception):
+    """The exception the ``raise`` fault throws."""
+
+
+class Unpicklable:
+    """What the ``unpicklable`` fault returns."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("injected fault: this result cannot be pickled")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unpicklable)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def trivial(x: int) -> int:
+    """The built-in tiny task."""
+    return x * 2 + 1
+
+
+def checksum(data: bytes) -> int:
+    """The built-in large-payload task."""
+    import zlib
+
+    return zlib.crc32(data)
+
+
+class Payloads(Sequence[bytes]):
+    """``count`` payloads of ``size`` bytes, made on demand (memory stays flat)."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.length = count
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.length))]
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        word = index.to_bytes(8, "little")
+        return word * (self.size // 8) + word[: self.size % 8]
+
+
+WORKLOADS: dict[str, Callable[[int, int], tuple[Callable[[Any], Any], Sequence[Any]]]] = {
+    "trivial": lambda n, _size: (trivial, range(n)),
+    "payload": lambda n, size: (checksum, Payloads(n, size)),
+}
+
+
+def _first_time(marker_dir: str, index: int) -> bool:
+    try:
+        fd = os.open(os.path.join(marker_dir, f"k{index}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+class Faulty:
+    """``fn`` wrapped to take ``(index, item)``, return ``(index, value)`` and misbehave on the
+    indices in ``faults``. Picklable, so it travels to workers by reference to this module."""
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        faults: dict[int, str],
+        marker_dir: str = "",
+        hang_seconds: float = 0.0,
+        memory_bytes: int = 0,
+    ) -> None:
+        self.fn = fn
+        self.faults = faults
+        self.marker_dir = marker_dir
+        self.hang_seconds = hang_seconds
+        self.memory_bytes = memory_bytes
+
+    def __call__(self, pair: tuple[int, Any]) -> tuple[int, Any]:
+        index, item = pair
+        kind = self.faults.get(index) if self.faults else None
+        if kind is not None:
+            if kind == "kill":
+                if _first_time(self.marker_dir, index):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                    time.sleep(5)  # the signal is on its way
+            elif kind == "hang":
+                time.sleep(self.hang_seconds)
+            elif kind == "raise":
+                raise InjectedFault(f"injected fault at item {index}")
+            elif kind == "unpicklable":
+                return (index, Unpicklable())
+            elif kind == "memory":
+                block = b"\x01" * self.memory_bytes  # written, so resident
+                time.sleep(2.0)  # the memory watchdog stops this worker meanwhile
+                del block
+        return (index, self.fn(item))
+
+
+@dataclass
+class StressReport:
+    """What a stress run found; ``ok`` is False on any loss, duplication, wrong value,
+    unexpected failure, orphan process or leaked segment."""
+
+    backend: str
+    workers: int
+    tasks: int
+    rates: dict[str, float]
+    kill_every: float | None
+    skipped: dict[str, str]
+    done: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    wrong: int = 0
+    unexpected_failures: int = 0
+    failed_as_expected: int = 0
+    injected: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+    workers_killed: int = 0
+    worker_crashes: int = 0
+    peak_rss_caller: int = 0
+    peak_rss_workers: int = 0
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)
+    orphans: list[int] = field(default_factory=list)
+    leaked_shm: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    fault_free_seconds: float | None = None
+    timed_out: bool = False
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def slowdown(self) -> float | None:
+        if not self.fault_free_seconds:
+            return None
+        return self.seconds / self.fault_free_seconds
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.lost or self.duplicated or self.wrong or self.unexpected_failures
+            or self.orphans or self.leaked_shm or self.timed_out
+        )  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        out = asdict(self)
+        out["slowdown"] = self.slowdown
+        out["ok"] = self.ok
+        return out
+
+    def table(self) -> str:
+        rows = [
+            ("backend / workers", f"{self.backend} / {self.workers}"),
+            ("tasks", f"{self.tasks}"),
+            ("faults injected", ", ".join(f"{k}={v}" for k, v in self.injected.items()) or "-"),
+            ("workers killed from outside", f"{self.workers_killed}"),
+            ("done", f"{self.done}"),
+            ("lost (must be 0)", f"{self.lost}"),
+            ("duplicated (must be 0)", f"{self.duplicated}"),
+            ("wrong values (must be 0)", f"{self.wrong}"),
+            ("unexpected failures (must be 0)", f"{self.unexpected_failures}"),
+            ("failed as expected", f"{self.failed_as_expected}"),
+            ("retried", f"{self.retried}"),
+            ("worker crashes seen", f"{self.worker_crashes}"),
+            ("peak RSS caller", f"{self.peak_rss_caller / 2**20:.1f} MiB"),
+            ("peak RSS workers (sum)", f"{self.peak_rss_workers / 2**20:.1f} MiB"),
+            ("orphan processes (must be 0)", f"{len(self.orphans)}"),
+            ("leaked shared memory (must be 0)", f"{len(self.leaked_shm)}"),
+            ("time", f"{self.seconds:.2f} s"),
+        ]
+        if self.fault_free_seconds is not None:
+            rows.append(("time fault-free", f"{self.fault_free_seconds:.2f} s"))
+            rows.append(("slowdown", f"{self.slowdown:.2f}x"))
+        if self.skipped:
+            rows.append(("skipped", "; ".join(f"{k}: {v}" for k, v in self.skipped.items())))
+        if self.timed_out:
+            rows.append(("TIMED OUT", "the run passed time_limit; missing items count as lost"))
+        rows.append(("verdict", "OK" if self.ok else "FAILED"))
+        width = max(len(k) for k, _ in rows)
+        lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+        lines += [f"  e.g. {e}" for e in self.examples]
+        return "\n".join(lines)
+
+
+# -- leak accounting -----------------------------------------------------------------------------
+
+_SHM_PREFIXES = ("forkjoin", "fj", "psm_", "wnsm_")
+
+
+def _shm_names() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.lower().startswith(_SHM_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def _mapped_segments() -> set[str]:
+    """Shared-memory files this process maps or holds open (forkjoin's are unlinked at once,
+    so they show only here, as '/dev/shm/forkjoin-XXXX (deleted)')."""
+    import psutil
+
+    proc = psutil.Process()
+    found: set[str] = set()
+    try:
+        for m in proc.memory_maps(grouped=True):
+            if "/dev/shm/" in m.path:
+                found.add(m.path)
+        for f in proc.open_files():
+            if "/dev/shm/" in f.path:
+                found.add(f.path)
+    except psutil.Error:
+        pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return predicate()
+        time.sleep(0.05)
+    return True
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def plan_faults(n: int, rates: dict[str, float], seed: int) -> dict[int, str]:
+    """Which item indices get which fault: ``round(rate * n)`` distinct indices per kind."""
+    rng = random.Random(seed)
+    want = {kind: round(rate * n) for kind, rate in rates.items() if rate > 0}
+    total = sum(want.values())
+    if total > n:
+        raise ValueError(f"fault rates add up to more than one fault per item ({total} > {n})")
+    chosen = rng.sample(range(n), total) if total else []
+    plan: dict[int, str] = {}
+    position = 0
+    for kind, count in want.items():
+        for index in chosen[position : position + count]:
+            plan[index] = kind
+        position += count
+    return plan
+
+
+def _expected_error(kind: str) -> type[BaseException]:
+    from ..errors import SerializationError, TaskError, TaskTimeoutError, WorkerCrashedError
+
+    return {
+        "hang": TaskTimeoutError,
+        "raise": TaskError,
+        "unpicklable": SerializationError,
+        "memory": WorkerCrashedError,
+    }[kind]
+
+
+class _Monitor(threading.Thread):
+    """Samples RSS, collects worker pids and, if asked, SIGKILLs a worker every period."""
+
+    def __init__(self, pool: Any, kill_every: float | None, seed: int) -> None:
+        super().__init__(name="fj-stress-monitor", daemon=True)
+        self.pool = pool
+        self.kill_every = kill_every
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.pids: set[int] = set()
+        self.killed = 0
+        self.peak_caller = 0
+        self.peak_workers = 0
+        self.samples: list[tuple[float, int]] = []
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        next_kill = self.started_at + (self.kill_every or 0)
+        me = os.getpid()
+        while not self.stop.wait(SAMPLE_SECONDS):
+            pids = list(self.pool.worker_pids())
+            self.pids.update(pids)
+            caller = _rss(me)
+            self.peak_caller = max(self.peak_caller, caller)
+            self.peak_workers = max(self.peak_workers, sum(_rss(p) for p in pids))
+            now = time.monotonic()
+            self.samples.append((now - self.started_at, caller))
+            if self.kill_every and now >= next_kill and pids:
+                next_kill = now + self.kill_every
+                try:
+                    os.kill(self.rng.choice(pids), signal.SIGKILL)
+                    self.killed += 1
+                except ProcessLookupError:
+                    pass
+
+
+def _consume(
+    pool: Any, wrapper: Faulty, n: int, items: Sequence[Any], options: dict[str, Any],
+    check: Callable[[Any], None], done: threading.Event,
+) -> None:  # fmt: skip
+    """Checks each result as it arrives (nothing is kept: the caller's memory stays flat)."""
+    try:
+        for value in pool.imap(wrapper, ((i, items[i]) for i in range(n)), **options):
+            check(value)
+    except BaseException as exc:  # the run's own failure (e.g. cancelled at time_limit)
+        check(("__stress_error__", exc))
+    finally:
+        done.set()
+
+
+def _run_once(
+    pool: Any, wrapper: Faulty, n: int, items: Sequence[Any], options: dict[str, Any],
+    time_limit: float, check: Callable[[Any], None],
+) -> tuple[float, bool]:  # fmt: skip
+    """Runs the map in a thread, so that a backend that never answers cannot hang the caller
+    past ``time_limit``: then the pool is shut down. Returns (seconds, timed out)."""
+    done = threading.Event()
+    start = time.perf_counter()
+    consumer = threading.Thread(
+        target=_consume, args=(pool, wrapper, n, items, options, check, done),
+        name="fj-stress-consumer", daemon=True,
+    )  # fmt: skip
+    consumer.start()
+    finished = done.wait(time_limit)
+    seconds = time.perf_counter() - start
+    if not finished:
+        pool.shutdown(wait=False, cancel_futures=True)
+        done.wait(LEAK_GRACE_SECONDS)
+    consumer.join(LEAK_GRACE_SECONDS if finished else 0.1)
+    return seconds, not finished
+
+
+def stress(
+    fn: Callable[[Any], Any] | None = None,
+    items: Sequence[Any] | None = None,
+    *,
+    workload: str = "trivial",
+    tasks: int = 100_000,
+    payload_size: int = 256 * 1024,
+    backend: str = "process",
+    workers: int = 2,
+    rates: dict[str, float] | None = None,
+    kill_every: float | None = None,
+    timeout: float = 1.0,
+    memory_limit: str | int = "256MB",
+    retries: int = 5,
+    chunksize: int | str = "auto",
+    time_limit: float = 300.0,
+    fault_free: bool = True,
+    seed: int = 0,
+    marker_dir: str | Path | None = None,
+) -> StressReport:
+    """Run ``fn`` over ``items`` (or a built-in ``workload``: "trivial" or "payload") on
+    ``backend`` with faults injected at ``rates`` per item and, with ``kill_every``, a worker
+    SIGKILLed from outside every that many seconds. Returns a ``StressReport``; its ``ok`` is
+    False on any loss, duplication, wrong value, unexpected failure or leak."""
+    import tempfile
+
+    import forkjoin as fj
+
+    from ..backends.base import backend_class
+
+    if fn is None:
+        if workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {workload!r}; choose one of {sorted(WORKLOADS)}")
+        fn, items = WORKLOADS[workload](tasks, payload_size)
+    if items is None:
+        raise ValueError("stress(fn, items): items are needed with a function of your own")
+    n = min(len(items), MAX_TASKS)
+    rates = {k: float(v) for k, v in (rates or {}).items() if v}
+    unknown = set(rates) - set(FAULT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; choose from {FAULT_KINDS}")
+    caps = backend_class(backend).capabilities
+    skipped: dict[str, str] = {}
+    if not caps.isolates_crashes:
+        for kind in ("kill", "memory"):
+            if kind in rates:
+                skipped[kind] = f"the {backend!r} backend runs tasks in the caller's process"
+        if kill_every:
+            skipped["kill_every"] = f"the {backend!r} backend has no worker processes to kill"
+            kill_every = None
+    if "hang" in rates and not caps.supports_timeout:
+        skipped["hang"] = f"the {backend!r} backend cannot stop a task past its timeout"
+    if "memory" in rates and not caps.supports_memory_limit and "memory" not in skipped:
+        skipped["memory"] = f"the {backend!r} backend cannot enforce memory_limit="
+    rates = {k: v for k, v in rates.items() if k not in skipped}
+
+    plan = plan_faults(n, rates, seed)
+    from ..machine import parse_memory
+
+    limit = parse_memory(memory_limit) if "memory" in rates else None
+    pool_kwargs: dict[str, Any] = {}
+    if limit is not None:
+        pool_kwargs["memory_limit"] = limit
+    options: dict[str, Any] = {
+        "ordered": False, "on_error": "collect", "retries": retries, "chunksize": chunksize,
+    }  # fmt: skip
+    if "hang" in rates:
+        options["timeout"] = timeout
+
+    # the serial reference (values only: the faults are what the parallel run adds)
+    reference = [fn(items[i]) for i in range(n)]
+    report = StressReport(
+        backend=backend, workers=workers, tasks=n, rates=rates, kill_every=kill_every,
+        skipped=skipped, injected={k: list(plan.values()).count(k) for k in rates},
+    )  # fmt: skip
+
+    shm_before = _shm_names()
+    mapped_before = _mapped_segments()
+    import psutil
+
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with tempfile.TemporaryDirectory(prefix="fj-stress-", dir=marker_dir) as markers:
+        wrapper = Faulty(
+            fn, plan, markers, hang_seconds=timeout * HANG_FACTOR,
+            memory_bytes=int((limit or 0) * 1.5) + (64 << 20),
+        )  # fmt: skip
+        pool = fj.Pool(workers=workers, backend=backend, **pool_kwargs)
+        monitor = _Monitor(pool, None, seed)
+        try:
+            monitor.start()
+            if fault_free:
+                clean_options = {k: v for k, v in options.items() if k != "timeout"}
+                if "timeout" in options:  # same task sizes as the faulted run
+                    clean_options["chunksize"] = 1
+                report.fault_free_seconds, late = _run_once(
+                    pool, Faulty(fn, {}), n, items, clean_options, time_limit, _ignore
+                )
+                if late:
+                    report.timed_out = True
+            if not report.timed_out:
+                before = pool.stats()
+                monitor.kill_every = kill_every
+                checker = _Checker(report, reference, plan, n, caps.serializes)
+                report.seconds, report.timed_out = _run_once(
+                    pool, wrapper, n, items, options, time_limit, checker.add
+                )
+                monitor.kill_every = None
+                after = pool.stats()
+                report.retried = after.tasks_retried - before.tasks_retried
+                report.worker_crashes = after.worker_crashes - before.worker_crashes
+                checker.finish()
+        finally:
+            monitor.stop.set()
+            monitor.join(5.0)
+            pool.shutdown(wait=True, cancel_futures=True)
+        report.workers_killed = monitor.killed
+        report.peak_rss_caller = monitor.peak_caller
+        report.peak_rss_workers = max(
+            monitor.peak_workers,
+            max((u.peak_rss for u in pool.stats().workers.values()), default=0),
+        )
+        report.rss_samples = monitor.samples[:: max(1, len(monitor.samples) // 50)]
+        pids = set(monitor.pids) | {w.pid for w in pool.events.worker_records() if w.pid}
+        pids.discard(os.getpid())
+
+        def orphans() -> list[int]:
+            mine = {
+                p.pid for p in psutil.Process().children(recursive=True)
+                if p.pid not in children_before
+            }  # fmt: skip
+            return sorted(p for p in pids | mine if _alive(p))
+
+        _wait(lambda: not orphans(), LEAK_GRACE_SECONDS)
+        report.orphans = orphans()
+
+        def leaked() -> list[str]:
+            return sorted((_shm_names() - shm_before) | (_mapped_segments() - mapped_before))
+
+        _wait(lambda: not leaked(), LEAK_GRACE_SECONDS)
+        report.leaked_shm = leaked()
+    return report
+
+
+def _ignore(value: Any) -> None:
+    pass
+
+
+class _Checker:
+    """Counts each result against the reference and the fault plan, as results arrive."""
+
+    def __init__(
+        self,
+        report: StressReport,
+        reference: list[Any],
+        plan: dict[int, str],
+        n: int,
+        serializes: bool,
+    ) -> None:
+        self.report = report
+        self.reference = reference
+        self.plan = plan
+        self.n = n
+        self.serializes = serializes
+        self.seen = bytearray(n)
+
+    def note(self, text: str) -> None:
+        if len(self.report.examples) < 5:
+            self.report.examples.append(text)
+
+    def _count(self, index: int) -> None:
+        self.seen[index] = min(255, self.seen[index] + 1)
+
+    def add(self, value: Any) -> None:
+        report = self.report
+        plan = self.plan
+        if isinstance(value, tuple) and len(value) == 2 and value[0] == "__stress_error__":
+            report.unexpected_failures += 1
+            self.note(f"the run itself raised {type(value[1]).__name__}: {value[1]}")
+            return
+        if isinstance(value, BaseException):
+            index = getattr(value, "index", None)
+            if index is None or not 0 <= index < self.n:
+                report.unexpected_failures += 1
+                self.note(f"failure naming no item: {type(value).__name__}: {value}")
+                return
+            self._count(index)
+            kind = plan.get(index)
+            if kind in _FAILING and isinstance(value, _expected_error(kind)):
+                report.failed_as_expected += 1
+            else:
+                report.unexpected_failures += 1
+                self.note(f"item {index} (fault {kind}): {type(value).__name__}: {value}")
+            return
+        try:
+            index, got = value
+        except (TypeError, ValueError):
+            report.unexpected_failures += 1
+            self.note(f"a result that is not (index, value): {value!r:.80}")
+            return
+        if not isinstance(index, int) or not 0 <= index < self.n:
+            report.wrong += 1
+            return
+        self._count(index)
+        kind = plan.get(index)
+        if kind == "unpicklable" and not self.serializes and isinstance(got, Unpicklable):
+            report.failed_as_expected += 1  # nothing pickled it: it came back as it was
+        elif kind in _FAILING:
+            report.unexpected_failures += 1
+            self.note(f"item {index} should have failed ({kind}) but returned {got!r:.60}")
+        elif got == self.reference[index]:
+            report.done += 1
+        else:
+            report.wrong += 1
+            self.note(f"item {index}: got {got!r:.60}, expected {self.reference[index]!r:.60}")
+
+    def finish(self) -> None:
+        seen = self.seen
+        self.report.lost = seen.count(0)
+        self.report.duplicated = self.n - seen.count(0) - seen.count(1)
+        if self.report.lost:
+            self.note(f"{self.report.lost} item(s) never came back, e.g. item {seen.index(0)}")
+
+
+_FAILING = ("hang", "raise", "unpicklable", "memory")
