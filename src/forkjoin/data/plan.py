@@ -98,9 +98,9 @@ def _length(column: Any) -> int:
 def _to_array(column: Any) -> Any:
     if isinstance(column, (pa.Array, pa.ChunkedArray)):
         return column
-    if hasattr(column, "ndim") and getattr(column, "ndim", 1) > 1:
+    if getattr(column, "ndim", 1) > 1:
         return pa.array(list(column))  # a 2-D array becomes a list column, one row per row
-    return column
+    return pa.array(column)
 
 
 def rows_to_table(rows: list[Any], where: str, schema: pa.Schema | None = None) -> pa.Table:

@@ -47,7 +47,7 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Partition:
     """One task's worth of input: a file's row groups or byte range, or an in-memory slice."""
 
@@ -61,6 +61,9 @@ class Partition:
     nbytes: int = 0
     table: pa.Table | None = field(default=None, compare=False, repr=False)
     mtime_ns: int = 0
+
+    def __repr__(self) -> str:
+        return f"<partition {self.index}: {self.describe()}>"
 
     def describe(self) -> str:
         if self.kind == "table":
