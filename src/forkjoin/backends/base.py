@@ -32,6 +32,9 @@ class Capabilities:
     zero_copy: bool = False  # large buffers travel without copying
     parallel: bool = True  # tasks may run at the same time
     serializes: bool = False  # arguments and results are pickled (so must be picklable)
+    # Runs on a cluster engine (Ray, Dask): resources are the cluster's, not this machine's; it
+    # takes address= and cluster_options=, and workers=0 lets the cluster size the pool.
+    cluster: bool = False
 
 
 class EventSink(Protocol):
@@ -145,6 +148,8 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "inline": ("forkjoin.backends.inline", "InlineBackend", ""),
     "threads": ("forkjoin.backends.threads", "ThreadBackend", ""),
     "process": ("forkjoin.backends.process", "ProcessBackend", ""),
+    "ray": ("forkjoin.backends.ray_engine", "RayBackend", "ray"),
+    "dask": ("forkjoin.backends.dask_engine", "DaskBackend", "dask"),
 }
 
 

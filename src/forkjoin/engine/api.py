@@ -53,6 +53,24 @@ def resolve_workers(options: RunOptions) -> int:
     return options.workers if options.workers is not None else usable_cpu_count()
 
 
+def runs_on_cluster(options: RunOptions) -> bool:
+    """Whether the call's backend is a cluster engine (Ray, Dask); checks address= use."""
+    cluster = options.backend is not None and backend_class(options.backend).capabilities.cluster
+    if not cluster and (options.address is not None or options.cluster_options is not None):
+        raise ValueError(
+            "address= and cluster_options= choose a cluster: use them with backend='ray' or "
+            "backend='dask'"
+        )
+    return cluster
+
+
+def backend_connection(options: RunOptions) -> dict[str, Any]:
+    """The keyword arguments a cluster backend is built with (none for local backends)."""
+    if not runs_on_cluster(options):
+        return {}
+    return {"address": options.address, "cluster_options": options.cluster_options}
+
+
 def plan_pool(
     options: RunOptions,
     per_worker: Mapping[str, Any] | None = None,
@@ -62,6 +80,10 @@ def plan_pool(
     or else by the per-task ``resources``, as Ray sizes its workers by ``num_gpus``; a pool
     that asks for nothing shares the cores out (``slots`` None). ``gpu_ids`` narrows the GPUs
     the pool may use."""
+    if runs_on_cluster(options):
+        # The cluster's scheduler places tasks by their resources; 0 workers: the cluster's
+        # CPU count sizes the pool once connected.
+        return (options.workers or 0), None
     shape = Shape.parse(per_worker if per_worker is not None else options.resources)
     if shape == Shape():
         return resolve_workers(options), None
@@ -95,10 +117,17 @@ class _SharedPools:
         workers: int,
         memory_limit: int | None = None,
         slots: list[Slot] | None = None,
+        connection: Mapping[str, Any] | None = None,
     ) -> tuple[Backend, EventLog]:
+        connection = dict(connection or {})
+        # A cluster is the same when given by the same address string, or the same object.
+        where = tuple(
+            value if value is None or isinstance(value, str) else id(value)
+            for value in connection.values()
+        )
         with self._lock:
             current = self._pools.get(name)
-            asked = (workers, memory_limit, tuple(slots) if slots else None)
+            asked = (workers, memory_limit, tuple(slots) if slots else None, where)
             if current is not None:
                 previous, backend, events = current
                 if backend.alive and previous == asked:
@@ -106,7 +135,7 @@ class _SharedPools:
                 backend.shutdown(wait=False)
             events = EventLog()
             backend = backend_class(name)(
-                workers, events=events, memory_limit=memory_limit, slots=slots
+                workers, events=events, memory_limit=memory_limit, slots=slots, **connection
             )
             self._pools[name] = (asked, backend, events)
             return backend, events
@@ -131,7 +160,8 @@ def _job(
     name = resolve_backend_name(options, workers)
     memory_limit = options.memory_limit
     assert memory_limit is None or isinstance(memory_limit, int)  # parsed by RunOptions
-    backend, events = shared_pools.get(name, workers, memory_limit, slots)
+    connection = backend_connection(options)
+    backend, events = shared_pools.get(name, workers, memory_limit, slots, connection)
     check_supported(backend, options)
     return Job(backend, events, fn, items, options, kind)
 
@@ -148,7 +178,7 @@ def check_supported(backend: Backend, options: RunOptions) -> None:
             f"memory_limit= needs a backend that can stop a worker; the {backend.name!r} "
             f"backend cannot: use backend='process'"
         )
-    if options.resources:
+    if options.resources and not backend.capabilities.cluster:
         from ..machine import devices
 
         check_request(Shape.parse(options.resources), backend.slots[0], devices())

@@ -35,6 +35,11 @@ class RunOptions:
     memory_limit: resident memory a worker may use (bytes or "4GB"): a task that pushes its
                worker past it is stopped (WorkerCrashedError naming the limit), and a worker
                that stays above it between tasks is replaced. Process backend only.
+    address:   the cluster a "ray" or "dask" backend joins: "auto", "ray://host:10001",
+               "tcp://host:8786", or a ready ``distributed.Client``; None starts a local one
+               (127.0.0.1 only) unless one is already connected.
+    cluster_options: keyword arguments for ``ray.init`` / ``distributed.Client`` when joining
+               (a Dask TLS ``security=``, a Ray ``runtime_env=``...).
     """
 
     workers: int | None = None
@@ -50,6 +55,8 @@ class RunOptions:
     on_error: OnError = "raise"
     max_in_flight: int | None = None
     memory_limit: int | str | None = None
+    address: Any = field(default=None, hash=False, compare=False)
+    cluster_options: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from ..backends.base import backend_class
 from .api import (
     _MISSING,
+    backend_connection,
     check_supported,
     plan_pool,
     reduce_results,
@@ -88,7 +89,9 @@ class Pool(Executor):
             memory_limit=memory_limit,
             slots=slots,
             prefetch=prefetch,
+            **backend_connection(self.options),
         )
+        self.workers = self._backend.workers  # a cluster backend sizes itself to the cluster
         try:
             check_supported(self._backend, self.options)
         except BaseException:

@@ -1,0 +1,205 @@
+"""``backend="dask"``: forkjoin tasks as Dask futures, on a local cluster or an existing one.
+
+Where it runs:
+- ``address=`` a ready ``distributed.Client`` (TLS, custom security: built by the user), or a
+  scheduler address ``"tcp://host:8786"`` / ``"tls://host:8786"`` joined with
+  ``cluster_options`` passed to ``distributed.Client`` (``security=Security(...)`` for TLS;
+  forkjoin never turns it off). ``$DASK_SCHEDULER_ADDRESS`` works as ``address=``.
+- Otherwise the Client already current in this process, if the user made one.
+- Otherwise a ``LocalCluster`` started on first use: one single-threaded worker process per
+  ``workers`` (default: usable CPUs), bound to 127.0.0.1, dashboards off.
+
+Pools share a connection per address; the last pool to close it closes what forkjoin opened.
+
+Mapping: a task's ``resources`` become Dask worker resources ``CPU`` / ``GPU`` / ``MEMORY``,
+which the workers must declare (forkjoin's local cluster declares ``CPU=1`` per worker); the
+function, the pool initializer and ``fj.shared`` objects are scattered once to every worker
+(``client.scatter(broadcast=True)``), so a worker deserialises each once and keeps it. Dask's
+``retries`` are off and forkjoin's local cluster sets ``allowed-failures`` to 0: forkjoin's
+scheduler retries a task whose worker died, counting attempts as on every backend. Dask runs
+tasks on worker threads, which nothing can interrupt, so ``timeout=`` is refused here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import distributed
+import psutil
+from distributed.scheduler import KilledWorker
+
+from ..engine.task import Task
+from ..machine import parse_memory, usable_cpu_count
+from .base import Capabilities
+from .cluster import CRASHED, UNREADABLE, ClusterBackend, started_processes, with_descendants
+from .remote_task import TaskSpec, run_remote
+
+
+def _entry(fn: Any, spec: TaskSpec, setup: Any, *shared_values: Any) -> tuple[Any, ...]:
+    """The Dask task: its scattered arguments arrive deserialised (once per worker)."""
+    return run_remote(fn, spec, setup, shared_values)
+
+
+class _Connection:
+    """A Client (and maybe the LocalCluster behind it) shared by the pools that use it."""
+
+    def __init__(self, client: Any, cluster: Any, owned: bool, processes: set[int]) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.owned = owned  # forkjoin opened it, so forkjoin closes it
+        self.users = 0
+        self.processes = processes
+
+
+_connections_lock = threading.Lock()
+_connections: dict[Any, _Connection] = {}
+
+
+def _start_local(workers: int) -> _Connection:
+    before = {child.pid for child in psutil.Process().children()}
+    # Worker deaths are retried by forkjoin's scheduler, not by Dask's.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(
+            n_workers=workers or usable_cpu_count(),
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            worker_dashboard_address=None,
+            resources={"CPU": 1},
+            silence_logs=logging.ERROR,
+        )
+        client = distributed.Client(cluster, set_as_default=False)
+    return _Connection(client, cluster, True, started_processes(before))
+
+
+def acquire(workers: int = 0, address: Any = None, options: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+    """The connection for ``address``, opened (or a local cluster started) if needed."""
+    if address is None:
+        address = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address is None:
+        try:
+            address = distributed.get_client()  # a Client the user made in this process
+        except ValueError:
+            address = None
+    key = address if address is None or isinstance(address, str) else id(address)
+    with _connections_lock:
+        connection = _connections.get(key)
+        if connection is None or connection.client.status not in ("running", "connecting"):
+            if address is None:
+                connection = _start_local(workers)
+            elif isinstance(address, str):
+                client = distributed.Client(address, set_as_default=False, **(options or {}))
+                connection = _Connection(client, None, True, set())
+            else:
+                connection = _Connection(address, None, False, set())
+            _connections[key] = connection
+        connection.users += 1
+        return key, connection
+
+
+def release(key: Any) -> None:
+    with _connections_lock:
+        connection = _connections.get(key)
+        if connection is None:
+            return
+        connection.users -= 1
+        if connection.users > 0:
+            return
+        del _connections[key]
+    if connection.owned:
+        connection.client.close()
+        if connection.cluster is not None:
+            connection.cluster.close()
+
+
+class DaskBackend(ClusterBackend):
+    """Runs each forkjoin task as one Dask future."""
+
+    name = "dask"
+    engine = "Dask"
+    capabilities = Capabilities(
+        isolates_crashes=True,
+        supports_resources=True,
+        serializes=True,
+        cluster=True,
+    )
+
+    def _connect(self, address: Any, options: dict[str, Any]) -> None:
+        self._key, self._connection = acquire(self.workers, address, options)
+        self._connected = True
+        self._client = self._connection.client
+        self._scattered: list[Any] = []  # our handles, to check after a worker is lost
+        if self.workers == 0:
+            info = self._client.scheduler_info()
+            threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
+            self.workers = max(1, threads)
+
+    def _put(self, obj: Any) -> Any:
+        future = self._client.scatter(obj, broadcast=True, hash=False)
+        self._scattered.append(future)
+        return future
+
+    def _after_crash(self) -> None:
+        # Scattered data lives in worker memory: if every copy died with its workers, put it
+        # again on the next submit (the retry then finds it).
+        if any(f.status != "finished" for f in self._scattered):
+            self._functions.clear()
+            with self._lock:
+                self._shared.clear()
+            if self.initializer is not None:
+                self._setup = self._put((self.initializer, self.initargs))
+            self._scattered = [f for f in self._scattered if f.status == "finished"]
+
+    def _resources(self, task: Task) -> dict[str, float] | None:
+        if not task.resources:
+            return None
+        names = {"cpu": "CPU", "gpu": "GPU", "memory": "MEMORY"}
+        wanted = {}
+        for name, amount in task.resources.items():
+            value = parse_memory(amount) if name == "memory" else float(amount)
+            if value:
+                wanted[names.get(name, name)] = float(value)
+        return wanted or None
+
+    def _launch(self, task: Task, function: Any, spec: TaskSpec, shared: list[Any]) -> Any:
+        return self._client.submit(
+            _entry,
+            function,
+            spec,
+            self._setup,
+            *shared,
+            key=f"forkjoin-{self.pool_key[:12]}-{task.task_id}-{task.attempt}",
+            pure=False,
+            retries=0,
+            resources=self._resources(task),
+        )
+
+    def _when_done(self, handle: Any, callback: Callable[[], None]) -> None:
+        handle.add_done_callback(lambda _: callback())
+
+    def _result(self, handle: Any) -> Any:
+        return handle.result()
+
+    def _classify(self, error: BaseException) -> str:
+        if isinstance(error, (KilledWorker, OSError, TimeoutError)):
+            return CRASHED
+        if type(error).__name__ in ("CancelledError", "FutureCancelledError"):
+            return CRASHED  # the engine dropped it (its data or worker was lost), not us
+        return UNREADABLE  # run_remote never raises: Dask failed to (un)pickle call or reply
+
+    def _cancel(self, handle: Any, force: bool) -> None:
+        self._client.cancel([handle], force=force)
+
+    def _disconnect(self) -> None:
+        if self._connected:
+            self._connected = False
+            release(self._key)
+
+    def worker_pids(self) -> list[int]:
+        return with_descendants(self._connection.processes)
