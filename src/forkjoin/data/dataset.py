@@ -197,7 +197,10 @@ class Dataset:
         if all(isinstance(op, (SelectColumns, RenameColumns, AddColumn)) for op in self._ops):
             known = [p.rows for p in self._source.partitions]
             if self._source.spec.filter is None and all(r is not None for r in known):
-                return sum(r for r in known if r is not None)
+                self._stats = DataStats()
+                self._stats.add_counts(self._source.counts)
+                self._stats.rows_out = sum(r for r in known if r is not None)
+                return self._stats.rows_out
         return sum(r.rows for r in self._run(COUNT, run))
 
     def schema(self, **run: Any) -> pa.Schema:

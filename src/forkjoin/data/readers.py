@@ -32,10 +32,10 @@ def read_partition(part: Partition, spec: ReadSpec) -> tuple[pa.Table, ReadCount
     else:
         table = _read_json(part, spec, counts)
     counts.rows_read += table.num_rows
-    if spec.kind != "parquet" and spec.columns is not None and part.kind != "table":
-        table = table.select(list(spec.columns))
     if spec.filter is not None and part.kind != "parquet":
         table = table.filter(spec.filter)
+    if spec.kind != "parquet" and spec.columns is not None and part.kind != "table":
+        table = table.select(list(spec.columns))
     return table, counts
 
 
