@@ -49,11 +49,23 @@ def advise_breakdown(brk: Breakdown) -> list[str]:
     if overhead > OVERHEAD_WORTH_SAYING and per_task < TARGET_TASK_SECONDS:
         per_item = per_task / items_per_task if items_per_task else per_task
         wanted = math.ceil(TARGET_TASK_SECONDS / per_item) if per_item > 0 else 1000
-        out.append(
+        # no bigger than what still gives every worker a few tasks
+        most = max(1, brk.items // (4 * max(1, brk.lanes)))
+        text = (
             f"chunks average {_ms(per_task)} ({items_per_task:.0f} items each): overhead is "
-            f"{_pct(overhead)} of the time; use chunksize>={wanted} "
-            f"(tasks of ~{TARGET_TASK_SECONDS * 1e3:.0f} ms)"
+            f"{_pct(overhead)} of the time; "
         )
+        if wanted <= most:
+            text += (
+                f"use chunksize>={wanted} (tasks of ~{TARGET_TASK_SECONDS * 1e3:.0f} ms)"
+            )
+        else:
+            text += (
+                f"even chunksize={most} (4 tasks per worker) leaves tasks under "
+                f"{TARGET_TASK_SECONDS * 1e3:.0f} ms: there is too little work per call for "
+                f"parallelism to pay; batch more items per call, or run it serially"
+            )
+        out.append(text)
     elif overhead > OVERHEAD_WORTH_SAYING:
         biggest = max(
             ("serialisation", "transfer", "queue_wait", "merge", "startup"), key=brk.share
@@ -116,8 +128,17 @@ def advise(report: ScalingReport) -> list[str]:
             )
         else:
             out.append(
-                f"serial fraction {f:.2f} ({ci}): the job scales almost linearly; more "
-                f"workers should keep helping"
+                f"serial fraction {f:.2f} ({ci}): across the pool runs time falls almost as "
+                f"1/workers; more workers should keep helping"
+            )
+    if points and model.serial_seconds > 0:
+        best_point = max(points, key=lambda p: p.speedup)
+        if best_point.speedup < 1.0:
+            out.insert(
+                0,
+                f"parallel runs are slower than the serial loop (best {best_point.speedup:.2f}x "
+                f"at {best_point.workers} workers): each item does too little work to pay for "
+                f"sending it to a worker; use larger chunks or batch items, or stay serial",
             )
     kf = [(p.workers, p.karp_flatt) for p in points if p.karp_flatt is not None]
     if len(kf) >= 2 and kf[-1][1] is not None and kf[0][1] is not None:
