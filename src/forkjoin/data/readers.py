@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -164,7 +165,14 @@ def _read_csv(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Table:
             raise DataError(
                 f"{part.path}: line {line}: row does not parse ({exc}): {text[:80]!r}"
             ) from None
-        raise DataError(f"{where}: {exc}") from None
+        found = re.search(r"Row #(\d+)", str(exc))
+        if found:
+            line = _data_line(spec, part, first_line_offset, int(found.group(1)))
+            where = f"{part.path}: line {line}"
+        raise DataError(
+            f"{where}: {exc} (column types come from the first block of the first file; "
+            f"pass schema= to read_csv to set them)"
+        ) from None
     if bad:
         counts.rows_skipped += len(bad)
         for number, text in bad[: 20 - len(counts.problems)]:
