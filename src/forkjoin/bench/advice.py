@@ -48,7 +48,7 @@ def advise_breakdown(brk: Breakdown) -> list[str]:
     items_per_task = brk.items / brk.tasks if brk.tasks else 1.0
     if overhead > OVERHEAD_WORTH_SAYING and per_task < TARGET_TASK_SECONDS:
         per_item = per_task / items_per_task if items_per_task else per_task
-        wanted = math.ceil(TARGET_TASK_SECONDS / per_item) if per_item > 0 else 1000
+        wanted = math.ceil(TARGET_TASK_SECONDS / per_item - 1e-9) if per_item > 0 else 1000
         # no bigger than what still gives every worker a few tasks
         most = max(1, brk.items // (4 * max(1, brk.lanes)))
         text = (

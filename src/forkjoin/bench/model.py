@@ -6,9 +6,9 @@ Given the serial time ``T_s`` and the times ``T(p)`` at worker counts ``p``:
 - Karp-Flatt experimentally determined serial fraction per point (p > 1):
   ``e(p) = (1/S(p) - 1/p) / (1 - 1/p)`` (Karp & Flatt, CACM 33(5), 1990). A value that grows
   with ``p`` means overhead grows with the worker count, not a fixed serial part;
-- Amdahl's law ``T(p) = a + b / p``, fitted by least squares over every repeat, with serial
-  fraction ``f = a / (a + b)``; its 95% confidence interval comes from a bootstrap over the
-  repeats (resampling the measurements at each worker count);
+- Amdahl's law ``T(p) = a + b / p``, fitted by least squares to the fastest repeat at each
+  count, with serial fraction ``f = a / (a + b)``; its 95% confidence interval comes from a
+  bootstrap over the repeats (resampling the measurements at each worker count);
 - Gustafson's scaled speedup ``p - f_p (p - 1)``, where ``f_p`` is the serial share of the
   *parallel* run's time: what speedup one gets by growing the problem with the workers.
 
@@ -103,12 +103,18 @@ def _fraction(intercept: float, slope: float) -> float:
 def fit_amdahl(
     times_by_workers: dict[int, list[float]], *, seed: int = 0
 ) -> AmdahlFit | None:
-    """Fit Amdahl's law to run times at two or more worker counts (None with fewer)."""
+    """Fit Amdahl's law to run times at two or more worker counts (None with fewer).
+
+    The estimate fits the fastest repeat at each count: on a shared machine noise only ever
+    adds time (other processes, page faults), so the minimum is the least disturbed
+    measurement (``timeit``'s reasoning). The interval resamples all repeats, so it widens
+    with that noise.
+    """
     counts = sorted(p for p, ts in times_by_workers.items() if ts)
     if len(counts) < 2:
         return None
-    xs = [1.0 / p for p in counts for _ in times_by_workers[p]]
-    ys = [t for p in counts for t in times_by_workers[p]]
+    xs = [1.0 / p for p in counts]
+    ys = [min(times_by_workers[p]) for p in counts]
     intercept, slope, r2 = _least_squares(xs, ys)
     fraction = _fraction(intercept, slope)
     rng = random.Random(seed)
@@ -118,9 +124,8 @@ def fit_amdahl(
         by: list[float] = []
         for p in counts:
             ts = times_by_workers[p]
-            for _ in ts:
-                bx.append(1.0 / p)
-                by.append(rng.choice(ts))
+            bx.append(1.0 / p)
+            by.append(min(rng.choice(ts) for _ in ts))
         a, b, _ = _least_squares(bx, by)
         samples.append(_fraction(a, b))
     samples.sort()

@@ -34,8 +34,9 @@ def run_breakdown(
     """The phase breakdown of a pool's recorded tasks, optionally only those in
     ``[since, until]`` (``time.monotonic()`` values; e.g. taken around one ``map`` call)."""
     events = _events_of(pool_or_events)
-    if workers is None:
-        workers = getattr(pool_or_events, "workers", None)
+    if workers is None:  # a Pool knows its worker count (an EventLog's .workers is records)
+        count = getattr(pool_or_events, "workers", None)
+        workers = count if isinstance(count, int) else None
     return breakdown_of_events(events, workers=workers, t0=since, t1=until)
 
 

@@ -118,11 +118,15 @@ def _ready_workers(pool: Any) -> int:
     return sum(1 for usage in pool.stats().workers.values() if usage.alive and usage.pid)
 
 
-def _warm_up(pool: Any, workers: int) -> None:
+def _warm_up(pool: Any, workers: int, fn: Callable[[Any], Any] | None, data: list[Any]) -> None:
+    """Start every worker, then run ``fn`` on a few items so that importing its module (which
+    a worker does on first use) is not charged to the first measured run."""
     pool.map_list(_warm, range(workers * 2), chunksize=1)
     deadline = time.monotonic() + WARMUP_TIMEOUT_SECONDS
     while _ready_workers(pool) < min(workers, pool.workers) and time.monotonic() < deadline:
         time.sleep(0.01)
+    if fn is not None and data:
+        pool.map_list(fn, data[: workers * 2], chunksize=1)
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -149,6 +153,7 @@ def scaling(
     initargs: tuple[Any, ...] = (),
     serial: bool = True,
     check: bool = True,
+    warmup: bool = True,
     predict_at: Sequence[int] | None = None,
     pool_options: dict[str, Any] | None = None,
     map_options: dict[str, Any] | None = None,
@@ -158,7 +163,8 @@ def scaling(
     ``backend`` is any registered backend name. ``before()`` and ``after(results)`` are the
     caller's serial phases, timed with the job. ``initializer(*initargs)`` runs in each worker
     (and once in the caller for the serial baseline). ``check`` compares parallel results with
-    the serial ones. Returns a ``ScalingReport``.
+    the serial ones. ``warmup`` runs ``fn`` on a few items in each fresh pool before timing
+    (workers import the function's module on first use). Returns a ``ScalingReport``.
     """
     import forkjoin as fj
 
@@ -200,7 +206,7 @@ def scaling(
             initargs=initargs,
             **(pool_options or {}),
         ) as pool:
-            _warm_up(pool, p)
+            _warm_up(pool, p, fn if warmup else None, data)
             starts = [w.detail for w in pool.events.worker_records() if w.event == "start"]
             startup[p] = sum(starts) / len(starts) if starts else 0.0
             runs: list[tuple[float, Breakdown]] = []
