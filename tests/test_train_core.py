@@ -56,7 +56,7 @@ def plain_loop(model: Any, opt: Any, loader: Any, steps: int) -> list[float]:
             loss.backward()
             opt.step()
             opt.zero_grad()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if getattr(opt, "synced", True):
                 done += 1
             if done >= steps:
@@ -100,16 +100,9 @@ def checkpoint_roundtrip(tmp: str) -> dict[str, bool]:
     result = {}
     for strategy in ("ddp", "fsdp"):
         where = os.path.join(tmp, f"ckpt-{strategy}")
-        model, opt, loader = fjt.prepare(
-            make_model(), None, torch.utils.data.DataLoader(make_data(), batch_size=BATCH,
-                                                            shuffle=True), strategy=strategy)
-        opt = fjt.prepare(nn.Linear(1, 1))[0] if False else None  # noqa: SIM108
         model = make_model()
-        opt_raw = make_optimizer(model)
-        model, opt, loader = fjt.prepare(model, opt_raw, loader.loader if False else
-                                         torch.utils.data.DataLoader(make_data(), batch_size=BATCH,
-                                                                     shuffle=True),
-                                         strategy=strategy)
+        loader = torch.utils.data.DataLoader(make_data(), batch_size=BATCH, shuffle=True)
+        model, opt, loader = fjt.prepare(model, make_optimizer(model), loader, strategy=strategy)
         plain_loop(model, opt, loader, 2)
         fjt.save_checkpoint(where, model=model, optimizer=opt, loader=loader, step=2, note="hi")
         saved = fjt.full_state_dict(model)

@@ -61,9 +61,9 @@ STOP_GRACE_SECONDS = 3.0
 SETTLE_SECONDS = 0.5
 # The watch loop's tick when a timeout is set: heartbeats are checked this often.
 HEARTBEAT_TICK_SECONDS = 0.25
-# A rank's start (interpreter, torch import, process group) is allowed this long, or timeout=
-# if that is longer, before its first heartbeat: importing torch alone takes seconds on a
-# loaded machine, and timeout= is about the training loop.
+# A rank's start (interpreter, torch import, process group, building the model and optimizer)
+# is allowed this long, or timeout= if that is longer, before its first heartbeat: importing
+# torch alone takes seconds on a loaded machine, and timeout= is about the training loop.
 START_TIMEOUT_SECONDS = 120.0
 # How long a stalled rank gets to write its faulthandler stack after SIGUSR1.
 STACK_DUMP_SECONDS = 2.0
@@ -602,14 +602,15 @@ def _remove_tree(path: str) -> None:
 # -- the rank (child side) --------------------------------------------------------------------
 
 
-def _lifeline(fd: int) -> None:
+def _lifeline(fd: int, gang_dir: str) -> None:
     """Blocks until the launcher is gone (its end of the pipe closes), then ends this rank:
-    a gang never outlives its launcher."""
+    a gang never outlives its launcher (nor does the launcher's temp dir, if it was killed)."""
     try:
         while os.read(fd, 1):
             pass
     except OSError:
         pass
+    _remove_tree(gang_dir)
     os._exit(70)
 
 
@@ -619,7 +620,8 @@ def _child_main() -> None:
         spec = cloudpickle.loads(f.read())
     sys.path[:] = spec["sys_path"]
     threading.Thread(
-        target=_lifeline, args=(spec["lifeline_fd"],), name="forkjoin-train-lifeline", daemon=True
+        target=_lifeline,
+        args=(spec["lifeline_fd"], os.path.dirname(spec["stack_path"])), name="forkjoin-train-lifeline", daemon=True
     ).start()
     stack_file = open(spec["stack_path"], "w")  # noqa: SIM115 - lives as long as the rank
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
@@ -640,7 +642,8 @@ def _child_main() -> None:
         train_fn, args, kwargs = cloudpickle.loads(spec["payload"])
         del spec
         _init_process_group(ctx)
-        context.heartbeat()  # started: from here on timeout= applies
+        # no heartbeat here: timeout= applies from the loop's first one (a batch, a forward,
+        # a step), so model building and warm-up get the start-up allowance
         value = train_fn(*args, **kwargs)
         try:
             message = cloudpickle.dumps(("ok", value if rank == 0 else None))

@@ -154,6 +154,9 @@ def shard_loader(loader: DataLoader, *, seed: int, device: Any) -> PreparedLoade
         "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn,
         "multiprocessing_context": loader.multiprocessing_context,
+        # DataLoader draws its workers' base seed from this generator at every iter(): with
+        # the global one, a resumed run's dropout/augmentation stream would shift
+        "generator": torch.Generator().manual_seed(seed + 1_000_003 * ctx.rank),
     }
     if loader.num_workers > 0:
         options["prefetch_factor"] = loader.prefetch_factor
