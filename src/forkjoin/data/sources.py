@@ -279,8 +279,9 @@ def plan_parquet(
     counts = ReadCounts()
     partitions: list[Partition] = []
     schema: pa.Schema | None = None
+    found: list[tuple[str, int, Any]] = []  # (path, mtime, metadata) of the readable files
     for path in files:
-        size, mtime = _stat(fs, path)
+        _, mtime = _stat(fs, path)
         try:
             with _open(fs, path) as handle:
                 meta = pq.ParquetFile(handle).metadata
@@ -299,14 +300,21 @@ def plan_parquet(
                 meta.num_rows,
             )
             continue
+        found.append((path, mtime, meta))
+    wanted = set(columns) if columns else None
+    sizes = {
+        path: [_row_group_bytes(meta.row_group(rg), wanted) for rg in range(meta.num_row_groups)]
+        for path, _, meta in found
+    }
+    target = effective_target(target_bytes, sum(sum(v) for v in sizes.values()))
+    for path, mtime, meta in found:
         group: list[int] = []
         group_bytes = group_rows = 0
         for rg in range(meta.num_row_groups):
-            info = meta.row_group(rg)
             group.append(rg)
-            group_bytes += info.total_byte_size
-            group_rows += info.num_rows
-            if group_bytes >= target_bytes or rg == meta.num_row_groups - 1:
+            group_bytes += sizes[path][rg]
+            group_rows += meta.row_group(rg).num_rows
+            if group_bytes >= target or rg == meta.num_row_groups - 1:
                 partitions.append(
                     Partition(
                         len(partitions), "parquet", path, tuple(group), rows=group_rows,
@@ -318,7 +326,6 @@ def plan_parquet(
             partitions.append(
                 Partition(len(partitions), "parquet", path, (), rows=0, nbytes=0, mtime_ns=mtime)
             )
-        del size
     if schema is None:
         schema = pa.schema([])
     _check_columns(schema, columns, "read_parquet")
@@ -331,6 +338,27 @@ def plan_parquet(
         fs,
     )
     return SourcePlan(spec, partitions, counts)
+
+
+def _row_group_bytes(row_group: Any, columns: set[str] | None) -> int:
+    """Uncompressed bytes of a row group's (projected) columns."""
+    if columns is None:
+        return int(row_group.total_byte_size)
+    total = 0
+    for i in range(row_group.num_columns):
+        chunk = row_group.column(i)
+        if chunk.path_in_schema.split(".", 1)[0] in columns:
+            total += chunk.total_uncompressed_size
+    return total
+
+
+def effective_target(target_bytes: int, total_bytes: int) -> int:
+    """``target_bytes``, made smaller for a small dataset so that every worker gets a share:
+    at least MIN_PARTITIONS_PER_CPU partitions per usable CPU when the data allows."""
+    from ..machine import usable_cpu_count
+
+    spread = total_bytes // (MIN_PARTITIONS_PER_CPU * usable_cpu_count())
+    return max(1, min(target_bytes, spread))
 
 
 def _check_columns(schema: pa.Schema, columns: Sequence[str] | None, where: str) -> None:
@@ -385,8 +413,10 @@ def plan_text(
     counts = ReadCounts()
     partitions: list[Partition] = []
     header: list[str] | None = None
+    stats = {path: _stat(fs, path) for path in files}
+    target = effective_target(target_bytes, sum(size for size, _ in stats.values()))
     for path in files:
-        size, mtime = _stat(fs, path)
+        size, mtime = stats[path]
         if kind == "csv":
             head = _read_head(fs, path, 64 * 1024) if not _compressed(path) else b""
             names = _csv_names(head, delimiter) if head else None
@@ -403,11 +433,11 @@ def plan_text(
                     continue
         if schema is None and size > 0 and not _compressed(path):
             schema = _infer_schema(fs, path, kind, delimiter)
-        if _compressed(path) or size <= target_bytes:
+        if _compressed(path) or size <= target:
             partitions.append(Partition(len(partitions), kind, path, nbytes=size, mtime_ns=mtime))
             continue
-        for start in range(0, size, target_bytes):
-            end = min(size, start + target_bytes)
+        for start in range(0, size, target):
+            end = min(size, start + target)
             partitions.append(
                 Partition(len(partitions), kind, path, start=start, end=end, nbytes=end - start,
                           mtime_ns=mtime)
