@@ -47,6 +47,8 @@ MAX_TASKS = 5_000_000
 HANG_FACTOR = 4.0
 # How long close-down may take before a leftover process or segment counts as leaked.
 LEAK_GRACE_SECONDS = 5.0
+# How long a run past time_limit waits for its cancelled map to wind down before giving up on it.
+CANCEL_GRACE_SECONDS = 2.0
 # RSS sampling period of the monitor thread.
 SAMPLE_SECONDS = 0.1
 
@@ -174,6 +176,8 @@ class StressReport:
     retried: int = 0
     workers_killed: int = 0
     worker_crashes: int = 0
+    timeouts: int = 0
+    workers_started: int = 0  # during the faulted run: replacements of workers that died
     peak_rss_caller: int = 0
     peak_rss_workers: int = 0
     rss_samples: list[tuple[float, int]] = field(default_factory=list)
@@ -219,6 +223,8 @@ class StressReport:
             ("failed as expected", f"{self.failed_as_expected}"),
             ("retried", f"{self.retried}"),
             ("worker crashes seen", f"{self.worker_crashes}"),
+            ("timeouts", f"{self.timeouts}"),
+            ("workers started (replacements)", f"{self.workers_started}"),
             ("peak RSS caller", f"{self.peak_rss_caller / 2**20:.1f} MiB"),
             ("peak RSS workers (sum)", f"{self.peak_rss_workers / 2**20:.1f} MiB"),
             ("orphan processes (must be 0)", f"{len(self.orphans)}"),
@@ -395,7 +401,7 @@ def _run_once(
     seconds = time.perf_counter() - start
     if not finished:
         pool.shutdown(wait=False, cancel_futures=True)
-        done.wait(LEAK_GRACE_SECONDS)
+        done.wait(CANCEL_GRACE_SECONDS)
     consumer.join(LEAK_GRACE_SECONDS if finished else 0.1)
     return seconds, not finished
 
@@ -510,12 +516,15 @@ def stress(
                 after = pool.stats()
                 report.retried = after.tasks_retried - before.tasks_retried
                 report.worker_crashes = after.worker_crashes - before.worker_crashes
+                report.timeouts = after.timeouts - before.timeouts
                 checker.finish()
         finally:
             monitor.stop.set()
             monitor.join(5.0)
             pool.shutdown(wait=True, cancel_futures=True)
         report.workers_killed = monitor.killed
+        if not report.timed_out and "before" in locals():
+            report.workers_started = pool.stats().workers_started - before.workers_started
         report.peak_rss_caller = monitor.peak_caller
         report.peak_rss_workers = max(
             monitor.peak_workers,
