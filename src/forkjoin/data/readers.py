@@ -58,31 +58,45 @@ def _read_parquet(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Tab
         columns = list(dict.fromkeys(columns + _expression_fields(spec.filter, spec.schema)))
     else:
         wanted = None
+    try:
+        with _open(spec.filesystem, part.path) as handle:
+            parquet = pq.ParquetFile(handle)
+            # One call for all row groups (one footer read, decoding on Arrow's side); only if
+            # that fails are they read one by one, to name (or skip) the bad one.
+            try:
+                table = parquet.read_row_groups(list(part.row_groups), columns=columns)
+            except (pa.ArrowException, OSError):
+                table = _row_groups_one_by_one(parquet, part, columns, spec, counts)
+    except (pa.ArrowException, OSError) as exc:
+        message = f"{part.path}: cannot open ({exc})"
+        if spec.on_error != "skip":
+            raise DataError(message) from None
+        counts.rows_skipped += part.rows or 0
+        counts.problems.append(message)
+        return _empty(spec)
+    if table is None:
+        return _empty(spec)
+    if spec.filter is not None:
+        table = table.filter(spec.filter)
+    if wanted is not None:
+        table = table.select(wanted)
+    return table.replace_schema_metadata(None)
+
+
+def _row_groups_one_by_one(parquet: Any, part: Partition, columns: list[str] | None,
+                           spec: ReadSpec, counts: ReadCounts) -> pa.Table | None:  # fmt: skip
     tables = []
     for rg in part.row_groups:
         try:
-            with _open(spec.filesystem, part.path) as handle:
-                table = pq.ParquetFile(handle).read_row_group(rg, columns=columns)
+            tables.append(parquet.read_row_group(rg, columns=columns))
         except (pa.ArrowException, OSError) as exc:
-            rows = 0
-            try:
-                with _open(spec.filesystem, part.path) as handle:
-                    rows = pq.ParquetFile(handle).metadata.row_group(rg).num_rows
-            except (pa.ArrowException, OSError):
-                pass
             message = f"{part.path}: row group {rg} is corrupt or truncated ({exc})"
             if spec.on_error != "skip":
                 raise DataError(message) from None
-            counts.rows_skipped += rows
+            counts.rows_skipped += parquet.metadata.row_group(rg).num_rows
             counts.problems.append(message)
-            continue
-        if spec.filter is not None:
-            table = table.filter(spec.filter)
-        if wanted is not None:
-            table = table.select(wanted)
-        tables.append(table.replace_schema_metadata(None))
     if not tables:
-        return _empty(spec)
+        return None
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 

@@ -1,0 +1,324 @@
+"""forkjoin.data against its peers on one machine: read Parquet, a Python UDF, write Parquet.
+
+    python benchmarks/bench_data.py [--rows N] [--quick] [--runs N] [--only NAMES] [--json PATH]
+
+Two workloads over the same generated dataset (rows of id, category, value, x, y and ~200
+characters of text; see _data_workloads.py):
+
+    text      normalise, tokenise and count tokens per row: a pure-Python UDF
+    numeric   numpy over three columns in map_batches: vectorised, mostly I/O
+    groupby   category -> sum, mean, count, min, max of value: forkjoin vs pandas (must be equal)
+
+Contenders, each in a fresh interpreter on the same number of workers: forkjoin
+(read_parquet -> map_batches -> write_parquet), pandas serial (file by file), Polars with a
+Python UDF (map_batches on the column, file by file), Hugging Face ``datasets.map(num_proc=N,
+batched=True)``, Ray Data ``map_batches`` and Dask ``map_partitions`` (processes scheduler).
+Time is measured inside the contender from just before reading to the last file written;
+start-up (imports, ray.init, warming a pool) is reported apart. Peak RSS is that of the
+contender's whole process tree, sampled every 20 ms. Every contender's output is checked
+against pandas' (row count and checksum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _data_contenders import CONTENDERS  # noqa: E402
+from _data_workloads import generate  # noqa: E402
+from _report import Goal, Row, Section, footer, make_console, render, to_json  # noqa: E402
+
+DEFAULT_JSON = HERE / "results" / "bench_data.json"
+DEFAULT_ROWS = 400_000  # ~100 MB of Arrow data: every contender, both workloads, ~4 minutes
+QUICK_ROWS = 60_000
+WORKERS = 2
+CONTENDER_TIMEOUT_SECONDS = 900
+RSS_SAMPLE_SECONDS = 0.02
+
+# Goals, from issue 6.
+PEER_GOAL = 1.5  # forkjoin rows/s >= 1.5x the best peer
+PANDAS_GOAL = 1.8  # forkjoin rows/s >= 1.8x pandas serial, on 2 cores
+RSS_GOAL = 0.25  # forkjoin's peak RSS below a quarter of the dataset's size
+REFERENCE = "forkjoin"
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_contender(name: str, workload: str, data: str, workers: int) -> dict[str, Any]:
+    """One run in a fresh interpreter: its JSON line plus the peak RSS of its process tree."""
+    out = tempfile.mkdtemp(prefix="fj-bench-out-")
+    command = [sys.executable, str(HERE / "_data_contenders.py"), name, workload, data,
+               os.path.join(out, "o"), str(workers)]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(RSS_SAMPLE_SECONDS):
+            peak = max(peak, tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=CONTENDER_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = "", "timed out"
+    finally:
+        done.set()
+        sampler.join()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the contender left behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        subprocess.run(["rm", "-rf", out], check=False)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (stderr or stdout).strip().splitlines()[-3:], "peak_rss": peak}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["peak_rss"] = peak
+    return result
+
+
+def bench_workload(workload: str, names: Sequence[str], data: str, info: dict[str, Any],
+                   runs: int, log: Any) -> Section:  # fmt: skip
+    runs_by: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_number in range(runs):
+        for name in names:  # round-robin: a burst of load elsewhere hits everyone alike
+            result = run_contender(name, workload, data, WORKERS)
+            runs_by[name].append(result)
+            if "error" in result:
+                log(f"{workload}: {name} failed: {result['error']}")
+            else:
+                log(
+                    f"{workload} run {round_number + 1}/{runs}: {name}: {result['seconds']:.2f} s, "
+                    f"peak RSS {result['peak_rss'] / 2**20:.0f} MB"
+                )
+    rows_total = info["rows"]
+    expected = next((r for r in runs_by.get("pandas serial", []) if "error" not in r), None)
+    section = Section(
+        workload,
+        f"{workload} workload: Parquet -> Python UDF -> Parquet, {rows_total:,} rows, "
+        f"{info['arrow_bytes'] / 2**20:.0f} MB in Arrow",
+        "items/s",
+        True,
+        "best",
+        REFERENCE,
+    )
+    pandas_best = None
+    for name in names:
+        good = [r for r in runs_by[name] if "error" not in r]
+        if not good:
+            section.rows.append(Row(name, 0.0, [], "failed: " + " ".join(runs_by[name][0]["error"]),
+                                    compared=False))  # fmt: skip
+            continue
+        rates = [rows_total / r["seconds"] for r in good]
+        best = max(good, key=lambda r: rows_total / r["seconds"])
+        correct = expected is None or (
+            best["rows"] == expected["rows"]
+            and abs(best["checksum"] - expected["checksum"]) <= 1e-6 * abs(expected["checksum"])
+        )
+        peak = max(r["peak_rss"] for r in good)
+        if name == "pandas serial":
+            pandas_best = max(rates)
+        detail = (
+            f"{best['seconds']:.2f} s (+{best['setup_seconds']:.1f} s start-up), peak RSS "
+            f"{peak / 2**20:.0f} MB{'' if correct else ', OUTPUT DIFFERS FROM PANDAS'}"
+        )
+        section.rows.append(
+            Row(name, max(rates), rates, detail,
+                extra={"seconds": [r["seconds"] for r in good], "peak_rss": peak,
+                       "setup_seconds": [r["setup_seconds"] for r in good],
+                       "output_matches_pandas": correct})  # fmt: skip
+        )
+    if pandas_best:
+        for row in section.rows:
+            if row.value:
+                row.detail += f", {row.value / pandas_best:.2f}x pandas serial"
+    section.params = {"rows": rows_total, "workers": WORKERS, "runs": runs, **info}
+    return section
+
+
+def bench_groupby(data: str, info: dict[str, Any], log: Any) -> tuple[Section, bool, float]:
+    """forkjoin's groupby-agg against pandas' on the whole dataset: time and equality."""
+    import numpy as np
+    import pandas as pd
+
+    import forkjoin as fj
+    import forkjoin.data as fd
+
+    aggs = {"value": ["sum", "mean", "count", "min", "max"]}
+    files = sorted(str(p) for p in Path(data).glob("*.parquet"))
+    start = time.perf_counter()
+    frame = pd.concat([pd.read_parquet(f, columns=["category", "value"]) for f in files])
+    want = frame.groupby("category").agg(aggs)
+    pandas_seconds = time.perf_counter() - start
+    want.columns = ["value_" + c for c in want.columns.get_level_values(1)]
+    want = want.reset_index()
+    del frame
+    fj.map(abs, range(8), workers=WORKERS)  # warm the pool, as for the other sections
+    start = time.perf_counter()
+    got = (
+        fd.read_parquet(data, columns=["category", "value"])
+        .groupby("category")
+        .agg(aggs)
+        .to_pandas(workers=WORKERS)
+    )
+    fj_seconds = time.perf_counter() - start
+    from forkjoin.engine.api import shared_pools
+
+    shared_pools.shutdown()
+    same_keys = got["category"].tolist() == want["category"].tolist()
+    worst = 0.0
+    for column in want.columns[1:]:
+        a, b = got[column].to_numpy(dtype=float), want[column].to_numpy(dtype=float)
+        worst = max(worst, float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))))
+    equal = same_keys and worst <= 1e-9
+    rows = info["rows"]
+    section = Section("groupby", "groupby(category).agg(value: sum, mean, count, min, max)",
+                      "items/s", True, "best", REFERENCE)  # fmt: skip
+    section.rows = [
+        Row(REFERENCE, rows / fj_seconds, [rows / fj_seconds],
+            f"{fj_seconds:.2f} s; equal to pandas: {equal} (max relative difference {worst:.1e})"),
+        Row("pandas serial", rows / pandas_seconds, [rows / pandas_seconds],
+            f"{pandas_seconds:.2f} s"),
+    ]  # fmt: skip
+    log(f"groupby: forkjoin {fj_seconds:.2f} s, pandas {pandas_seconds:.2f} s, equal {equal}")
+    return section, equal, worst
+
+
+def evaluate_goals(sections: list[Section], info: dict[str, Any], equal: bool | None) -> list[Goal]:
+    goals = []
+    for section in sections:
+        if section.key not in ("text", "numeric"):
+            continue
+        ours = section.row(REFERENCE)
+        peers = [r for r in section.rows if r.name != REFERENCE and r.value]
+        if peers and ours.value:
+            best_peer = max(peers, key=lambda r: r.value)
+            median_ratio = statistics.median(ours.runs) / statistics.median(best_peer.runs)
+            goals.append(Goal(section.key, f"{section.key}: rows/s vs best peer ({best_peer.name})",
+                              PEER_GOAL, True, "x", "best", ours.value / best_peer.value,
+                              median_ratio))  # fmt: skip
+        pandas = next((r for r in section.rows if r.name == "pandas serial" and r.value), None)
+        if pandas and ours.value:
+            median_ratio = statistics.median(ours.runs) / statistics.median(pandas.runs)
+            text = f"{section.key}: rows/s vs pandas serial"
+            goals.append(Goal(section.key, text, PANDAS_GOAL, True, "x", "best",
+                              ours.value / pandas.value, median_ratio))  # fmt: skip
+        if ours.extra.get("peak_rss"):
+            share = ours.extra["peak_rss"] / info["arrow_bytes"]
+            goals.append(Goal(section.key, f"{section.key}: forkjoin peak RSS / dataset size",
+                              RSS_GOAL, False, "", "best", share, share, strict=True))  # fmt: skip
+    if equal is not None:
+        goals.append(Goal("groupby", "groupby-agg identical to pandas (1 = yes)", 1, True, "",
+                          "best", float(equal), float(equal)))  # fmt: skip
+    return goals
+
+
+def metadata(args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Any]:
+    versions = {}
+    for module in ("forkjoin", "pyarrow", "pandas", "polars", "datasets", "ray", "dask"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus_usable": cpus,
+        "workers": WORKERS,
+        "versions": versions,
+        "rows": args.rows,
+        "runs": args.runs,
+        "dataset": info,
+        "loadavg_start": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=None, help=f"dataset rows ({DEFAULT_ROWS:,})")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows: a smoke test")
+    parser.add_argument("--runs", type=int, default=1, help="runs per contender (best is kept)")
+    parser.add_argument("--only", default=",".join(CONTENDERS),
+                        help="comma-separated contenders")  # fmt: skip
+    parser.add_argument("--workloads", default="text,numeric,groupby")
+    parser.add_argument("--data", default=None, help="dataset directory (generated, reused)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a goal is missed")
+    args = parser.parse_args(argv)
+    args.rows = args.rows or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = set(names) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contender(s) {sorted(unknown)}; choose from {list(CONTENDERS)}")
+    if REFERENCE not in names:
+        names.insert(0, REFERENCE)
+    if "pandas serial" not in names:
+        names.append("pandas serial")
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    console = console or make_console()
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        console.print(f"[{time.perf_counter() - started:6.1f}s] {message}")
+
+    data = args.data or os.path.join(tempfile.gettempdir(), f"fj-bench-data-{args.rows}")
+    log(f"generating {args.rows:,} rows in {data} (reused when present)")
+    info = generate(data, args.rows)
+    meta = metadata(args, info)
+    sections = [bench_workload(w, names, data, info, args.runs, log) for w in workloads
+                if w in ("text", "numeric")]  # fmt: skip
+    equal = None
+    if "groupby" in workloads:
+        section, equal, _ = bench_groupby(data, info, log)
+        sections.append(section)
+    goals = evaluate_goals(sections, info, equal)
+    meta["seconds_total"] = time.perf_counter() - started
+    meta["loadavg_end"] = os.getloadavg()
+    render(sections, goals, console)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(to_json(meta, sections, goals), indent=2) + "\n")
+    console.print(footer(meta, meta["loadavg_start"], args.json))
+    return 1 if args.check and any(goal.met is False for goal in goals) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
