@@ -621,7 +621,9 @@ def _child_main() -> None:
     sys.path[:] = spec["sys_path"]
     threading.Thread(
         target=_lifeline,
-        args=(spec["lifeline_fd"], os.path.dirname(spec["stack_path"])), name="forkjoin-train-lifeline", daemon=True
+        args=(spec["lifeline_fd"], os.path.dirname(spec["stack_path"])),
+        name="forkjoin-train-lifeline",
+        daemon=True,
     ).start()
     stack_file = open(spec["stack_path"], "w")  # noqa: SIM115 - lives as long as the rank
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)

@@ -100,7 +100,7 @@ def log(
     record: dict[str, Any] = {}
     if step is not None:
         record["step"] = step
-    record.update({k: float(v) for k, v in zip(names, packed[: len(names)].tolist())})
+    record.update({k: float(v) for k, v in zip(names, packed[: len(names)].tolist(), strict=True)})
     total_samples, total_tokens = packed[-2].item(), packed[-1].item()
     if previous is not None and now > previous:
         elapsed = now - previous

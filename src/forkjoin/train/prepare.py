@@ -78,9 +78,17 @@ class PreparedOptimizer(torch.optim.Optimizer):
     def state(self) -> Any:
         return self.optimizer.state
 
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
     @property  # type: ignore[override]
     def defaults(self) -> dict[str, Any]:
         return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
@@ -270,7 +278,7 @@ def _patch_forward(
         if accumulation.grad_accum > 1 and torch.is_grad_enabled():
             sync = accumulation.sync_now
             if is_ddp:
-                wrapped.require_backward_grad_sync = sync  # what DDP.no_sync() toggles
+                wrapped.require_backward_grad_sync = sync  # type: ignore[assignment]
             elif strategy == "fsdp":
                 inner.set_requires_gradient_sync(sync)  # type: ignore[operator]
         autocast = (

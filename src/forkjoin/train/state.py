@@ -24,6 +24,8 @@ def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
             get_model_state_dict,
         )
 
-        sd = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True))
+        sd: dict[str, Any] = get_model_state_dict(
+            inner, options=StateDictOptions(full_state_dict=True)
+        )
         return {k: v.detach().to("cpu").clone() for k, v in sd.items()}
     return {k: v.detach().to("cpu").clone() for k, v in inner.state_dict().items()}
