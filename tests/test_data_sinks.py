@@ -90,11 +90,13 @@ def test_rerun_resumes_and_other_plans_are_refused(source, tmp_path):
         fd.read_parquet(src, target_bytes=1).write_parquet(out)
     with pytest.raises(DataError, match="resume=True"):
         plan.write_parquet(out, resume=False)
-    redo = fd.read_parquet(src).write_parquet(out, mode="overwrite", backend="inline")
-    assert redo.files_written == 4 and listing(out) == ["_manifest.json"] + [
-        f"part-{i:05d}.parquet" for i in range(4)
+    other = fd.read_parquet(src, columns=["id"])
+    redo = other.write_parquet(out, mode="overwrite", backend="inline")
+    parts = other.num_partitions
+    assert redo.files_written == parts and listing(out) == ["_manifest.json"] + [
+        f"part-{i:05d}.parquet" for i in range(parts)
     ]
-    pd.testing.assert_frame_equal(read_back(out), want, check_dtype=False)
+    pd.testing.assert_frame_equal(read_back(out), want[["id"]], check_dtype=False)
 
 
 def test_partial_run_resumes_only_missing_partitions(source, tmp_path):
@@ -190,7 +192,9 @@ SLOW_UDF = textwrap.dedent(
 
     def slow_lower(t):
         time.sleep(0.08)
-        return t.set_column(2, "s", pc.utf8_lower(t["s"]))
+        # a comprehension: its code object must not make the plan hash differ between runs
+        names = [name for name in t.column_names]
+        return t.set_column(names.index("s"), "s", pc.utf8_lower(t["s"]))
     """
 )
 

@@ -40,8 +40,17 @@ def describe_function(fn: Any) -> str:
                 f"partial({describe_function(inner)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
             )
         return name
-    digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(_code_bytes(code)).hexdigest()[:12]
     return f"{name}#{digest}#{getattr(fn, '__defaults__', None)!r}"
+
+
+def _code_bytes(code: Any) -> bytes:
+    """A code object's bytecode and constants, nested code objects (comprehensions, inner
+    functions) included by content: their repr carries a memory address that changes per run."""
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(_code_bytes(const) if hasattr(const, "co_code") else repr(const).encode())
+    return b"\0".join(parts)
 
 
 def function_name(fn: Any) -> str:
