@@ -31,7 +31,6 @@ SIZES = {
 def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     """One trial in a forkjoin worker: a plain single-process run (no gang)."""
     import torch
-
     from train_mlp_digits import train_digits
 
     torch.set_num_threads(1)

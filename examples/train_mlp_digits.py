@@ -3,8 +3,8 @@
 The loop is plain PyTorch; forkjoin.train adds the gang (``launch``), data parallelism and a
 sharded loader (``prepare``), and aggregated logging (``log``). Run:
 
-    python examples/train_mlp_digits.py --workers 2            # 2 CPU ranks, DDP
-    python examples/train_mlp_digits.py --workers 1 --epochs 5
+    python examples/train_mlp_digits.py                       # 2 CPU ranks, DDP
+    python examples/train_mlp_digits.py --workers 1 2 --epochs 20   # 1 rank, then 2
     FORKJOIN_EXAMPLE_SIZE=small python examples/train_mlp_digits.py   # the tests' size
 
 Prints each rank count's samples/s and the test accuracy (>= 0.95 expected).
@@ -92,7 +92,7 @@ def train_digits(
 def main() -> None:
     size = os.environ.get("FORKJOIN_EXAMPLE_SIZE", "small")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--workers", type=int, nargs="+", default=[2],
                         help="rank counts to run, one after the other")
     parser.add_argument("--epochs", type=int, default=SIZES[size]["epochs"])
     parser.add_argument("--hidden", type=int, default=SIZES[size]["hidden"])

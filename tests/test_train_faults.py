@@ -37,10 +37,10 @@ STEPS = 12  # 2k: more than one epoch of 8 batches per rank
 KILL_AT = 5
 
 
-def make_parts(seed: int = 3) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+def make_parts(seed: int = 3, optimizer: bool = True) -> tuple[nn.Module, Any, Any]:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.2), nn.Linear(12, 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2) if optimizer else None
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 6, generator=g)
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
@@ -96,29 +96,28 @@ def test_killed_rank_relaunches_from_checkpoint_and_matches_uninterrupted(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000011", "step-00000012"]
 
 
+# The failing ranks skip the optimizer: creating one imports torch._dynamo (~2 s per rank here),
+# and these cases are about the gang, not the update.
 def raise_on_rank_one() -> None:
-    model, opt, loader = fjt.prepare(*make_parts())
+    model, _, loader = fjt.prepare(*make_parts(optimizer=False))
     for x, _ in loader:
         model(x).sum().backward()
         if fjt.rank() == 1:
             raise ValueError("bad batch on purpose")
-        opt.step()
 
 
 def hang_on_rank_one() -> None:
-    model, opt, loader = fjt.prepare(*make_parts())
+    model, _, loader = fjt.prepare(*make_parts(optimizer=False))
     for x, _ in loader:
         model(x).sum().backward()
-        opt.step()
         if fjt.rank() == 1:
             time.sleep(600)  # stuck: no heartbeat from here on
 
 
 def die_on_rank_one() -> None:
-    model, opt, loader = fjt.prepare(*make_parts())
+    model, _, loader = fjt.prepare(*make_parts(optimizer=False))
     for x, _ in loader:
         model(x).sum().backward()
-        opt.step()
         if fjt.rank() == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -149,23 +148,23 @@ def test_failing_rank_stops_the_gang_with_a_clear_error(
         assert "bad batch on purpose" in str(exc)
         assert "raise_on_rank_one" in str(exc.__cause__)  # the rank's own traceback
     if fn is hang_on_rank_one:
-        assert "hang_on_rank_one" in exc.stack and "time.sleep" not in str(exc) or True
-        assert "in hang_on_rank_one" in str(exc)  # its Python stack, from faulthandler
+        assert "in hang_on_rank_one" in exc.stack  # its Python stack, from faulthandler
+        assert "in hang_on_rank_one" in str(exc)
     assert not psutil.Process().children(recursive=True)
 
 
-def sleep_forever(pid_dir: str) -> None:
-    Path(pid_dir, f"rank{fjt.rank()}").write_text(str(os.getpid()))
-    time.sleep(600)
-
-
 def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:
+    # the launcher script does not import torch (launch() itself does not), so it starts fast
     script = textwrap.dedent(
         f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import os, time
+        from pathlib import Path
         import forkjoin.train as fjt
-        from test_train_faults import sleep_forever
+
+        def sleep_forever(pid_dir):
+            Path(pid_dir, f"rank{{fjt.rank()}}").write_text(str(os.getpid()))
+            time.sleep(600)
+
         if __name__ == "__main__":
             fjt.launch(sleep_forever, workers=2, device="cpu", args=({str(tmp_path)!r},))
         """

@@ -15,7 +15,9 @@
     fjt.launch(train, workers=2, device="cpu", args=(100,), max_restarts=1)
 
 Names load on first use (PEP 562): ``launch`` and the rank helpers do not import torch, so the
-ranks the launcher spawns can cap their thread pools before torch loads.
+ranks the launcher spawns can cap their thread pools before torch loads. (The modules are
+``gang.py`` and ``wrapping.py``, not ``launch.py`` and ``prepare.py``: importing a submodule
+binds its name on the package, which would hide the functions ``launch`` and ``prepare``.)
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import importlib as _importlib
 import typing as _typing
 
 _EXPORTS = {
-    "launch": "forkjoin.train.launch",
-    "prepare": "forkjoin.train.prepare",
-    "backward": "forkjoin.train.prepare",
-    "unwrap": "forkjoin.train.prepare",
-    "PreparedOptimizer": "forkjoin.train.prepare",
+    "launch": "forkjoin.train.gang",
+    "prepare": "forkjoin.train.wrapping",
+    "backward": "forkjoin.train.wrapping",
+    "unwrap": "forkjoin.train.wrapping",
+    "PreparedOptimizer": "forkjoin.train.wrapping",
     "PreparedLoader": "forkjoin.train.sampler",
     "ShardedSampler": "forkjoin.train.sampler",
     "rank": "forkjoin.train.context",

@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 
 from . import context
-from .prepare import PreparedOptimizer, unwrap
 from .sampler import PreparedLoader
+from .wrapping import PreparedOptimizer, unwrap
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "Checkpoint"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .prepare import unwrap
+from .wrapping import unwrap
 
 __all__ = ["full_state_dict"]
 

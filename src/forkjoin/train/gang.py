@@ -71,7 +71,7 @@ STACK_DUMP_SECONDS = 2.0
 PROCESS_GROUP_TIMEOUT_SECONDS = 300.0
 
 _CHILD_MARKER = "FORKJOIN_TRAIN_CHILD"
-_CHILD_COMMAND = "from forkjoin.train.launch import _child_main; _child_main()"
+_CHILD_COMMAND = "from forkjoin.train.gang import _child_main; _child_main()"
 
 
 def _under_external_launcher() -> bool:
