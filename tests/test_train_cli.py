@@ -78,3 +78,31 @@ def test_demo_training_section_quick() -> None:
     assert report.verified, text
     assert "1 rank " in text and "2 ranks" in text and "samples/s" in text
     assert "test accuracy" in text
+
+
+def test_launch_under_torchrun_runs_in_place(tmp_path: Path) -> None:
+    """Started by torchrun, launch() spawns nothing: it joins torchrun's process group."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "under_torchrun.py"
+    script.write_text(
+        "import os\n"
+        "import torch, torch.distributed as dist\n"
+        "import forkjoin.train as fjt\n"
+        "def fn():\n"
+        "    t = torch.tensor([float(fjt.rank() + 1)])\n"
+        "    dist.all_reduce(t)\n"
+        "    return (fjt.rank(), fjt.world_size(), t.item(), os.getpid())\n"
+        "if __name__ == '__main__':\n"
+        "    rank, world, total, pid = fjt.launch(fn, workers=5, device='cpu')\n"
+        "    assert pid == os.getpid(), 'ran in another process'\n"
+        "    print(f'rank {rank} of {world}: sum {total}', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script)],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 of 2: sum 3.0" in done.stdout and "rank 1 of 2: sum 3.0" in done.stdout

@@ -211,7 +211,12 @@ def _init_process_group(ctx: context.RankContext) -> None:
         rank=ctx.rank,
         world_size=ctx.world_size,
         timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_SECONDS),
+        device_id=torch.device("cuda", ctx.local_rank) if ctx.device_type == "cuda" else None,
     )
+    # Every rank's connections are complete before any train_fn runs: without this, a rank
+    # whose train_fn returns at once can close its end while a peer is still handshaking
+    # ("Gloo connectFullMesh failed ... Connection closed by peer").
+    dist.barrier()
 
 
 # -- the gang (launcher side) ---------------------------------------------------------------------
