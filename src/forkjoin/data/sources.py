@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob as _glob
 import io
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,9 @@ def _discover_one(fs: Any, path: str, shown: str, suffixes: tuple[str, ...]) -> 
                 raise DataError(f"no files match {shown!r}")
             return matches
         if os.path.isdir(path):
+            committed = _manifest_files(path)
+            if committed is not None:
+                return committed
             out = []
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if _visible(d))
@@ -218,6 +222,21 @@ def _discover_one(fs: Any, path: str, shown: str, suffixes: tuple[str, ...]) -> 
     if not matches:
         raise DataError(f"no files match {shown!r}")
     return matches
+
+
+def _manifest_files(directory: str) -> list[str] | None:
+    """The files a forkjoin ``_manifest.json`` in ``directory`` lists as committed, or None.
+
+    A directory that forkjoin wrote is read as its manifest says: a run that stopped part-way
+    may have left complete files it had not recorded yet (a rerun replaces them), and those
+    are not part of the output until it does."""
+    try:
+        with open(os.path.join(directory, "_manifest.json"), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        names = [entry["name"] for entry in manifest["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [os.path.join(directory, name) for name in sorted(names)]
 
 
 def _open(fs: Any, path: str) -> Any:
