@@ -242,10 +242,13 @@ def prepare(
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
         )
-    _patch_forward(wrapped, model, strategy, accumulation, PRECISIONS[precision], dev)
     model_out: nn.Module = wrapped
     if compile:
+        # compile the DDP/FSDP module as PyTorch recommends (DDPOptimizer splits the graph at
+        # bucket boundaries); the patch below then wraps the compiled call from outside, so
+        # heartbeats and the sync flag stay eager Python that dynamo never traces
         model_out = torch.compile(wrapped)  # type: ignore[assignment]
+    _patch_forward(model_out, wrapped, model, strategy, accumulation, PRECISIONS[precision], dev)
 
     optimizer_out = None
     if optimizer is not None:
@@ -263,6 +266,7 @@ def prepare(
 
 
 def _patch_forward(
+    target: nn.Module,
     wrapped: nn.Module,
     inner: nn.Module,
     strategy: str,
@@ -270,7 +274,9 @@ def _patch_forward(
     dtype: torch.dtype | None,
     dev: torch.device,
 ) -> None:
-    forward = wrapped.forward
+    """Replace ``target.forward`` (an instance attribute, as accelerate does) with one that
+    beats, turns gradient sync on for the last micro-step only, and runs under autocast."""
+    forward = target.forward
     is_ddp = isinstance(wrapped, nn.parallel.DistributedDataParallel)
 
     def prepared_forward(*args: Any, **kwargs: Any) -> Any:
@@ -289,7 +295,7 @@ def _patch_forward(
         with autocast:
             return forward(*args, **kwargs)
 
-    wrapped.forward = prepared_forward  # type: ignore[method-assign]
+    target.forward = prepared_forward  # type: ignore[method-assign]
 
 
 def loader_state(loader: Any) -> dict[str, int] | None:
