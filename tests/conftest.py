@@ -21,8 +21,17 @@ import pytest
 
 # pytest puts this folder on sys.path (rootdir-relative "prepend" imports: tests/ is not a
 # package), and workers receive the caller's sys.path: so they import _tasks by name too.
-from helpers import BACKENDS, LEAK_GRACE_SECONDS, LONG_LIVED, running_long_lived, wait_until
+from helpers import (
+    BACKENDS,
+    CLUSTER_BACKENDS,
+    LEAK_GRACE_SECONDS,
+    LONG_LIVED,
+    long_lived_pool,
+    running_long_lived,
+    wait_until,
+)
 
+import forkjoin as fj
 from forkjoin.engine.api import shared_pools
 
 # A crash test that segfaults must not leave core files behind (workers inherit this limit).
@@ -79,7 +88,7 @@ def _live_children() -> list[psutil.Process]:
     exempt = {pid for pool in LONG_LIVED for pid in pool.worker_pids()}
     alive = []
     for child in psutil.Process().children(recursive=True):
-        if child.pid in exempt:
+        if child.pid in exempt or _is_resource_tracker(child):
             continue
         try:
             if child.status() != psutil.STATUS_ZOMBIE:
@@ -87,6 +96,12 @@ def _live_children() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return alive
+
+
+def _is_resource_tracker(proc: psutil.Process) -> bool:
+    """multiprocessing's resource tracker (Dask's LocalCluster starts one): one per
+    interpreter, lives until the interpreter exits, holds nothing of ours."""
+    return "multiprocessing.resource_tracker" in _cmdline(proc)
 
 
 def _cmdline(proc: psutil.Process) -> str:
@@ -131,7 +146,24 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"{request.node.nodeid} leaked: " + "; ".join(problems), pytrace=False)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKENDS + CLUSTER_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """Each backend in turn: the contract suite runs every test on all of them."""
+    """Each backend in turn: the contract suite runs every test on all of them. A cluster
+    engine is started once per session, on first use, and every pool joins it."""
+    if request.param in CLUSTER_BACKENDS:
+        request.getfixturevalue(f"{request.param}_cluster")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[fj.Pool]:
+    """A local Ray (127.0.0.1, 2 CPUs) that forkjoin starts; the last pool stops it."""
+    pytest.importorskip("ray")
+    yield from long_lived_pool(2, "ray")
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[fj.Pool]:
+    """A local Dask cluster (127.0.0.1, 2 single-threaded worker processes)."""
+    pytest.importorskip("distributed")
+    yield from long_lived_pool(2, "dask")

@@ -250,7 +250,9 @@ def test_unknown_option_is_refused(backend):
 
 
 def test_timeout_support_matches_capability(backend):
-    if backend == "process":
+    from forkjoin.backends.base import backend_class
+
+    if backend_class(backend).capabilities.supports_timeout:
         assert run(backend, _tasks.square, [1, 2], timeout=30) == [1, 4]
     else:
         with pytest.raises(ValueError, match="timeout"):

@@ -28,7 +28,7 @@ import cloudpickle
 
 from ..engine import shared as shared_module
 from ..engine.task import FunctionRef, Status, Task, TaskOutcome
-from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
+from ..errors import ResourceError, SerializationError, TaskTimeoutError, WorkerCrashedError
 from .base import Backend, DoneCallback
 from .failures import failure_from_record
 from .remote_task import TaskSpec
@@ -55,6 +55,8 @@ class ClusterBackend(Backend):
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
         self._running: dict[int, tuple[Task, DoneCallback, Any]] = {}
+        self._reporting = 0  # finished tasks whose done() callback is running now
+        self._in_callback = threading.local()  # .active: this thread is running a done()
         self._closed = False
         self._pids_seen: set[int] = set()
         self._functions: weakref.WeakKeyDictionary[FunctionRef, Any] = weakref.WeakKeyDictionary()
@@ -168,7 +170,7 @@ class ClusterBackend(Backend):
         task.submit_time = time.monotonic()
         try:
             handle = self._launch(task, function, spec, shared)
-        except SerializationError:
+        except (SerializationError, ResourceError):
             raise
         except Exception as exc:
             raise self._unsendable(task, exc) from exc
@@ -190,17 +192,24 @@ class ClusterBackend(Backend):
     def _finish(self, task_id: int) -> None:
         with self._lock:
             entry = self._running.pop(task_id, None)
-            self._settled.notify_all()
-        if entry is None:
-            return  # reported already (cancelled at shutdown)
-        task, done, handle = entry
+            if entry is None:
+                return  # reported already (cancelled at shutdown)
+            self._reporting += 1
         try:
-            outcome = self._outcome(task, self._result(handle))
-        except BaseException as error:  # noqa: BLE001 - every engine error becomes an outcome
-            outcome = self._failure_outcome(task, error)
-        if task.cancelled and outcome.status is not Status.CANCELLED:
-            return  # dropped at the caller's request: no callback (Backend.cancel)
-        done(task, outcome)
+            task, done, handle = entry
+            try:
+                outcome = self._outcome(task, self._result(handle))
+            except BaseException as error:  # noqa: BLE001 - every engine error is an outcome
+                outcome = self._failure_outcome(task, error)
+            if task.cancelled and outcome.status is not Status.CANCELLED:
+                return  # dropped at the caller's request: no callback (Backend.cancel)
+            self._in_callback.active = True
+            done(task, outcome)
+        finally:
+            self._in_callback.active = False
+            with self._lock:
+                self._reporting -= 1
+                self._settled.notify_all()
 
     def _outcome(self, task: Task, reply: tuple[Any, ...]) -> TaskOutcome:
         kind, pid = reply[0], reply[1]
@@ -309,9 +318,11 @@ class ClusterBackend(Backend):
             except Exception:
                 pass
             done(task, TaskOutcome(Status.CANCELLED))
+        if getattr(self._in_callback, "active", False):
+            wait = False  # called from a done-callback: it cannot wait for itself to return
         if wait:
             with self._lock:
-                self._settled.wait_for(lambda: not self._running)
+                self._settled.wait_for(lambda: not (self._running or self._reporting))
         self._disconnect()
 
     @property
@@ -320,10 +331,21 @@ class ClusterBackend(Backend):
 
 
 def started_processes(before: set[int]) -> set[int]:
-    """Children of this process that were not in ``before``: what an engine start added."""
+    """Children of this process that were not in ``before``: what an engine start added (less
+    multiprocessing's resource tracker, which serves the whole interpreter until it exits)."""
     import psutil
 
-    return {child.pid for child in psutil.Process().children()} - before
+    added = set()
+    for child in psutil.Process().children():
+        if child.pid in before:
+            continue
+        try:
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        added.add(child.pid)
+    return added
 
 
 def with_descendants(pids: set[int]) -> list[int]:

@@ -34,6 +34,7 @@ import psutil
 from distributed.scheduler import KilledWorker
 
 from ..engine.task import Task
+from ..errors import ResourceError
 from ..machine import parse_memory, usable_cpu_count
 from .base import Capabilities
 from .cluster import CRASHED, UNREADABLE, ClusterBackend, started_processes, with_descendants
@@ -42,7 +43,9 @@ from .remote_task import TaskSpec, run_remote
 
 def _entry(fn: Any, spec: TaskSpec, setup: Any, *shared_values: Any) -> tuple[Any, ...]:
     """The Dask task: its scattered arguments arrive deserialised (once per worker)."""
-    return run_remote(fn, spec, setup, shared_values)
+    # Global RNGs are per process: reseed them only on a worker that runs one task at a time.
+    single_threaded = distributed.get_worker().state.nthreads == 1
+    return run_remote(fn, spec, setup, shared_values, seed_globals=single_threaded)
 
 
 class _Connection:
@@ -62,8 +65,14 @@ _connections: dict[Any, _Connection] = {}
 
 def _start_local(workers: int) -> _Connection:
     before = {child.pid for child in psutil.Process().children()}
-    # Worker deaths are retried by forkjoin's scheduler, not by Dask's.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    settings = {
+        # Worker deaths are retried by forkjoin's scheduler, not by Dask's.
+        "distributed.scheduler.allowed-failures": 0,
+        # A task goes to a worker only when it has a free thread: no task waits behind a long
+        # one on a busy worker while another worker idles (forkjoin already bounds in-flight).
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+    with dask.config.set(settings):
         cluster = distributed.LocalCluster(
             n_workers=workers or usable_cpu_count(),
             threads_per_worker=1,
@@ -141,7 +150,12 @@ class DaskBackend(ClusterBackend):
             self.workers = max(1, threads)
 
     def _put(self, obj: Any) -> Any:
-        future = self._client.scatter(obj, broadcast=True, hash=False)
+        # One copy; workers fetch it from each other the first time a task needs it. (A
+        # broadcast is no safer: Dask's memory manager drops extra replicas anyway.)
+        try:
+            future = self._client.scatter(obj, hash=False)
+        except OSError:  # the worker it chose just died: once more, on another
+            future = self._client.scatter(obj, hash=False)
         self._scattered.append(future)
         return future
 
@@ -165,7 +179,17 @@ class DaskBackend(ClusterBackend):
             value = parse_memory(amount) if name == "memory" else float(amount)
             if value:
                 wanted[names.get(name, name)] = float(value)
-        return wanted or None
+        if not wanted:
+            return None
+        workers = self._client.scheduler_info().get("workers", {}).values()
+        offered = [worker.get("resources", {}) for worker in workers]
+        if not any(all(o.get(k, 0) >= v for k, v in wanted.items()) for o in offered):
+            raise ResourceError(
+                f"no Dask worker declares resources {wanted} (workers offer {offered}); start "
+                f"workers with --resources \"GPU=1\" (or ask for less): Dask would otherwise "
+                f"keep the task waiting for ever"
+            )
+        return wanted
 
     def _launch(self, task: Task, function: Any, spec: TaskSpec, shared: list[Any]) -> Any:
         return self._client.submit(
@@ -202,4 +226,12 @@ class DaskBackend(ClusterBackend):
             release(self._key)
 
     def worker_pids(self) -> list[int]:
-        return with_descendants(self._connection.processes)
+        """The local cluster's worker processes (a nanny restarts a dead one under a new pid)."""
+        cluster = self._connection.cluster
+        pids = set(self._connection.processes)
+        if cluster is not None:
+            for nanny in list(getattr(cluster, "workers", {}).values()):
+                pid = getattr(nanny, "pid", None)
+                if pid:
+                    pids.add(pid)
+        return with_descendants(pids)

@@ -23,6 +23,7 @@ is interrupted in its worker (tasks run on the worker's main thread, so an alarm
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import ray
 import ray.exceptions
 
 from ..engine.task import Task
+from ..errors import ResourceError
 from ..machine import parse_memory, usable_cpu_count
 from .base import Capabilities
 from .cluster import (
@@ -90,6 +92,17 @@ def _remote() -> Any:
 # -- the connection ------------------------------------------------------------------------------
 
 
+def _caller_path() -> str:
+    """The caller's import path, less the interpreter's own folders (workers have those)."""
+    own = (sys.prefix, sys.base_prefix, sys.exec_prefix)
+    folders = [
+        os.path.abspath(entry or os.getcwd())
+        for entry in sys.path
+        if not (entry and entry.startswith(own))
+    ]
+    return os.pathsep.join(dict.fromkeys(f for f in folders if os.path.isdir(f)))
+
+
 def _start_local(workers: int, options: dict[str, Any]) -> None:
     """A single-node Ray bound to 127.0.0.1, with no dashboard."""
     import ray._private.ray_constants as ray_constants
@@ -103,6 +116,9 @@ def _start_local(workers: int, options: dict[str, Any]) -> None:
             "num_cpus": workers or usable_cpu_count(),
             "include_dashboard": False,
             "log_to_driver": True,
+            # As forkjoin's process workers do: import what the caller can (its script's
+            # folder, a tests/ directory), not only what is installed.
+            "runtime_env": {"env_vars": {"PYTHONPATH": _caller_path()}},
         }
         settings.update(options)
         ray.init(**settings)
@@ -145,6 +161,25 @@ def local_processes() -> list[int]:
     return with_descendants(_started) if ray.is_initialized() else []
 
 
+def _check_feasible(settings: dict[str, Any]) -> None:
+    """Refuse a request no node has (Ray would keep such a task pending for ever)."""
+    need = {"CPU": settings["num_cpus"], "GPU": settings.get("num_gpus", 0)}
+    need["memory"] = settings.get("memory", 0)
+    need.update(settings.get("resources", {}))
+    need = {name: amount for name, amount in need.items() if amount}
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(all(node.get(name, 0) >= amount for name, amount in need.items()) for node in nodes):
+        return
+    offered = "; ".join(
+        ", ".join(f"{name}={value:g}" for name, value in sorted(node.items()) if ":" not in name)
+        for node in nodes
+    )
+    raise ResourceError(
+        f"no node of the Ray cluster has {need}: its nodes offer [{offered}]; ask for less, "
+        f"or add a node that has it (ray start --num-gpus=...)"
+    )
+
+
 class RayBackend(ClusterBackend):
     """Runs each forkjoin task as one Ray task."""
 
@@ -180,6 +215,7 @@ class RayBackend(ClusterBackend):
                 settings["memory"] = parse_memory(requested.pop("memory"))
             if requested:
                 settings["resources"] = {k: float(v) for k, v in requested.items()}
+            _check_feasible(settings)
             remote = self._remote_by_resources[key] = _remote().options(**settings)
         return remote
 

@@ -153,8 +153,12 @@ def run_remote(
     spec: TaskSpec,
     setup: tuple[Callable[..., Any], tuple[Any, ...]] | None = None,
     shared_values: Sequence[Any] = (),
+    seed_globals: bool = True,
 ) -> tuple[Any, ...]:
-    """Run one task on this worker; the reply described in the module docstring."""
+    """Run one task on this worker; the reply described in the module docstring.
+
+    ``seed_globals``: under ``seed=``, also reseed ``random`` and NumPy's global generator per
+    item; only where no other task shares this process at the same time."""
     pid = os.getpid()
     if spec.shared_ids:
         _receive_shared(spec.shared_ids, shared_values)
@@ -172,8 +176,7 @@ def run_remote(
             items,  # type: ignore[arg-type]
             spec.first_index,
             spec.seed,
-            # Global RNGs are per process: reseed them only where tasks do not share a process.
-            seed_globals=threading.current_thread() is threading.main_thread(),
+            seed_globals=seed_globals,
         )
     except _TimedOut:
         return ("timeout", pid, time.monotonic() - started)
