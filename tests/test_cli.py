@@ -197,6 +197,25 @@ def test_info_text() -> None:
     assert "GiB" in out
 
 
+def test_info_says_whether_a_configured_cluster_answers(monkeypatch) -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", f"tcp://127.0.0.1:{port}")
+        code, out, _ = call("info", "--json")
+        assert code == EXIT_OK
+        dask = json.loads(out)["backends"]["dask"]
+        assert dask["cluster"] == f"tcp://127.0.0.1:{port}" and dask["reachable"] is True
+    code, out, _ = call("info")  # the port is closed now
+    assert f"cluster tcp://127.0.0.1:{port} NOT reachable" in out
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    code, out, _ = call("info", "--json")
+    assert json.loads(out)["backends"]["dask"]["cluster"] is None
+
+
 def test_info_json() -> None:
     code, out, _ = call("info", "--json")
     assert code == EXIT_OK

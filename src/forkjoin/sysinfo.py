@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import platform
+import socket
 import sys
 from typing import Any
 
@@ -37,6 +39,37 @@ def package_version(name: str) -> str | None:
         return None
 
 
+# Where a cluster backend would connect without address=: Ray's and Dask's own conventions.
+CLUSTER_ADDRESS_SOURCES = {
+    "ray": ("RAY_ADDRESS", "/tmp/ray/ray_current_cluster"),  # the latter: what "auto" finds
+    "dask": ("DASK_SCHEDULER_ADDRESS", None),
+}
+# How long ``forkjoin info`` waits for a cluster's port to answer.
+PROBE_SECONDS = 0.5
+
+
+def cluster_address(name: str) -> str | None:
+    """The cluster a Ray/Dask backend would join with no address= (None: a local start)."""
+    variable, latest_file = CLUSTER_ADDRESS_SOURCES[name]
+    address = os.environ.get(variable)
+    if not address and latest_file and os.path.exists(latest_file):
+        with open(latest_file) as fh:
+            address = fh.read().strip() or None
+    return address or None
+
+
+def reachable(address: str) -> bool:
+    """Whether something accepts TCP connections at ``address`` (tcp://host:port, host:port,
+    ray://host:port): a cheap probe, no engine imported and nothing sent."""
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), PROBE_SECONDS):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def backends() -> dict[str, dict[str, Any]]:
     """Each backend's availability, and for a missing one the install command."""
     report: dict[str, dict[str, Any]] = {
@@ -47,6 +80,10 @@ def backends() -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"available": available, "builtin": False}
         if not available:
             entry["install"] = f'pip install "forkjoin[{extra}]"'
+        address = cluster_address(name)
+        entry["cluster"] = address
+        if address is not None:
+            entry["reachable"] = reachable(address)
         report[name] = entry
     return report
 
@@ -101,6 +138,13 @@ def format_info(info: dict[str, Any]) -> str:
             state = "available" + (" (default)" if name == "process" else "")
         else:
             state = f"not installed: {entry['install']}"
+        if "cluster" in entry:
+            address = entry["cluster"]
+            if address is None:
+                state += "; no cluster configured: starts a local one (127.0.0.1) on first use"
+            else:
+                answer = "reachable" if entry.get("reachable") else "NOT reachable"
+                state += f"; cluster {address} {answer}"
         lines.append(f"  {name:10} {state}")
     lines.append("packages")
     for name, version in info["packages"].items():
