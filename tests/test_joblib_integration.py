@@ -42,6 +42,15 @@ def test_options_reach_the_pool_behind_the_backend() -> None:
     assert {pid for _, pid in out} == {os.getpid()}
 
 
+@pytest.mark.parametrize("engine", ["ray", "dask"])
+def test_joblib_runs_on_a_cluster_engine_underneath(engine: str, request) -> None:
+    request.getfixturevalue(f"{engine}_cluster")
+    with joblib.parallel_config(backend="forkjoin", n_jobs=2, forkjoin_backend=engine):
+        out = Parallel()(delayed(square_with_pid)(i) for i in range(12))
+    assert [value for value, _ in out] == [i * i for i in range(12)]
+    assert os.getpid() not in {pid for _, pid in out}
+
+
 def test_an_exception_keeps_its_type_and_the_backend_stays_usable() -> None:
     with joblib.parallel_config(backend="forkjoin", n_jobs=2):
         with pytest.raises(ValueError, match="bad item 3") as caught:
