@@ -190,7 +190,10 @@ class Dataset:
 
     def take(self, n: int = 20, **run: Any) -> list[dict[str, Any]]:
         """The first ``n`` rows as dicts (runs only the partitions it needs)."""
-        return self.limit(n).to_arrow(**run).to_pylist()  # type: ignore[no-any-return]
+        limited = self.limit(n)
+        rows: list[dict[str, Any]] = limited.to_arrow(**run).to_pylist()
+        self._stats = limited._stats
+        return rows
 
     def count(self, **run: Any) -> int:
         """Rows in the result: from metadata when no operation can change the count."""
