@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,19 +26,21 @@ def call(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def test_cli_trains_the_digits_example_to_95_percent(tmp_path: Path) -> None:
+def test_cli_trains_the_digits_example(tmp_path: Path) -> None:
+    # one rank: the CLI's plumbing (file:FN, --arg, --log-file, JSON out); the 2-rank digits
+    # run and its >= 0.95 accuracy are checked by the demo test below
     log = tmp_path / "log.jsonl"
     code, out, err = call(
-        "train", f"{EXAMPLES / 'train_mlp_digits.py'}:train_digits", "--workers", "2",
+        "train", f"{EXAMPLES / 'train_mlp_digits.py'}:train_digits", "--workers", "1",
         "--device", "cpu", "--threads-per-rank", "1", "--log-file", str(log),
-        "--arg", "epochs=12", "--arg", "verbose=false",
+        "--arg", "epochs=4", "--arg", "verbose=false",
     )
     assert code == 0, err
     result = json.loads(out)
-    assert result["accuracy"] >= 0.95
+    assert result["accuracy"] >= 0.9
     assert result["samples_per_s"] > 0
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["step"] for r in records if "step" in r] == list(range(12))  # rank 0 only
+    assert [r["step"] for r in records if "step" in r] == list(range(4))
 
 
 def fail_on_last_rank() -> None:
@@ -78,7 +81,8 @@ def test_demo_training_section_quick() -> None:
     text = out.getvalue()
     assert report.verified, text
     assert "1 rank " in text and "2 ranks" in text and "samples/s" in text
-    assert "test accuracy" in text
+    accuracies = [float(a) for a in re.findall(r"test accuracy (\d\.\d+)", text)]
+    assert len(accuracies) == 2 and min(accuracies) >= 0.95, text  # digits MLP, 1 and 2 ranks
 
 
 def test_launch_under_torchrun_runs_in_place(tmp_path: Path) -> None:
