@@ -234,7 +234,7 @@ tables = st.integers(0, 40).flatmap(
         }
     )
 )
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @FAST

@@ -198,7 +198,7 @@ SLOW_UDF = textwrap.dedent(
     import pyarrow.compute as pc
 
     def slow_lower(t):
-        time.sleep(0.08)
+        time.sleep(0.05)
         # a comprehension: its code object must not make the plan hash differ between runs
         names = [name for name in t.column_names]
         return t.set_column(names.index("s"), "s", pc.utf8_lower(t["s"]))
@@ -229,7 +229,7 @@ def test_cli_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(4):
-        df = frame(600, 600 * i)
+        df = frame(400, 400 * i)
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), src / f"{i}.parquet",
                        row_group_size=100)  # fmt: skip
     (tmp_path / "slow_udf.py").write_text(SLOW_UDF)
