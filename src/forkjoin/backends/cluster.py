@@ -64,7 +64,9 @@ class ClusterBackend(Backend):
         self._setup: Any = None
         self._connect(address, dict(cluster_options or {}))
         if self.initializer is not None:
-            self._setup = self._put_checked((self.initializer, self.initargs), "initializer")
+            self._setup = self._pack_checked(
+                f"{self.pool_key}:setup", (self.initializer, self.initargs), "initializer"
+            )
 
     # -- what a subclass provides ----------------------------------------------------------------
 
@@ -118,10 +120,26 @@ class ClusterBackend(Backend):
                 side="caller",
             ) from exc
 
+    def _pack(self, key: str, obj: Any) -> Any:
+        """How code (a function, an initializer) travels: by default through the store."""
+        return self._put(obj)
+
+    def _pack_checked(self, key: str, obj: Any, what: str) -> Any:
+        try:
+            return self._pack(key, obj)
+        except Exception as exc:
+            raise SerializationError(
+                f"the {what} could not be sent to {self.engine} ({type(exc).__name__}: {exc}); "
+                f"define it at module level and capture only picklable objects",
+                what=what,
+                side="caller",
+            ) from exc
+
     def _function_handle(self, function: FunctionRef) -> Any:
         handle = self._functions.get(function)
         if handle is None:
-            handle = self._functions[function] = self._put_checked(function.fn, "function")
+            key = f"{self.pool_key}:{function.key}"
+            handle = self._functions[function] = self._pack_checked(key, function.fn, "function")
         return handle
 
     def _shared_handle(self, handle: shared_module.Shared[Any]) -> Any:

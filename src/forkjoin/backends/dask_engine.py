@@ -13,8 +13,9 @@ Pools share a connection per address; the last pool to close it closes what fork
 
 Mapping: a task's ``resources`` become Dask worker resources ``CPU`` / ``GPU`` / ``MEMORY``,
 which the workers must declare (forkjoin's local cluster declares ``CPU=1`` per worker); the
-function, the pool initializer and ``fj.shared`` objects are scattered once to every worker
-(``client.scatter(broadcast=True)``), so a worker deserialises each once and keeps it. Dask's
+function and the pool initializer are pickled once and unpickled once per worker; ``fj.shared``
+objects are scattered once to every worker (``client.scatter(broadcast=True)``), so a worker
+deserialises each once and keeps it. Dask's
 ``retries`` are off and forkjoin's local cluster sets ``allowed-failures`` to 0: forkjoin's
 scheduler retries a task whose worker died, counting attempts as on every backend. Dask runs
 tasks on worker threads, which nothing can interrupt, so ``timeout=`` is refused here.
@@ -25,9 +26,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import cloudpickle
 import dask
 import distributed
 import psutil
@@ -40,12 +43,38 @@ from .base import Capabilities
 from .cluster import CRASHED, UNREADABLE, ClusterBackend, started_processes, with_descendants
 from .remote_task import TaskSpec, run_remote
 
+# Functions and initializers a worker process keeps unpickled, by key.
+KEEP_CODE = 64
+_code_lock = threading.Lock()
+_code: OrderedDict[str, Any] = OrderedDict()
 
-def _entry(fn: Any, spec: TaskSpec, setup: Any, *shared_values: Any) -> tuple[Any, ...]:
-    """The Dask task: its scattered arguments arrive deserialised (once per worker)."""
+
+def _unpack(packed: tuple[str, bytes] | None) -> Any:
+    """A function (or initializer) sent by value, unpickled once per worker process."""
+    if packed is None:
+        return None
+    key, data = packed
+    with _code_lock:
+        obj = _code.get(key)
+    if obj is None:
+        obj = cloudpickle.loads(data)
+        with _code_lock:
+            _code[key] = obj
+            while len(_code) > KEEP_CODE:
+                _code.popitem(last=False)
+    return obj
+
+
+def _entry(
+    fn: tuple[str, bytes], spec: TaskSpec, setup: tuple[str, bytes] | None, *shared_values: Any
+) -> tuple[Any, ...]:
+    """The Dask task: code arrives pickled (unpickled once per worker), fj.shared objects as
+    scattered data (deserialised once per worker)."""
     # Global RNGs are per process: reseed them only on a worker that runs one task at a time.
     single_threaded = distributed.get_worker().state.nthreads == 1
-    return run_remote(fn, spec, setup, shared_values, seed_globals=single_threaded)
+    return run_remote(
+        _unpack(fn), spec, _unpack(setup), shared_values, seed_globals=single_threaded
+    )
 
 
 class _Connection:
@@ -149,13 +178,17 @@ class DaskBackend(ClusterBackend):
             threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
             self.workers = max(1, threads)
 
+    def _pack(self, key: str, obj: Any) -> Any:
+        # Code goes by value in the task, not as scattered data: Dask places a task next to its
+        # data, so a scattered function would pull every task onto the worker that holds it.
+        return (key, cloudpickle.dumps(obj, protocol=5))
+
     def _put(self, obj: Any) -> Any:
-        # One copy; workers fetch it from each other the first time a task needs it. (A
-        # broadcast is no safer: Dask's memory manager drops extra replicas anyway.)
+        # fj.shared objects: a copy on every worker, so no worker is preferred for holding it.
         try:
-            future = self._client.scatter(obj, hash=False)
-        except OSError:  # the worker it chose just died: once more, on another
-            future = self._client.scatter(obj, hash=False)
+            future = self._client.scatter(obj, broadcast=True, hash=False)
+        except OSError:  # a worker died while receiving it: once more, to those left
+            future = self._client.scatter(obj, broadcast=True, hash=False)
         self._scattered.append(future)
         return future
 
@@ -163,11 +196,8 @@ class DaskBackend(ClusterBackend):
         # Scattered data lives in worker memory: if every copy died with its workers, put it
         # again on the next submit (the retry then finds it).
         if any(f.status != "finished" for f in self._scattered):
-            self._functions.clear()
             with self._lock:
                 self._shared.clear()
-            if self.initializer is not None:
-                self._setup = self._put((self.initializer, self.initargs))
             self._scattered = [f for f in self._scattered if f.status == "finished"]
 
     def _resources(self, task: Task) -> dict[str, float] | None:
