@@ -116,6 +116,7 @@ class Breakdown:
     measured_seconds: float | None = None  # the caller's stopwatch around the run, if known
     spans: list[TaskSpan] = field(default_factory=list)
     caller_intervals: list[Interval] = field(default_factory=list)
+    startup_spans: list[tuple[int, float, float]] = field(default_factory=list)  # lane, from, to
     lane_phases: list[dict[str, float]] = field(default_factory=list)
     worker_events: list[tuple[float, str, int, int]] = field(default_factory=list)
 
@@ -323,6 +324,11 @@ def compute_breakdown(
         lane_phases=lane_phases,
         worker_events=worker_events,
         caller_intervals=caller,
+        startup_spans=[
+            (lane, a, b)
+            for lane, kinds in enumerate(by_lane)
+            for a, b in _clip(kinds["startup"], t0, t1)
+        ],
     )
 
 

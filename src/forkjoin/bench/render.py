@@ -115,8 +115,9 @@ def render_table(report: ScalingReport, width: int = 100) -> str:
             "predicted speedup "
             + ", ".join(f"{k} workers {v:.2f}x" for k, v in model.predictions.items())
         )
-    phases = Table(title="where the time went (seconds of wall time per worker)")
+    phases = Table(title="where the time went in the median run (seconds of wall time per worker)")
     phases.add_column("workers", justify="right")
+    phases.add_column("run (s)", justify="right")
     for name in PHASES:
         phases.add_column(name, justify="right")
     phases.add_column("total / wall", justify="right")
@@ -124,6 +125,7 @@ def render_table(report: ScalingReport, width: int = 100) -> str:
         wall = brk.measured_seconds or brk.wall_seconds
         phases.add_row(
             str(count),
+            f"{wall:.3f}",
             *[f"{brk.phases[name]:.3f}" for name in PHASES],
             f"{brk.total / wall:.3f}" if wall > 0 else "-",
         )
@@ -194,7 +196,7 @@ def plot_speedup(report: ScalingReport, path: Path) -> Path:
                    s=10, color="#1f77b4", alpha=0.35)  # fmt: skip
     if fit is not None:
         ax.plot(grid, [serial / fit.predicted_time(x) for x in grid], "-", color="#d62728",
-                label=f"Amdahl fit, serial fraction {fit.serial_fraction:.2f} "
+                label=f"Amdahl fit (fastest repeats), serial fraction {fit.serial_fraction:.2f} "
                       f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}]")  # fmt: skip
     ax.set_xlabel("workers (count)")
     ax.set_ylabel("speedup over serial (x)")
@@ -245,6 +247,9 @@ def plot_timeline(brk: Breakdown, path: Path, title: str = "Per-worker timeline"
             h = height if phase == "compute" else height * 0.35
             y = lane - h / 2
             ax.broken_barh(bars, (y, h), facecolors=PHASE_COLOURS[phase], linewidth=0)
+    for lane, start, end in brk.startup_spans:
+        ax.broken_barh([(start - t0, end - start)], (lane - height / 2, height),
+                       facecolors=PHASE_COLOURS["startup"], linewidth=0)  # fmt: skip
     for start, end in brk.caller_intervals:
         ax.axvspan(start - t0, end - t0, color=PHASE_COLOURS["caller"], alpha=0.3, linewidth=0)
     for lane in range(brk.lanes):
@@ -256,7 +261,9 @@ def plot_timeline(brk: Breakdown, path: Path, title: str = "Per-worker timeline"
     for when, event, _worker, _pid in brk.worker_events:
         if event == "exit" and 0 <= when <= brk.wall_seconds:
             ax.axvline(when, color="#d62728", linestyle=":", linewidth=1)
-    shown = ["queue_wait", "compute", "transfer"] + (["caller"] if brk.caller_intervals else [])
+    shown = ["queue_wait", "compute", "transfer"]
+    shown += ["startup"] if brk.startup_spans else []
+    shown += ["caller"] if brk.caller_intervals else []
     handles = [Patch(color=PHASE_COLOURS[p], label=p) for p in shown]
     if failed:
         handles.append(ax.collections[-1])
