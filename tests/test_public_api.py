@@ -168,6 +168,14 @@ def heavy_in(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if m.split(".")[0] in HEAVY)
 
 
+def test_layers_load_on_first_use():
+    modules = modules_after("import forkjoin")
+    assert not {"forkjoin.data", "forkjoin.train", "forkjoin.bench", "forkjoin.testing"} & modules
+    modules = modules_after("import forkjoin as fj; fj.data.from_items; fj.testing")
+    assert {"forkjoin.data", "forkjoin.testing"} <= modules
+    assert "forkjoin.train" not in modules and "torch" not in modules
+
+
 def test_import_forkjoin_imports_no_heavy_dependency():
     modules = modules_after("import forkjoin")
     assert "forkjoin" in modules

@@ -72,7 +72,16 @@ __all__ = [
 assert set(__all__) == {*_EXPORTS, "__version__"}
 
 
+# The layers, reached as ``fj.data``, ``fj.train``... and imported (with pyarrow, torch,
+# matplotlib) only when a program first touches them.
+_LAYERS = ("data", "train", "bench", "testing")
+
+
 def __getattr__(name: str) -> _typing.Any:
+    if name in _LAYERS:
+        layer = _importlib.import_module(f"forkjoin.{name}")
+        globals()[name] = layer
+        return layer
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'forkjoin' has no attribute {name!r}")
