@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import DataError
-from .sources import Partition, ReadCounts, ReadSpec, _compressed, _open
+from .files import _open
+from .sources import Partition, ReadCounts, ReadSpec, _compressed
 
 # -- reading one partition (in a worker) ---------------------------------------------------------
 
