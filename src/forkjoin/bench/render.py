@@ -77,16 +77,57 @@ def report_dict(report: ScalingReport) -> dict[str, Any]:
 # -- terminal ------------------------------------------------------------------------------------
 
 
-def _console(width: int) -> tuple[Any, io.StringIO]:
-    from rich.console import Console
+class _PlainTable:
+    """Enough of rich's Table for these reports when rich is not installed."""
 
+    def __init__(self, title: str = "") -> None:
+        self.title = title
+        self.headers: list[str] = []
+        self.rows: list[list[str]] = []
+
+    def add_column(self, header: str, **_: Any) -> None:
+        self.headers.append(header)
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(list(cells))
+
+    def __str__(self) -> str:
+        widths = [
+            max([len(h)] + [len(r[i]) for r in self.rows]) for i, h in enumerate(self.headers)
+        ]
+        lines = [self.title, "  ".join(h.rjust(w) for h, w in zip(self.headers, widths, strict=True))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in self.rows]
+        return "\n".join(lines)
+
+
+class _PlainConsole:
+    def __init__(self, file: io.StringIO) -> None:
+        self.file = file
+
+    def print(self, obj: Any) -> None:
+        print(str(obj), file=self.file)
+
+
+def _table_class() -> Any:
+    try:
+        from rich.table import Table
+    except ImportError:  # rich is the "progress" extra: plain text without it
+        return _PlainTable
+    return Table
+
+
+def _console(width: int) -> tuple[Any, io.StringIO]:
     buffer = io.StringIO()
+    try:
+        from rich.console import Console
+    except ImportError:
+        return _PlainConsole(buffer), buffer
     return Console(file=buffer, width=width, force_terminal=False, color_system=None), buffer
 
 
 def render_table(report: ScalingReport, width: int = 100) -> str:
-    """The report as text tables (rich), for a terminal or a log."""
-    from rich.table import Table
+    """The report as text tables (rich, or plain text without it), for a terminal or a log."""
+    Table = _table_class()  # noqa: N806
 
     console, buffer = _console(width)
     model = report.model
@@ -138,7 +179,7 @@ def render_table(report: ScalingReport, width: int = 100) -> str:
 
 
 def render_breakdown_text(brk: Breakdown, advice: list[str], width: int = 100) -> str:
-    from rich.table import Table
+    Table = _table_class()  # noqa: N806
 
     console, buffer = _console(width)
     title = f"run of {brk.tasks} tasks on {brk.lanes} workers, {brk.wall_seconds:.3f} s"
@@ -158,7 +199,14 @@ def render_breakdown_text(brk: Breakdown, advice: list[str], width: int = 100) -
 
 
 def _figure() -> tuple[Any, Any]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f'plots need matplotlib ({exc}); pip install "forkjoin[plot]"'
+        ) from exc
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
