@@ -95,7 +95,8 @@ class _PlainTable:
         widths = [
             max([len(h)] + [len(r[i]) for r in self.rows]) for i, h in enumerate(self.headers)
         ]
-        lines = [self.title, "  ".join(h.rjust(w) for h, w in zip(self.headers, widths, strict=True))]
+        header = "  ".join(h.rjust(w) for h, w in zip(self.headers, widths, strict=True))
+        lines = [self.title, header]
         lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in self.rows]
         return "\n".join(lines)
 
