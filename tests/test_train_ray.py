@@ -15,8 +15,6 @@ import pytest
 
 import forkjoin.train as fjt
 
-ray = pytest.importorskip("ray")
-
 pytestmark = [
     pytest.mark.timeout(150),
     pytest.mark.skipif(
@@ -40,6 +38,7 @@ def sum_ranks(scale: float) -> tuple[float, int]:
 
 
 def test_ray_gang_runs_and_reports_a_failing_rank() -> None:
+    ray = pytest.importorskip("ray")
     ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
     try:
         value = fjt.launch(sum_ranks, workers=2, device="cpu", backend="ray", args=(2.0,))

@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from . import context
 from .sampler import PreparedLoader
-from .wrapping import PreparedOptimizer, unwrap
+from .wrapping import PreparedOptimizer, fsdp_api, unwrap
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "Checkpoint"]
 
@@ -68,7 +68,7 @@ def _barrier() -> None:
 def _is_fsdp(model: Any) -> bool:
     if model is None:
         return False
-    from torch.distributed.fsdp import FSDPModule
+    _, FSDPModule = fsdp_api()
 
     return isinstance(unwrap(model), FSDPModule)
 

@@ -126,9 +126,12 @@ def launch(
     ``max_restarts``: relaunch the whole gang this many times after a failure; ``train_fn``
     resumes by calling ``load_checkpoint`` (``restart_count()`` says which run this is).
     ``timeout``: seconds a rank may go without a heartbeat (prepared loaders, models and
-    optimizers beat on every batch) before the gang is stopped with ``RankTimeoutError``
-    showing that rank's stack. ``backend="ray"`` runs the ranks as Ray actors.
-    ``threads_per_rank`` caps torch/BLAS threads on CPU (default: usable CPUs / workers).
+    optimizers beat on every batch; ``heartbeat()`` does it by hand) before the gang is stopped
+    with ``RankTimeoutError`` showing that rank's stack. It applies from a rank's first
+    heartbeat; start-up (torch import, process group, building the model) gets
+    ``max(timeout, START_TIMEOUT_SECONDS)``. ``backend="ray"`` runs the ranks as Ray actors.
+    ``threads_per_rank`` caps torch/BLAS threads per rank (default: usable CPUs / workers).
+    ``env``: extra environment variables for the ranks.
     Raises ``RankError`` (a rank raised), ``RankCrashedError`` (a rank died) or
     ``RankTimeoutError`` (a rank stalled), each naming the rank.
     """
@@ -144,6 +147,16 @@ def launch(
         workers = _default_workers(device)
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    if device == "cuda" and backend == "process":
+        from forkjoin.errors import ResourceError
+        from forkjoin.machine import gpus
+
+        found = len(gpus())
+        if workers > found:
+            raise ResourceError(
+                f"device='cuda' runs one rank per GPU: {workers} ranks asked, {found} GPU(s) "
+                f"visible; lower workers= or use device='cpu'"
+            )
     if backend == "ray":
         from .ray_launch import launch_ray
 
@@ -156,7 +169,7 @@ def launch(
     if threads_per_rank is None:
         from forkjoin.machine import usable_cpu_count
 
-        threads_per_rank = max(1, usable_cpu_count() // workers) if device == "cpu" else 1
+        threads_per_rank = max(1, usable_cpu_count() // workers)
     payload = cloudpickle.dumps((train_fn, tuple(args), kwargs))
     restart = 0
     while True:
@@ -356,10 +369,9 @@ class _Gang:
             "FORKJOIN_TRAIN_RESTART": str(self.restart), "FORKJOIN_TRAIN_DEVICE": self.device,
             _CHILD_MARKER: spec_path,
         }
-        if self.device == "cpu":
-            from forkjoin.machine import thread_cap_env
+        from forkjoin.machine import thread_cap_env
 
-            env.update(thread_cap_env(self.threads))
+        env.update(thread_cap_env(self.threads))  # before the rank loads torch / BLAS
         flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
         try:
             proc = subprocess.Popen(
@@ -644,8 +656,7 @@ def _child_main() -> None:
     try:
         import torch
 
-        if spec["device"] == "cpu":
-            torch.set_num_threads(spec["threads"])
+        torch.set_num_threads(spec["threads"])
         train_fn, args, kwargs = cloudpickle.loads(spec["payload"])
         del spec
         _init_process_group(ctx)

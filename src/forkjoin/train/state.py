@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .wrapping import unwrap
+from .wrapping import fsdp_api, unwrap
 
 __all__ = ["full_state_dict"]
 
@@ -16,7 +16,7 @@ def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """The unsharded state dict on CPU. With FSDP every rank must call it (it gathers); every
     rank gets the full dict."""
     inner = unwrap(model)
-    from torch.distributed.fsdp import FSDPModule
+    _, FSDPModule = fsdp_api()
 
     if isinstance(inner, FSDPModule):
         from torch.distributed.checkpoint.state_dict import (

@@ -171,10 +171,22 @@ def _choose_strategy(strategy: str, model: nn.Module, device: torch.device) -> s
     return "fsdp" if params * 16 > AUTO_FSDP_MEMORY_SHARE * memory else "ddp"
 
 
+def fsdp_api() -> tuple[Any, type]:
+    """``(fully_shard, FSDPModule)``: public in torch >= 2.6, under ``_composable`` before."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:  # torch 2.4-2.5
+        from torch.distributed._composable.fsdp import (  # type: ignore[no-redef]
+            FSDPModule,
+            fully_shard,
+        )
+    return fully_shard, FSDPModule
+
+
 def _shard(model: nn.Module) -> None:
     """FSDP2: shard each block (the elements of ModuleLists/Sequentials, or the root's other
     children with parameters), then the root."""
-    from torch.distributed.fsdp import fully_shard
+    fully_shard, _ = fsdp_api()
 
     for child in model.children():
         if isinstance(child, (nn.ModuleList, nn.Sequential)):
