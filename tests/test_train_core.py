@@ -189,3 +189,37 @@ def test_checkpoint_roundtrip(gang: dict[str, Any], strategy: str) -> None:
     where = Path(gang["tmp"], f"ckpt-{strategy}")
     assert [p.name for p in where.iterdir()] == ["step-00000002"]
     assert (where / "step-00000002" / "meta.json").is_file()
+
+
+class NotATensor:
+    """Something ``weights_only=True`` refuses to unpickle."""
+
+
+def test_checkpoint_without_metadata_is_ignored_and_loading_is_weights_only(
+    tmp_path: Path,
+) -> None:
+    # one process, no gang: save/load work as rank 0 of 1
+    model = make_model()
+    opt = make_optimizer(model)
+    fjt.save_checkpoint(tmp_path, model=model, optimizer=opt, step=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    fjt.save_checkpoint(tmp_path, model=model, optimizer=opt, step=2)
+    (tmp_path / "step-00000002" / "meta.json").unlink()  # as if the save died before its end
+    (tmp_path / ".staging-step-00000003").mkdir()  # and another died mid-write
+    assert fjt.latest_checkpoint(tmp_path) == tmp_path / "step-00000001"
+    fresh = make_model()
+    ckpt = fjt.load_checkpoint(tmp_path, model=fresh, optimizer=make_optimizer(fresh))
+    assert ckpt is not None and ckpt.step == 1
+    assert rel_diff(fresh.state_dict(), make_model().state_dict()) == 0
+    assert fjt.load_checkpoint(tmp_path / "empty") is None
+
+    fjt.save_checkpoint(tmp_path, model=model, step=4, keep=1)
+    assert not (tmp_path / ".staging-step-00000003").exists()  # the next save cleaned it up
+    assert not (tmp_path / "step-00000001").exists()  # keep=1: only the newest complete one
+    assert fjt.latest_checkpoint(tmp_path) == tmp_path / "step-00000004"
+
+    fjt.save_checkpoint(tmp_path / "unsafe", model=model, step=5, payload=NotATensor())
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        fjt.load_checkpoint(tmp_path / "unsafe", model=make_model())

@@ -152,7 +152,8 @@ def save_checkpoint(
     staging = root / f".staging-{PREFIX}{step:08d}"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in root.glob(f".staging-{PREFIX}*"):  # left by a save that crashed
+            shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir()
     context.heartbeat()
     rng = [_rng_state()]
