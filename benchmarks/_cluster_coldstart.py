@@ -37,7 +37,12 @@ def ray_native(workers: int) -> Timing:
     import ray
 
     imported = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(
+        address="local",  # a new instance, as forkjoin's local start makes
+        num_cpus=workers,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
     result = ray.get(ray.remote(identity).remote(1))
     first = time.perf_counter()
     assert result == 1, result

@@ -65,6 +65,7 @@ class RayEngine(Engine):
         import ray
 
         ray.init(
+            address="local",  # a new instance: never join another Ray running on this machine
             num_cpus=WORKERS,
             include_dashboard=False,
             log_to_driver=False,
