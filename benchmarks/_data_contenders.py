@@ -50,8 +50,11 @@ def load_data_layer(_: int) -> None:
 
 def forkjoin(workload: str, data: str, out: str, workers: int, *, backend: str = "process",
              warm: bool = False) -> Callable[[], None]:  # fmt: skip
+    import pyarrow.parquet  # noqa: F401  (the driver's imports, as pandas' row imports pandas)
+
     import forkjoin as fj
     import forkjoin.data as fd
+    import forkjoin.data.execute  # noqa: F401
 
     # Start the workers, as ray.init does; "warm" also loads pyarrow and pandas in them (what a
     # session's second job finds), the plain row pays for that inside the timed run.
