@@ -14,6 +14,7 @@ from forkjoin.demo.data_processing import DataProcessing
 
 pytestmark = pytest.mark.timeout(120)
 
+
 def _demo_dirs() -> set[str]:
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fj-demo-data-")}
 
