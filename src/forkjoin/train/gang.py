@@ -5,11 +5,12 @@
     launch(train_fn, workers=N)
       │  free loopback port, a temp dir for stack dumps, a shared heartbeat array
       ▼
-    spawn rank 0 .. N-1 ──> each: env RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*, thread caps,
-      │                      faulthandler on SIGUSR1, init_process_group(gloo | nccl),
-      │                      train_fn(*args) ──> ("ok", value) | ("error", traceback) on its pipe
+    start rank 0 .. N-1 ──> fresh interpreters (rank_main.py): env RANK/WORLD_SIZE/LOCAL_RANK/
+      │                      MASTER_*, thread caps, faulthandler on SIGUSR1, a lifeline pipe,
+      │                      init_process_group(gloo | nccl), train_fn(*args) ──>
+      │                      ("ok", value) | ("error", traceback) on its result pipe
       ▼
-    watch: connection.wait(result pipes + process sentinels, tick) and the heartbeats
+    watch: connection.wait(result pipes + pidfd sentinels, tick) and the heartbeats
       │  first failure (raise, death, stall) ──> settle briefly, pick the root cause,
       │  SIGTERM the gang (and its children), SIGKILL after STOP_GRACE_SECONDS
       ▼
@@ -19,8 +20,10 @@
 Why not ``fj.Pool``: a gang is not a task pool. Its ranks must all start, all be alive for the
 run (a collective blocks until every rank arrives), and all stop when one fails; a pool replaces
 a dead worker and retries its task, which for a rank stuck in an all-reduce would only deadlock.
-So the gang owns its processes directly, with the same spawn start method and sentinel-driven
-waiting as the process backend.
+So the gang owns its processes directly, started like the process backend's workers (fresh
+interpreters through ``subprocess``, no multiprocessing resource tracker, nothing forked from a
+process that may hold CUDA or OpenMP state) and waited on through sentinels, never by polling
+alone. failures.py picks the root cause and builds the error.
 
 Under torchrun (``TORCHELASTIC_RUN_ID`` or ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` already set)
 ``launch`` does not spawn: it joins the process group from the environment and runs
@@ -29,17 +32,13 @@ Under torchrun (``TORCHELASTIC_RUN_ID`` or ``RANK``/``WORLD_SIZE``/``MASTER_ADDR
 
 from __future__ import annotations
 
-import faulthandler
-import mmap
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -48,7 +47,16 @@ from typing import Any
 import cloudpickle
 
 from . import context
-from .errors import RankCrashedError, RankError, RankTimeoutError, TrainingError
+from .errors import TrainingError
+from .failures import (
+    Failure,
+    crash,
+    in_collective,
+    is_communication_error,
+    loads_or_none,
+    to_error,
+)
+from .rank_main import CHILD_MARKER, Heartbeats, init_process_group
 
 __all__ = ["launch"]
 
@@ -67,16 +75,13 @@ HEARTBEAT_TICK_SECONDS = 0.25
 START_TIMEOUT_SECONDS = 120.0
 # How long a stalled rank gets to write its faulthandler stack after SIGUSR1.
 STACK_DUMP_SECONDS = 2.0
-# process-group timeout inside the ranks: bounds a collective whose peer is gone for good
-PROCESS_GROUP_TIMEOUT_SECONDS = 300.0
 
-_CHILD_MARKER = "FORKJOIN_TRAIN_CHILD"
-_CHILD_COMMAND = "from forkjoin.train.gang import _child_main; _child_main()"
+_CHILD_COMMAND = "from forkjoin.train.rank_main import child_main; child_main()"
 
 
 def _under_external_launcher() -> bool:
     env = os.environ
-    if env.get(_CHILD_MARKER):
+    if env.get(CHILD_MARKER):
         return False
     if env.get("TORCHELASTIC_RUN_ID"):
         return True
@@ -201,7 +206,7 @@ def _run_in_place(train_fn: Callable[..., Any], args: Sequence[Any], kw: dict[st
     ctx = context.current()
     created = False
     if not dist.is_initialized():
-        _init_process_group(ctx)
+        init_process_group(ctx)
         created = True
     try:
         return train_fn(*args, **kw)
@@ -210,47 +215,7 @@ def _run_in_place(train_fn: Callable[..., Any], args: Sequence[Any], kw: dict[st
             dist.destroy_process_group()
 
 
-def _init_process_group(ctx: context.RankContext) -> None:
-    from datetime import timedelta
-
-    import torch
-    import torch.distributed as dist
-
-    if ctx.device_type == "cuda":
-        torch.cuda.set_device(ctx.local_rank)
-    dist.init_process_group(
-        backend="nccl" if ctx.device_type == "cuda" else "gloo",
-        init_method="env://",
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_SECONDS),
-        device_id=torch.device("cuda", ctx.local_rank) if ctx.device_type == "cuda" else None,
-    )
-    # Every rank's connections are complete before any train_fn runs: without this, a rank
-    # whose train_fn returns at once can close its end while a peer is still handshaking
-    # ("Gloo connectFullMesh failed ... Connection closed by peer").
-    dist.barrier()
-
-
 # -- the gang (launcher side) ---------------------------------------------------------------------
-
-
-@dataclass
-class _Failure:
-    kind: str  # "error", "crash", "stall"
-    rank: int
-    when: float
-    message: str = ""
-    original_type: str = ""
-    traceback_text: str = ""
-    original: BaseException | None = None
-    exitcode: int | None = None
-    communication: bool = False  # a collective failed because a peer went away
-
-    def priority(self) -> tuple[int, float]:
-        """Root cause first: a death, then a rank's own error, then its peers' fallout."""
-        order = {"crash": 0, "stall": 2}.get(self.kind, 3 if self.communication else 1)
-        return (order, self.when)
 
 
 @dataclass
@@ -264,45 +229,6 @@ class _Rank:
     reported: bool = False
     eof: bool = False
     children: list[int] = field(default_factory=list)
-
-
-_COMMUNICATION_TYPES = {"DistBackendError", "DistNetworkError", "DistStoreError", "DistError"}
-
-
-def _is_communication_error(type_name: str, message: str) -> bool:
-    if type_name in _COMMUNICATION_TYPES:
-        return True
-    lowered = message.lower()
-    return any(
-        s in lowered
-        for s in ("connection closed by peer", "connection reset", "broken pipe", "gloo")
-    )
-
-
-class _Heartbeats:
-    """One float64 per rank in a small shared file mapping: ranks write their last sign of
-    progress (``time.monotonic``, the same clock in every process), the launcher reads it."""
-
-    def __init__(self, path: str, count: int, *, create: bool) -> None:
-        flags = os.O_RDWR | (os.O_CREAT if create else 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            if create:
-                os.ftruncate(fd, 8 * count)
-            self._map = mmap.mmap(fd, 8 * count)
-        finally:
-            os.close(fd)
-        self._view = memoryview(self._map).cast("d")
-
-    def __getitem__(self, rank: int) -> float:
-        return float(self._view[rank])
-
-    def __setitem__(self, rank: int, value: float) -> None:
-        self._view[rank] = value
-
-    def close(self) -> None:
-        self._view.release()
-        self._map.close()
 
 
 class _Gang:
@@ -323,7 +249,7 @@ class _Gang:
 
     def run(self) -> Any:
         tmpdir = tempfile.mkdtemp(prefix="forkjoin-train-")
-        heartbeats = _Heartbeats(os.path.join(tmpdir, "heartbeats"), self.workers, create=True)
+        heartbeats = Heartbeats(os.path.join(tmpdir, "heartbeats"), self.workers, create=True)
         lifeline_r, lifeline_w = os.pipe()
         try:
             port = _free_port()
@@ -337,7 +263,7 @@ class _Gang:
             failure = self._watch(heartbeats)
             if failure is None:
                 return self.result
-            raise self._error(failure)
+            raise to_error(failure, self.workers, self.timeout)
         finally:
             self._stop()
             if lifeline_r >= 0:
@@ -367,7 +293,7 @@ class _Gang:
             "RANK": str(r), "WORLD_SIZE": str(self.workers), "LOCAL_RANK": str(r),
             "LOCAL_WORLD_SIZE": str(self.workers), "GROUP_RANK": "0",
             "FORKJOIN_TRAIN_RESTART": str(self.restart), "FORKJOIN_TRAIN_DEVICE": self.device,
-            _CHILD_MARKER: spec_path,
+            CHILD_MARKER: spec_path,
         }
         from forkjoin.machine import thread_cap_env
 
@@ -389,8 +315,8 @@ class _Gang:
 
     # -- watching --
 
-    def _watch(self, heartbeats: Any) -> _Failure | None:
-        failures: list[_Failure] = []
+    def _watch(self, heartbeats: Any) -> Failure | None:
+        failures: list[Failure] = []
         settle_until: float | None = None
         while True:
             running = [e for e in self.ranks if not e.done]
@@ -398,7 +324,7 @@ class _Gang:
                 return None
             now = time.monotonic()
             if settle_until is not None and (now >= settle_until or not running):
-                return min(failures, key=_Failure.priority)
+                return min(failures, key=Failure.priority)
             waits: list[Any] = []
             for e in running:
                 waits.append(e.sentinel)
@@ -419,7 +345,7 @@ class _Gang:
                 if exited:
                     e.done = True
                     if not e.reported:  # died without a word: killed, or os._exit
-                        failures.append(_crash(e.rank, e.process.returncode))
+                        failures.append(crash(e.rank, e.process.returncode))
                         e.reported = True
             if failures and settle_until is None:
                 if self.timeout is None or not any(f.kind == "stall" for f in failures):
@@ -431,7 +357,7 @@ class _Gang:
                 if stalled is not None:
                     return stalled
 
-    def _read(self, e: _Rank) -> _Failure | None:
+    def _read(self, e: _Rank) -> Failure | None:
         try:
             if not e.conn.poll(0):
                 return None
@@ -441,19 +367,19 @@ class _Gang:
             return None
         except Exception as exc:  # a rank's message that cannot be read
             e.reported = True
-            return _Failure("error", e.rank, time.time(), f"unreadable message: {exc!r}")
+            return Failure("error", e.rank, time.time(), f"unreadable message: {exc!r}")
         e.reported = True
         if kind == "ok":
             if e.rank == 0:
                 self.result = data
             return None
-        return _Failure(
+        return Failure(
             "error", e.rank, data["when"], data["message"], data["type"], data["traceback"],
-            _loads_or_none(data["exception"]),
-            communication=_is_communication_error(data["type"], data["message"]),
+            loads_or_none(data["exception"]),
+            communication=is_communication_error(data["type"], data["message"]),
         )
 
-    def _stalled(self, heartbeats: Any) -> _Failure | None:
+    def _stalled(self, heartbeats: Any) -> Failure | None:
         assert self.timeout is not None
         now = time.monotonic()
         alive = [e for e in self.ranks if not e.done]
@@ -469,7 +395,7 @@ class _Gang:
         # then wait for it inside a collective. So look at the stacks: a late rank that is not
         # inside torch.distributed is the culprit; else the one silent the longest.
         stacks = self._dump_stacks(alive)
-        waiting = [e for e in late if _in_collective(stacks.get(e.rank, ""))]
+        waiting = [e for e in late if in_collective(stacks.get(e.rank, ""))]
         candidates = [e for e in late if e not in waiting] or late
         culprit = min(candidates, key=lambda e: heartbeats[e.rank])
         silent = now - (heartbeats[culprit.rank] or self.started)
@@ -477,7 +403,7 @@ class _Gang:
         others = [e.rank for e in waiting if e is not culprit]
         if others:
             note = f"; rank(s) {others} were waiting for it in a collective"
-        return _Failure(
+        return Failure(
             "stall", culprit.rank, time.time(),
             message=f"no heartbeat for {silent:.1f} s (timeout={self.timeout:g} s){note}",
             traceback_text=stacks.get(culprit.rank, ""),
@@ -505,36 +431,6 @@ class _Gang:
         return stacks
 
     # -- errors --
-
-    def _error(self, f: _Failure) -> TrainingError:
-        where = f"rank {f.rank} of {self.workers}"
-        if f.kind == "crash":
-            code = f.exitcode
-            if code is not None and code < 0:
-                try:
-                    name = signal.Signals(-code).name
-                except ValueError:
-                    name = f"signal {-code}"
-                cause = " (likely out of memory)" if name == "SIGKILL" else ""
-                message = f"{where} was killed by {name}{cause}; the gang was stopped"
-            else:
-                name = ""
-                message = f"{where} exited with code {code} before train_fn returned"
-            return RankCrashedError(message, rank=f.rank, exitcode=code, signal_name=name)
-        if f.kind == "stall":
-            message = (
-                f"{where} stalled: {f.message}; the gang was stopped. Its Python stack:\n"
-                f"{_last_thread_dump(f.traceback_text) or '(no stack: the rank did not answer)'}"
-            )
-            assert self.timeout is not None
-            return RankTimeoutError(
-                message, rank=f.rank, timeout=self.timeout, stack=f.traceback_text
-            )
-        message = f"{where} raised {f.original_type}: {f.message}"
-        return RankError(
-            message, rank=f.rank, original=f.original, original_type=f.original_type,
-            traceback_text=f.traceback_text,
-        )
 
     # -- stopping --
 
@@ -574,10 +470,6 @@ class _Gang:
                 _signal(pid, signal.SIGKILL)
 
 
-def _crash(rank: int, exitcode: int | None) -> _Failure:
-    return _Failure("crash", rank, time.time(), exitcode=exitcode)
-
-
 def _signal(pid: int | None, sig: int) -> None:
     if pid is None:
         return
@@ -587,114 +479,9 @@ def _signal(pid: int | None, sig: int) -> None:
         pass
 
 
-def _loads_or_none(data: bytes | None) -> BaseException | None:
-    if data is None:
-        return None
-    try:
-        value = cloudpickle.loads(data)
-    except Exception:
-        return None
-    return value if isinstance(value, BaseException) else None
-
-
-def _in_collective(stack: str) -> bool:
-    main = _last_thread_dump(stack).split("\n\n")
-    current = next((b for b in main if b.startswith("Current thread")), main[0] if main else "")
-    return "torch/distributed/" in current
-
-
-def _last_thread_dump(text: str) -> str:
-    """faulthandler's dump, with the rank's own helper threads (lifeline) left out."""
-    blocks = [b for b in text.strip().split("\n\n") if b.strip()]
-    keep = [b for b in blocks if "_lifeline" not in b]
-    return "\n\n".join(keep or blocks)
-
-
 def _remove_tree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
 
 
-# -- the rank (child side) --------------------------------------------------------------------
-
-
-def _lifeline(fd: int, gang_dir: str) -> None:
-    """Blocks until the launcher is gone (its end of the pipe closes), then ends this rank:
-    a gang never outlives its launcher (nor does the launcher's temp dir, if it was killed)."""
-    try:
-        while os.read(fd, 1):
-            pass
-    except OSError:
-        pass
-    _remove_tree(gang_dir)
-    os._exit(70)
-
-
-def _child_main() -> None:
-    """A rank's interpreter starts here (``python -c``): the spec file names everything."""
-    with open(os.environ[_CHILD_MARKER], "rb") as f:
-        spec = cloudpickle.loads(f.read())
-    sys.path[:] = spec["sys_path"]
-    threading.Thread(
-        target=_lifeline,
-        args=(spec["lifeline_fd"], os.path.dirname(spec["stack_path"])),
-        name="forkjoin-train-lifeline",
-        daemon=True,
-    ).start()
-    stack_file = open(spec["stack_path"], "w")  # noqa: SIM115 - lives as long as the rank
-    faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
-    conn = Connection(spec["result_fd"], readable=False)
-    rank = spec["rank"]
-    heartbeats = _Heartbeats(spec["heartbeats"], spec["world_size"], create=False)
-    ctx = context.RankContext(
-        rank=rank, world_size=spec["world_size"], local_rank=spec["local_rank"],
-        device_type=spec["device"], restart=spec["restart"], heartbeats=heartbeats,
-    )
-    context.set_context(ctx)
-    code = 0
-    try:
-        import torch
-
-        torch.set_num_threads(spec["threads"])
-        train_fn, args, kwargs = cloudpickle.loads(spec["payload"])
-        del spec
-        _init_process_group(ctx)
-        # no heartbeat here: timeout= applies from the loop's first one (a batch, a forward,
-        # a step), so model building and warm-up get the start-up allowance
-        value = train_fn(*args, **kwargs)
-        try:
-            message = cloudpickle.dumps(("ok", value if rank == 0 else None))
-        except Exception as exc:
-            raise TypeError(f"rank 0's return value could not be pickled: {exc!r}") from exc
-        conn.send_bytes(message)
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the launcher
-        code = 1
-        try:
-            exception_bytes: bytes | None = cloudpickle.dumps(exc)
-        except Exception:
-            exception_bytes = None
-        report = {
-            "when": time.time(),
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            "exception": exception_bytes,
-        }
-        try:
-            conn.send_bytes(cloudpickle.dumps(("error", report)))
-        except OSError:
-            pass
-    finally:
-        try:
-            import torch.distributed as dist
-
-            if code == 0 and dist.is_initialized():
-                dist.destroy_process_group()
-        except Exception:
-            pass
-    conn.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # skip interpreter teardown: a rank whose peers are gone must not hang in atexit handlers
-    os._exit(code)

@@ -58,10 +58,10 @@ class _Rank:
             device_type=spec["device"], restart=spec["restart"],
         )
         context.set_context(ctx)
-        from .gang import _init_process_group
+        from .rank_main import init_process_group
 
         train_fn, args, kwargs = cloudpickle.loads(payload)
-        _init_process_group(ctx)
+        init_process_group(ctx)
         import torch.distributed as dist
 
         try:
