@@ -184,13 +184,36 @@ def check_supported(backend: Backend, options: RunOptions) -> None:
         check_request(Shape.parse(options.resources), backend.slots[0], devices())
 
 
-def map(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> list[R]:
+def map(
+    fn: Callable[[T], R], items: Iterable[T], *, report: str | None = None, **options: Any
+) -> list[R]:
     """Apply ``fn`` to every item in parallel; the results in input order, as a list.
 
     Runs on all usable cores with no setup. Options: see ``RunOptions`` (workers, backend,
     chunksize, ordered, retries, retry_on, timeout, progress, seed, on_error, ...).
+    ``report="run.html"`` (or .json, .txt) also writes where this call's time went and a
+    per-worker timeline, whether the call succeeds or fails.
     """
-    return _job(fn, items, options_from(**options)).collect()
+    job = _job(fn, items, options_from(**options))
+    if report is None:
+        return job.collect()
+    return collect_with_report(job, report)
+
+
+def collect_with_report(job: Job, path: str) -> list[Any]:
+    """``job.collect()``, then its run report written to ``path`` (the analysis layer's
+    ``write_run_report``, imported only when a report is asked for)."""
+    import time
+
+    since = time.monotonic()
+    try:
+        return job.collect()
+    finally:
+        from ..bench.report import write_run_report
+
+        write_run_report(
+            job.events, path, since=since, until=time.monotonic(), workers=job.backend.workers
+        )
 
 
 def imap(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R]:

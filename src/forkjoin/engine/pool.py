@@ -20,6 +20,7 @@ from .api import (
     _MISSING,
     backend_connection,
     check_supported,
+    collect_with_report,
     plan_pool,
     reduce_results,
     resolve_backend_name,
@@ -234,9 +235,21 @@ class Pool(Executor):
         """``forkjoin.imap`` on this pool's workers."""
         return iter(self._job(fn, items, options))
 
-    def map_list(self, fn: Callable[[T], R], items: Iterable[T], **options: Any) -> list[R]:
-        """``forkjoin.map`` on this pool's workers (a list, in order)."""
-        return self._job(fn, items, options).collect()
+    def map_list(
+        self, fn: Callable[[T], R], items: Iterable[T], *, report: str | None = None, **options: Any
+    ) -> list[R]:
+        """``forkjoin.map`` on this pool's workers (a list, in order); ``report=`` as there."""
+        job = self._job(fn, items, options)
+        if report is None:
+            return job.collect()
+        return collect_with_report(job, report)
+
+    def report(self, path: str, *, since: float | None = None, until: float | None = None) -> Any:
+        """Write this pool's run report to ``path`` (.html, .json or .txt): where the time went
+        (start-up, serialisation, queue, compute, idle...), a per-worker timeline, advice."""
+        from ..bench.report import write_run_report  # the analysis layer, loaded when asked
+
+        return write_run_report(self, path, since=since, until=until)
 
     def map_reduce(
         self,
