@@ -81,7 +81,7 @@ class Task:
 
     __slots__ = (
         "function", "kind", "items", "first_index", "attempt", "timeout", "seed", "resources",
-        "future", "task_id", "cancelled", "claimed",
+        "future", "task_id", "cancelled", "claimed", "resent",
         # Filled by the backend: the encoded items, where and when the task ran, bytes moved.
         "payload", "worker", "submit_time", "start_time", "end_time", "bytes_sent",
         "bytes_received",
@@ -112,6 +112,7 @@ class Task:
         self.task_id = next(_task_ids)
         self.cancelled = False
         self.claimed = claimed
+        self.resent = False  # a chunk sent again whole after its worker died (once at most)
         self.payload: Any = None
         self.worker = -1
         self.submit_time = 0.0
@@ -175,6 +176,24 @@ class Task:
             future=self.future,
             claimed=self.claimed,
         )
+
+    def resend(self) -> Task:
+        """This chunk again, whole, same attempt: its worker died, maybe for no fault of its own
+        (a kill from outside, the OOM killer choosing it); if it dies again, it is split."""
+        task = Task(
+            function=self.function,
+            kind=self.kind,
+            items=self.items,
+            first_index=self.first_index,
+            attempt=self.attempt,
+            timeout=self.timeout,
+            seed=self.seed,
+            resources=self.resources,
+            future=self.future,
+            claimed=self.claimed,
+        )
+        task.resent = True
+        return task
 
     def retry(self) -> Task:
         """A fresh copy of this task for its next attempt."""
