@@ -61,22 +61,27 @@ _worker_functions: OrderedDict[str, Any] = OrderedDict()
 
 
 def _entry(
-    boxed_function: list[Any],
-    function_key: str,
+    boxed_function: tuple[str, list[Any]],
     spec: TaskSpec,
-    boxed_setup: list[Any],
+    boxed_setup: tuple[str, list[Any]] | None,
     *shared_values: Any,
 ) -> tuple[Any, ...]:
-    """The Ray task. The function comes boxed (a reference inside a list is not resolved by
-    Ray), so each worker process fetches and unpickles it once, not per task."""
-    fn = _worker_functions.get(function_key)
-    if fn is None:
-        fn = ray.get(boxed_function[0])
-        _worker_functions[function_key] = fn
+    """The Ray task. Code comes as (key, [reference]): a reference inside a list is not
+    resolved by Ray, so each worker process fetches and unpickles it once, by key."""
+    fn = _fetch_code(boxed_function)
+    setup = _fetch_code(boxed_setup) if boxed_setup is not None else None
+    return run_remote(fn, spec, setup, shared_values)
+
+
+def _fetch_code(boxed: tuple[str, list[Any]]) -> Any:
+    key, box = boxed
+    code = _worker_functions.get(key)
+    if code is None:
+        code = ray.get(box[0])
+        _worker_functions[key] = code
         if len(_worker_functions) > KEEP_FUNCTIONS:
             _worker_functions.popitem(last=False)
-    setup = ray.get(boxed_setup[0]) if boxed_setup else None
-    return run_remote(fn, spec, setup, shared_values)
+    return code
 
 
 _remote_entry: Any = None
@@ -113,6 +118,7 @@ def _start_local(workers: int, options: dict[str, Any]) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         settings: dict[str, Any] = {
+            "address": "local",  # a new Ray of our own, even if another runs on this machine
             "num_cpus": workers or usable_cpu_count(),
             "include_dashboard": False,
             "log_to_driver": True,
@@ -203,6 +209,9 @@ class RayBackend(ClusterBackend):
     def _put(self, obj: Any) -> Any:
         return ray.put(obj)
 
+    def _pack(self, key: str, obj: Any) -> Any:
+        return (key, [ray.put(obj)])
+
     def _remote_for(self, task: Task) -> Any:
         key = tuple(sorted(task.resources.items())) if task.resources else ()
         remote = self._remote_by_resources.get(key)
@@ -220,9 +229,7 @@ class RayBackend(ClusterBackend):
         return remote
 
     def _launch(self, task: Task, function: Any, spec: TaskSpec, shared: list[Any]) -> Any:
-        setup = [self._setup] if self._setup is not None else []
-        key = f"{self.pool_key}:{task.function.key}"
-        return self._remote_for(task).remote([function], key, spec, setup, *shared)
+        return self._remote_for(task).remote(function, spec, self._setup, *shared)
 
     def _when_done(self, handle: Any, callback: Callable[[], None]) -> None:
         handle.future().add_done_callback(lambda _: callback())

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .faults import (
     FAULT_KINDS,
     HANG_FACTOR,
@@ -201,6 +203,15 @@ def _mapped_segments() -> set[str]:
     except psutil.Error:
         pass
     return found
+
+
+def _is_resource_tracker(process: psutil.Process) -> bool:
+    """multiprocessing's resource tracker (Dask's local cluster starts one): one per
+    interpreter, it lives until the interpreter exits and holds nothing of the run's."""
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -451,7 +462,7 @@ def stress(
         def orphans() -> list[int]:
             mine = {
                 p.pid for p in psutil.Process().children(recursive=True)
-                if p.pid not in children_before
+                if p.pid not in children_before and not _is_resource_tracker(p)
             }  # fmt: skip
             return sorted(p for p in pids | mine if _alive(p))
 
