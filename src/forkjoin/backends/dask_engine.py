@@ -173,10 +173,14 @@ class DaskBackend(ClusterBackend):
         self._connected = True
         self._client = self._connection.client
         self._scattered: list[Any] = []  # our handles, to check after a worker is lost
-        if self.workers == 0:
-            info = self._client.scheduler_info()
-            threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
-            self.workers = max(1, threads)
+        if self.workers == 0:  # the cluster decides: one task in flight per worker thread
+            spec = getattr(self._connection.cluster, "worker_spec", None)
+            if spec:  # our local cluster: its size, even while a dead worker restarts
+                self.workers = len(spec)
+            else:
+                info = self._client.scheduler_info()
+                threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
+                self.workers = max(1, threads)
 
     def _pack(self, key: str, obj: Any) -> Any:
         # Code goes by value in the task, not as scattered data: Dask places a task next to its
