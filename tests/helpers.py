@@ -57,6 +57,21 @@ def long_lived_pool(*args, **kwargs) -> Iterator[fj.Pool]:
         )
 
 
+def started_children() -> list[psutil.Process]:
+    """This process's children, less the session's long-lived pools (a Ray or Dask cluster)
+    and multiprocessing's resource tracker: what a test itself started."""
+    exempt = {pid for pool in LONG_LIVED for pid in pool.worker_pids()}
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.pid in exempt or "resource_tracker" in " ".join(child.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        found.append(child)
+    return found
+
+
 def running_long_lived(backend: str) -> list[fj.Pool]:
     return [p for p in LONG_LIVED if p.state is PoolState.RUNNING and p.backend_name == backend]
 

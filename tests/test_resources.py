@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from helpers import wait_until
+from helpers import started_children, wait_until
 
 import forkjoin as fj
 from forkjoin.machine import THREAD_CAP_VARIABLES, gpus
@@ -351,7 +351,7 @@ def test_impossible_request_fails_fast(two_gpus: None, case: str) -> None:
     with pytest.raises(fj.ResourceError, match=message):
         call()
     assert time.monotonic() - start < 0.5
-    assert psutil.Process().children() == [], "no worker was started"
+    assert started_children() == [], "no worker was started"
 
 
 def test_task_request_larger_than_the_pools_slot_fails_fast(two_gpus: None) -> None:
@@ -375,7 +375,7 @@ def test_pool_default_request_larger_than_its_slot_fails_fast(two_gpus: None) ->
         with pytest.raises(fj.ResourceError, match="gpu=1"):
             fj.Pool(resources={"gpu": 2}, resources_per_worker={"gpu": 1}, backend="process")
         assert time.monotonic() - start < 0.5
-        assert psutil.Process().children() == [], "no worker was started"
+        assert started_children() == [], "no worker was started"
         leaked = set(process._live_backends) - before
         assert not leaked, "the refused pool's backend is still live"
     finally:

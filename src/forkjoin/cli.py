@@ -5,6 +5,7 @@
     forkjoin info [--json]                       the machine, backends, versions  (sysinfo.py)
     forkjoin map MODULE:FN IN.jsonl -o OUT.jsonl  a function over JSON Lines       (mapfile.py)
     forkjoin demo [--quick]                      serial vs parallel on real work  (demo/)
+    forkjoin process | train | bench | stress | check    the layers' commands (*/commands.py)
 
 ``main(argv, stdout=..., stderr=...)`` returns the exit status instead of exiting, and writes
 only to the streams it is given, so tests call it in-process with ``io.StringIO``. Exit status:
@@ -105,6 +106,10 @@ Section 1 generates text documents (fixed seed, with planted near-copies) and co
 signatures in pure Python: serially, then with fj.map and fj.map_reduce on a Pool. It checks that
 the parallel results equal the serial ones, that the planted near-duplicates are found, and
 prints serial/parallel time, speedup, efficiency (speedup / workers), items/s and pool.stats().
+Section 2 writes a generated Parquet dataset, runs a Python UDF over it serially and with
+forkjoin.data (map_batches -> write_parquet, then groupby().agg()), and checks both agree.
+Section 3 (with torch and scikit-learn installed) trains an MLP on scikit-learn's digits on 1 and
+2 ranks with forkjoin.train and checks both reach the accuracy floor.
 Exit status 1 if any parallel result differs from the serial one.
 """
 
@@ -196,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run a real CPU-bound workload serially and in parallel; print the speedup",
+        help="run real workloads (text, Parquet, training) serially and in parallel",
         description="Run real workloads on generated data, serially and in parallel, check "
-        "they agree, and report speedup and efficiency (~10 s; --quick ~2 s).",
+        "they agree, and report speedup and efficiency (~1-2 min; --quick ~30 s).",
         epilog=_DEMO_EPILOG,
     )
     demo.add_argument(

@@ -20,7 +20,8 @@ _current = threading.local()
 @dataclass
 class WorkerContext:
     """The worker running the current task: its id in the pool, pid, backend, ``state``, and
-    the device its tasks should use (``"cuda:0"`` in a process pinned to a GPU, else "cpu")."""
+    the device its tasks should use (``"cuda:0"`` in a process pinned to a GPU, else "cpu").
+    On Ray and Dask the engine, not the pool, owns the workers: there the id is the pid."""
 
     worker_id: int
     backend: str
