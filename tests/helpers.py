@@ -57,12 +57,12 @@ def long_lived_pool(*args, **kwargs) -> Iterator[fj.Pool]:
         )
 
 
-def started_children() -> list[psutil.Process]:
+def started_children(recursive: bool = False) -> list[psutil.Process]:
     """This process's children, less the session's long-lived pools (a Ray or Dask cluster)
     and multiprocessing's resource tracker: what a test itself started."""
     exempt = {pid for pool in LONG_LIVED for pid in pool.worker_pids()}
     found = []
-    for child in psutil.Process().children():
+    for child in psutil.Process().children(recursive=recursive):
         try:
             if child.pid in exempt or "resource_tracker" in " ".join(child.cmdline()):
                 continue

@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
+from helpers import started_children
 from torch import nn
 
 import forkjoin.train as fjt
@@ -166,7 +167,7 @@ def test_failing_rank_stops_the_gang_with_a_clear_error(
     if fn is hang_on_rank_one:
         assert "in hang_on_rank_one" in exc.stack  # its Python stack, from faulthandler
         assert "in hang_on_rank_one" in str(exc)
-    assert not psutil.Process().children(recursive=True)
+    assert not started_children(recursive=True)
 
 
 def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:

@@ -115,8 +115,12 @@ class ClusterBackend(Backend):
     # -- submitting ------------------------------------------------------------------------------
 
     def _put_checked(self, obj: Any, what: str) -> Any:
+        return self._checked(what, self._put, obj)
+
+    def _checked(self, what: str, send: Callable[..., Any], *args: Any) -> Any:
+        """``send(*args)``, its failure a SerializationError that says what to change."""
         try:
-            return self._put(obj)
+            return send(*args)
         except Exception as exc:
             raise SerializationError(
                 f"the {what} could not be sent to {self.engine} ({type(exc).__name__}: {exc}); "
@@ -130,15 +134,7 @@ class ClusterBackend(Backend):
         return self._put(obj)
 
     def _pack_checked(self, key: str, obj: Any, what: str) -> Any:
-        try:
-            return self._pack(key, obj)
-        except Exception as exc:
-            raise SerializationError(
-                f"the {what} could not be sent to {self.engine} ({type(exc).__name__}: {exc}); "
-                f"define it at module level and capture only picklable objects",
-                what=what,
-                side="caller",
-            ) from exc
+        return self._checked(what, self._pack, key, obj)
 
     def _function_handle(self, function: FunctionRef) -> Any:
         """The function in the store, once per function object (each ``fj.map`` call makes a

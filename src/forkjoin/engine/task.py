@@ -180,29 +180,21 @@ class Task:
     def resend(self) -> Task:
         """This chunk again, whole, same attempt: its worker died, maybe for no fault of its own
         (a kill from outside, the OOM killer choosing it); if it dies again, it is split."""
-        task = Task(
-            function=self.function,
-            kind=self.kind,
-            items=self.items,
-            first_index=self.first_index,
-            attempt=self.attempt,
-            timeout=self.timeout,
-            seed=self.seed,
-            resources=self.resources,
-            future=self.future,
-            claimed=self.claimed,
-        )
+        task = self._copy(self.attempt)
         task.resent = True
         return task
 
     def retry(self) -> Task:
         """A fresh copy of this task for its next attempt."""
+        return self._copy(self.attempt + 1)
+
+    def _copy(self, attempt: int) -> Task:
         return Task(
             function=self.function,
             kind=self.kind,
             items=self.items,
             first_index=self.first_index,
-            attempt=self.attempt + 1,
+            attempt=attempt,
             timeout=self.timeout,
             seed=self.seed,
             resources=self.resources,
