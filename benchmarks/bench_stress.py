@@ -45,6 +45,7 @@ KILL_EVERY = 1.0  # seconds between SIGKILLs of a random worker
 SLOWDOWN_GOAL = 1.5  # faulted time <= 1.5x fault-free (issue 8)
 RSS_GROWTH_GOAL_MIB = 16.0  # caller RSS growth over the second half of the faulted run
 PEER_CHUNKSIZE = 10_000  # peers need an explicit chunksize for 1M tiny tasks
+PEER_TIMEOUT = 60.0  # seconds a peer may go without a result before it counts as hung
 
 
 def trivial(x: int) -> int:
@@ -93,16 +94,25 @@ def peer_futures(tasks: int) -> dict[str, Any]:
     got = 0
     error = ""
     start = time.perf_counter()
-    with ProcessPoolExecutor(WORKERS) as pool:
-        stop = threading.Event()
-        killed = _killer(lambda: list(pool._processes or {}), stop, KILL_EVERY, 1)
-        try:
-            for _ in pool.map(PLAIN, _pairs(tasks), chunksize=PEER_CHUNKSIZE):
-                got += 1
-        except BrokenProcessPool as exc:
-            error = f"BrokenProcessPool: {str(exc)[:60]}"
-        finally:
-            stop.set()
+    pool = ProcessPoolExecutor(WORKERS)
+    stop = threading.Event()
+    killed = _killer(lambda: list(pool._processes or {}), stop, KILL_EVERY, 1)
+    try:
+        # A SIGKILLed worker can leave ProcessPoolExecutor waiting for ever (CPython issue:
+        # the broken-pool detection races the result queue), so the wait is bounded.
+        for _ in pool.map(PLAIN, _pairs(tasks), chunksize=PEER_CHUNKSIZE, timeout=PEER_TIMEOUT):
+            got += 1
+    except BrokenProcessPool as exc:
+        error = f"BrokenProcessPool: {str(exc)[:60]}"
+    except TimeoutError:
+        error = f"hung: no result for {PEER_TIMEOUT:g} s after a kill"
+    finally:
+        stop.set()
+        processes = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.kill()
+            process.join(5)
     return {"seconds": time.perf_counter() - start, "done": got, "lost": tasks - got,
             "killed": len(killed), "error": error}  # fmt: skip
 
