@@ -148,6 +148,21 @@ def footer(meta: dict[str, Any], load: Any, path: Any) -> str:
     return f"{meta['seconds_total']:.0f} s{loads}; results in {path}"
 
 
+def publish(
+    meta: dict[str, Any], sections: list[Section], goals: list[Goal], console: Any, path: Any,
+    check: bool,
+) -> int:  # fmt: skip
+    """End a benchmark run: the tables, the JSON at ``path``, the footer line; the exit status
+    (1 when ``check`` and a goal was missed)."""
+    import json
+
+    render(sections, goals, console)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_json(meta, sections, goals), indent=2) + "\n")
+    console.print(footer(meta, meta.get("loadavg_start"), path))
+    return 1 if check and any(goal.met is False for goal in goals) else 0
+
+
 def render(sections: list[Section], goals: list[Goal], console: Any) -> None:
     """The tables, one per section, then the goals; rich if the console is rich's."""
 

@@ -20,7 +20,6 @@ engines run one after the other, never at once. ``--check`` exits 1 if a goal is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -46,7 +45,7 @@ from _cluster_sections import (  # noqa: E402
     warm,
 )
 from _harness import WORKERS, Clock, Log  # noqa: E402
-from _report import Goal, Section, footer, make_console, render, to_json  # noqa: E402
+from _report import Goal, Section, make_console, publish  # noqa: E402
 from bench_engine import git_commit  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_cluster.json"
@@ -205,12 +204,7 @@ def main(
     goals = evaluate_goals({s.key: s for s in sections})
     meta["seconds_total"] = clock() - started
     meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    render(sections, goals, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(to_json(meta, sections, goals), indent=2) + "\n")
-    console.print(footer(meta, load, args.json))
-    missed = [goal.key for goal in goals if goal.met is False]
-    return 1 if args.check and missed else 0
+    return publish(meta, sections, goals, console, args.json, args.check)
 
 
 if __name__ == "__main__":

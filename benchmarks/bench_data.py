@@ -43,7 +43,7 @@ if str(HERE) not in sys.path:
 
 from _data_contenders import CONTENDERS  # noqa: E402
 from _data_workloads import generate  # noqa: E402
-from _report import Goal, Row, Section, footer, make_console, render, to_json  # noqa: E402
+from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_data.json"
 DEFAULT_ROWS = 400_000  # ~100 MB of Arrow data: every contender, both workloads, ~4 minutes
@@ -317,11 +317,7 @@ def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
     goals = evaluate_goals(sections, info, equal)
     meta["seconds_total"] = time.perf_counter() - started
     meta["loadavg_end"] = os.getloadavg()
-    render(sections, goals, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(to_json(meta, sections, goals), indent=2) + "\n")
-    console.print(footer(meta, meta["loadavg_start"], args.json))
-    return 1 if args.check and any(goal.met is False for goal in goals) else 0
+    return publish(meta, sections, goals, console, args.json, args.check)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ pools disturb another's. ``--check`` exits with status 1 if a goal is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -43,7 +42,7 @@ if str(HERE) not in sys.path:
 
 from _harness import FULL, QUICK, WORKERS, Clock, Log, Settings  # noqa: E402
 from _latency import bench_cold, bench_eventlog, bench_warm  # noqa: E402
-from _report import Goal, Row, Section, footer, make_console, render, to_json  # noqa: E402
+from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 from _throughput import bench_cpu, bench_map, bench_submit  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_engine.json"
@@ -223,12 +222,7 @@ def main(
     goals = evaluate_goals({s.key: s for s in sections})
     meta["seconds_total"] = clock() - started
     meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    render(sections, goals, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(to_json(meta, sections, goals), indent=2) + "\n")
-    console.print(footer(meta, load, args.json))
-    missed = [goal.key for goal in goals if goal.met is False]
-    return 1 if args.check and missed else 0
+    return publish(meta, sections, goals, console, args.json, args.check)
 
 
 if __name__ == "__main__":

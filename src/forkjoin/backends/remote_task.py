@@ -143,11 +143,6 @@ def _disarm_alarm(previous: Any) -> None:
         signal.signal(signal.SIGALRM, previous)
 
 
-def can_time_out() -> bool:
-    """Whether ``run_remote`` can stop a task at its timeout in this thread."""
-    return threading.current_thread() is threading.main_thread()
-
-
 def run_remote(
     fn: Callable[..., Any],
     spec: TaskSpec,
