@@ -430,3 +430,69 @@ def hoard_mib_after_returning(mib: int) -> int:
 
     threading.Thread(target=leak, daemon=True).start()
     return os.getpid()
+
+
+# -- exceptions that are hard to rebuild (issue 15) -------------------------------------------------
+
+
+def raise_called_process_error(_x=None):
+    import subprocess
+
+    raise subprocess.CalledProcessError(1, ["false"], output=b"out")
+
+
+def raise_json_decode_error(_x=None):
+    import json
+
+    json.loads("{not json")
+
+
+def raise_unicode_decode_error(_x=None):
+    b"\xff".decode("utf-8")
+
+
+class NeedsTwoArgs(Exception):
+    """A user exception whose __init__ takes required arguments and does not pass them on."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def raise_needs_two_args(_x=None):
+    raise NeedsTwoArgs(7, "bad")
+
+
+def raise_keyboard_interrupt(_x=None):
+    raise KeyboardInterrupt("from the task")
+
+
+class ExitOnUnpickle:
+    """Unpickling this in the caller raises SystemExit (a BaseException)."""
+
+    def __reduce__(self):
+        return (_exit_now, ())
+
+
+def _exit_now():
+    raise SystemExit("unpickled")
+
+
+def return_exit_on_unpickle(_x=None):
+    return ExitOnUnpickle()
+
+
+def read_proxy(proxy):
+    return proxy.get("key")
+
+
+def append_to_proxy(proxy):
+    proxy.append(os.getpid())
+    return True
+
+
+def count_then_interrupt(path):
+    with open(path, "a") as f:
+        f.write("x")
+    raise KeyboardInterrupt("from the task")

@@ -36,6 +36,7 @@ _EXPORTS = {
     "ForkjoinError": "forkjoin.errors",
     "TaskError": "forkjoin.errors",
     "WorkerCrashedError": "forkjoin.errors",
+    "BrokenPoolError": "forkjoin.errors",
     "TaskTimeoutError": "forkjoin.errors",
     "SerializationError": "forkjoin.errors",
     "ResourceError": "forkjoin.errors",
@@ -45,6 +46,7 @@ _EXPORTS = {
 
 __all__ = [
     "BackendUnavailableError",
+    "BrokenPoolError",
     "DataError",
     "DeviceInfo",
     "ForkjoinError",
@@ -103,6 +105,7 @@ if _typing.TYPE_CHECKING:
     from .engine.seeding import rng
     from .errors import (
         BackendUnavailableError,
+        BrokenPoolError,
         DataError,
         ForkjoinError,
         ResourceError,

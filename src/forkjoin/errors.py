@@ -5,9 +5,12 @@
     Exception
      └── ForkjoinError
           ├── TaskError                  a task raised; also an instance of the original type
-          ├── WorkerCrashedError         (+ concurrent.futures.BrokenExecutor) a worker died
+          ├── WorkerCrashedError         (+ BrokenProcessPool) a worker died
+          ├── BrokenPoolError            (+ BrokenProcessPool) the pool cannot run tasks any more
+          │                              (its initializer failed, workers cannot start)
           ├── TaskTimeoutError           (+ TimeoutError) a task ran past timeout=
-          ├── SerializationError         something could not be pickled / unpickled
+          ├── SerializationError         (+ pickle.PicklingError) something could not be
+          │                              pickled / unpickled
           ├── ResourceError              asked for what no slot has
           ├── DataError                  corrupt or missing input
           └── BackendUnavailableError    (+ ImportError) an optional extra is not installed
@@ -15,18 +18,24 @@
 A task's exception is re-raised as ``TaskError`` whose class *also* derives from the original
 exception type when that is possible (``except ValueError`` keeps working, as with Ray's
 ``RayTaskError``); the worker's traceback is attached as ``__cause__``.
+
+The standard-library bases make forkjoin a drop-in for code written for ``ProcessPoolExecutor``
+(``concurrent.futures.process.BrokenProcessPool`` is a ``BrokenExecutor``; loky's
+``TerminatedWorkerError`` does the same).
 """
 
 from __future__ import annotations
 
 import builtins
-from concurrent.futures import BrokenExecutor
+import pickle
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 __all__ = [
     "ForkjoinError",
     "TaskError",
     "WorkerCrashedError",
+    "BrokenPoolError",
     "TaskTimeoutError",
     "SerializationError",
     "ResourceError",
@@ -68,7 +77,9 @@ class TaskError(ForkjoinError):
         item_repr: str = "",
         traceback_text: str = "",
     ) -> None:
-        super().__init__(message)
+        # Not super(): in a TaskError[CalledProcessError] the next __init__ in the MRO is the
+        # original type's, which may require arguments of its own (returncode, cmd...).
+        Exception.__init__(self, message)
         self.original = original
         self.original_type = original_type or (type(original).__name__ if original else "")
         self.index = index
@@ -80,7 +91,7 @@ class TaskError(ForkjoinError):
             _rebuild_task_error,
             (
                 str(self),
-                self.original,
+                portable_exception(self.original) if self.original is not None else None,
                 self.original_type,
                 self.index,
                 self.item_repr,
@@ -108,6 +119,40 @@ def _rebuild_task_error(
         item_repr=item_repr,
         traceback_text=traceback_text,
     )
+
+
+class _ByState:
+    """Pickles an exception as its class, ``args`` and ``__dict__``, rebuilt without calling
+    ``__init__``: ``NeedsTwoArgs(code, detail)`` pickles by default as ``NeedsTwoArgs(message)``,
+    which raises TypeError on the way back."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> Any:
+        exc = self.exc
+        return (_rebuild_without_init, (type(exc), exc.args, getattr(exc, "__dict__", None)))
+
+
+def _rebuild_without_init(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None
+) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
+
+
+def portable_exception(exc: BaseException) -> Any:
+    """What to pickle for ``exc`` so that it comes back as an instance of its type: itself when
+    it round-trips, else a by-state record (None-like failures are the caller's to handle: this
+    may still raise for an exception holding a lock or a socket)."""
+    try:
+        pickle.loads(pickle.dumps(exc, pickle.HIGHEST_PROTOCOL))
+        return exc
+    except BaseException:  # rebuilding runs the type's own code, which may raise anything
+        return _ByState(exc)
 
 
 _TASK_ERROR_CLASSES: dict[type, type] = {}
@@ -153,7 +198,12 @@ def make_task_error(
         and not issubclass(original_cls, ForkjoinError)
     ):
         cls = _task_error_class_for(original_cls)
-    error: TaskError = cls.__new__(cls)  # type: ignore[call-overload]
+    try:
+        error: TaskError = cls.__new__(cls)  # type: ignore[call-overload]
+    except Exception:  # a type whose __new__ wants its own arguments: the plain TaskError
+        error = TaskError.__new__(TaskError)
+    if original is not None and cls is not TaskError:
+        _copy_attributes(original, error)
     TaskError.__init__(
         error,
         message,
@@ -168,7 +218,17 @@ def make_task_error(
     return error
 
 
-class WorkerCrashedError(ForkjoinError, BrokenExecutor):
+def _copy_attributes(original: BaseException, error: TaskError) -> None:
+    """``except CalledProcessError as e: e.returncode`` keeps working: the original's instance
+    attributes are copied onto the TaskError that stands in for it (TaskError's own fields are
+    set afterwards, so they win)."""
+    try:
+        error.__dict__.update(vars(original))
+    except TypeError:  # no __dict__ (slots only): the fields are on the original
+        pass
+
+
+class WorkerCrashedError(ForkjoinError, BrokenProcessPool):
     """A worker process died (signal, exit, OOM killer) while running a task.
 
     ``exitcode`` is the exit status (negative: killed by signal ``-exitcode``), ``signal_name``
@@ -210,6 +270,12 @@ class WorkerCrashedError(ForkjoinError, BrokenExecutor):
         )
 
 
+class BrokenPoolError(ForkjoinError, BrokenProcessPool):
+    """The pool can run no more tasks: its initializer raised, or its workers cannot start.
+    Every pending and later task fails with this error; create a new pool once the cause is
+    fixed."""
+
+
 class TaskTimeoutError(ForkjoinError, TimeoutError):
     """A task ran past its ``timeout=``; its worker was stopped and replaced."""
 
@@ -225,7 +291,7 @@ class TaskTimeoutError(ForkjoinError, TimeoutError):
         )
 
 
-class SerializationError(ForkjoinError):
+class SerializationError(ForkjoinError, pickle.PicklingError):
     """Something could not be pickled or unpickled.
 
     ``what`` is ``"function"``, ``"argument"``, ``"result"`` or ``"exception"``; ``side`` is

@@ -141,6 +141,24 @@ def outcome_from_values(
     return TaskOutcome(Status.DONE, values, any_failed=any_failed)
 
 
+def report_outcome(done: DoneCallback, task: Task, outcome: TaskOutcome) -> None:
+    """Hand an outcome to the engine from a backend's own thread, whatever the callback does.
+
+    The callback resolves a future, whose user callbacks may raise anything, ``SystemExit``
+    included; that must neither kill the backend's thread (every later task would hang) nor
+    leave this task unresolved. So it is reported and dropped, as ``concurrent.futures`` does
+    with an ``Exception`` raised by a done-callback.
+    """
+    try:
+        done(task, outcome)
+    except BaseException:  # see the docstring: nothing may escape here
+        import logging
+
+        logging.getLogger("forkjoin").exception(
+            "a done-callback raised while %s was reported; ignored", task.describe()
+        )
+
+
 # -- resolving backends by name ------------------------------------------------------------------
 
 _REGISTRY: dict[str, tuple[str, str, str]] = {

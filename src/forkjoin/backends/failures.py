@@ -21,11 +21,13 @@ def exception_record(position: int, exc: BaseException, tb_text: str) -> Failure
     """A worker's record of item ``position`` raising ``exc``."""
     from .wire import dumps
 
+    from ..errors import portable_exception
+
     payload: bytes | None
     try:
-        payload = dumps(exc)
-        pickle.loads(payload)  # many exceptions pickle but cannot be rebuilt: check here
-    except Exception:
+        payload = dumps(portable_exception(exc))
+        pickle.loads(payload)  # some cannot be rebuilt even by state: check here
+    except BaseException:  # rebuilding runs the type's own code, which may raise anything
         payload = None
     return (position, payload, type(exc).__name__, str(exc), tb_text)
 
@@ -59,7 +61,10 @@ def failure_from_record(task: Task, record: tuple[Any, ...]) -> ItemFailure:
         if exc_payload is not None:
             try:
                 original = pickle.loads(exc_payload)
-            except Exception:
+            except BaseException:  # an exception's own unpickling may raise anything
                 original = None
-        error = task_error(task, position, original, type_name, message, tb_text)
+        try:
+            error = task_error(task, position, original, type_name, message, tb_text)
+        except BaseException:  # a type that cannot stand in: a plain TaskError
+            error = task_error(task, position, None, type_name, message, tb_text)
     return ItemFailure(error)

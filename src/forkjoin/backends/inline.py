@@ -13,10 +13,19 @@ from ..engine.context import WorkerContext, install
 from ..engine.execute import run_chunk
 from ..engine.task import Status, Task, TaskOutcome
 from ..errors import WorkerCrashedError
-from .base import Backend, Capabilities, DoneCallback, outcome_from_values, task_error
+from .base import (
+    Backend,
+    Capabilities,
+    DoneCallback,
+    outcome_from_values,
+    report_outcome,
+    task_error,
+)
 
 
-def run_task_here(task: Task, *, seed_globals: bool = True) -> TaskOutcome:
+def run_task_here(
+    task: Task, *, seed_globals: bool = True, catch_interrupt: bool = False
+) -> TaskOutcome:
     """Run a task in this thread and turn what happened into an outcome.
 
     ``seed_globals``: under ``seed=``, also reseed ``random`` and NumPy's global generator per
@@ -32,6 +41,7 @@ def run_task_here(task: Task, *, seed_globals: bool = True) -> TaskOutcome:
             task.first_index,
             task.seed,
             seed_globals=seed_globals,
+            catch_interrupt=catch_interrupt,
         )
     except SystemExit as exc:  # a task must not end the caller's program
         task.end_time = time.monotonic()
@@ -83,7 +93,7 @@ class InlineBackend(Backend):
             outcome = run_task_here(task)
         finally:
             install(previous)
-        done(task, outcome)
+        report_outcome(done, task, outcome)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         self._closed = True

@@ -48,12 +48,9 @@ from typing import Any
 from ..engine.resources import Slot
 from ..engine.shared import Shared
 from ..engine.task import Status, Task, TaskOutcome
-from ..errors import (
-    ForkjoinError,
-    SerializationError,
-)
+from ..errors import BrokenPoolError, SerializationError
 from . import buffers, shm, wire
-from .base import Backend, Capabilities, DoneCallback
+from .base import Backend, Capabilities, DoneCallback, report_outcome
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
 from .process_outcomes import death_outcome, decode_results
 from .process_worker import FUNCTION_CACHE_SIZE
@@ -197,7 +194,9 @@ class ProcessBackend(Backend):
             )
         if self._broken is not None:
             raise self._broken
-        if self._closing:
+        if self._closing and (task.attempt == 0 and not task.resent or self._cancel_pending):
+            # A retry or resend of a task accepted before shutdown() is still run: a graceful
+            # shutdown finishes the work it was given, crashes included.
             raise RuntimeError("cannot submit to a process backend that is shut down")
         function = task.function
         if function.payload is None:
@@ -328,7 +327,7 @@ class ProcessBackend(Backend):
                 self._spawn_missing()
                 self._wait_for_events()
         except BaseException as exc:  # a bug here must fail tasks loudly, never hang them
-            self._broken = ForkjoinError(f"forkjoin's process manager failed: {exc!r}")
+            self._broken = BrokenPoolError(f"forkjoin's process manager failed: {exc!r}")
             self._broken.__cause__ = exc
             self._fail_everything(self._broken)
         finally:
@@ -533,7 +532,7 @@ class ProcessBackend(Backend):
         if worker.state is WorkerState.STARTING and worker.kill_reason is None:
             self._failed_starts += 1
             if self._failed_starts >= MAX_FAILED_STARTS and self._broken is None:
-                self._broken = ForkjoinError(
+                self._broken = BrokenPoolError(
                     f"worker processes exit during start-up (last exit code {exitcode}); see "
                     f"their output above. Is forkjoin importable by {sys.executable}?"
                 )
@@ -777,7 +776,7 @@ class ProcessBackend(Backend):
                 )
         elif kind == "init_error":
             if self._broken is None:
-                self._broken = ForkjoinError(
+                self._broken = BrokenPoolError(
                     f"the pool's initializer raised {message[1]} in a worker; fix it or "
                     f"create the pool without initializer=\n{message[2]}"
                 )
@@ -813,7 +812,7 @@ class ProcessBackend(Backend):
         _release(task)
         if task.cancelled and outcome.status is not Status.CANCELLED:
             return
-        done(task, outcome)
+        report_outcome(done, task, outcome)
 
     # -- failing, closing ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.task import Status, Task, TaskOutcome
+from ..engine.task import CallKind, Status, Task, TaskOutcome
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from .buffers import unpack
 from .failures import failure_from_record
@@ -88,12 +88,14 @@ def decode_results(
     failure records into ItemFailures."""
     try:
         values = unpack(descriptor, fds, on_unmapped)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a __reduce__ too: never the manager's end
         where = (
             f"item {task.first_index}"
             if len(task) == 1
             else f"one of items {task.first_index}..{task.first_index + len(task) - 1}"
         )
+        if len(task) == 1 and task.kind == CallKind.CALL:
+            where = task.describe()
         unreadable = SerializationError(
             f"the result of {where} could not be unpickled in the caller "
             f"({type(exc).__name__}: {exc}); is its class importable here?",
@@ -103,5 +105,5 @@ def decode_results(
         )
         return TaskOutcome(Status.UNREADABLE, error=unreadable)
     for record in failures:
-        values[record[0]] = failure_from_record(task, record)
+        values[record[0]] = failure_from_record(task, record)  # never raises
     return TaskOutcome(Status.DONE, values, any_failed=bool(failures))

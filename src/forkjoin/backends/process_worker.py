@@ -226,7 +226,7 @@ class Worker:
             self.outbox.append((task_id, "unreadable argument", 0.0, 0.0, message, ()))
             return
         del payload, spec  # the task's segment is released once the items are gone
-        run = run_chunk(fn, kind, items, first_index, seed)
+        run = run_chunk(fn, kind, items, first_index, seed, catch_interrupt=True)
         del items
         failures = [exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
         values_payload = _encode_values(run.values, failures, self.pool)

@@ -172,6 +172,7 @@ def run_remote(
             spec.first_index,
             spec.seed,
             seed_globals=seed_globals,
+            catch_interrupt=True,
         )
     except _TimedOut:
         return ("timeout", pid, time.monotonic() - started)

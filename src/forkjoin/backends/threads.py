@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 from ..engine.context import WorkerContext, install
 from ..engine.task import Status, Task, TaskOutcome
-from .base import Backend, Capabilities, DoneCallback
+from .base import Backend, Capabilities, DoneCallback, report_outcome
 from .inline import run_task_here
 
 
@@ -50,7 +50,7 @@ class ThreadBackend(Backend):
     def _run(self, task: Task) -> TaskOutcome | None:
         if not task.claim():
             return None
-        outcome = run_task_here(task, seed_globals=False)
+        outcome = run_task_here(task, seed_globals=False, catch_interrupt=True)
         task.worker = self._thread_ids.get(threading.get_ident(), 0)
         return outcome
 
@@ -65,8 +65,10 @@ class ThreadBackend(Backend):
                 outcome = finished.result()
             except CancelledError:
                 outcome = TaskOutcome(Status.CANCELLED)
+            except BaseException as exc:  # forkjoin's own code failed: fail the task, never hang
+                outcome = TaskOutcome(Status.FAILED, error=exc)
             if outcome is not None and not (task.cancelled and outcome.status != Status.CANCELLED):
-                done(task, outcome)
+                report_outcome(done, task, outcome)
 
         inner.add_done_callback(report)
 

@@ -16,6 +16,9 @@ def _format_traceback() -> str:
     return traceback.format_exc()
 
 
+_CAUGHT_WITH_INTERRUPT = (Exception, KeyboardInterrupt)
+
+
 class ChunkRun:
     """What running a chunk produced: a value per item, and the failures by position."""
 
@@ -23,7 +26,8 @@ class ChunkRun:
 
     def __init__(self) -> None:
         self.values: list[Any] = []
-        self.failures: list[tuple[int, Exception, str]] = []  # (position, exception, traceback)
+        # (position, exception, traceback)
+        self.failures: list[tuple[int, BaseException, str]] = []
         self.start_time = 0.0
         self.end_time = 0.0
 
@@ -36,12 +40,18 @@ def run_chunk(
     seed: int | None,
     *,
     seed_globals: bool = True,
+    catch_interrupt: bool = False,
 ) -> ChunkRun:
     """Apply ``fn`` to every item, catching each item's exception so the others still run.
 
-    ``BaseException``s that are not ``Exception`` (SystemExit, KeyboardInterrupt) propagate: in a
-    worker process they end the worker, which the caller then reports as a crash.
+    ``SystemExit`` propagates: in a worker process it ends the worker, which the caller reports
+    as a crash (a task that exits is never a success). ``KeyboardInterrupt`` is an item's failure
+    where nothing but the task can have raised it (``catch_interrupt``: worker processes ignore
+    SIGINT, and only the main thread receives it), so it comes back once as a TaskError instead
+    of killing the worker and being retried; in the caller's own thread (inline) it is Ctrl-C
+    and propagates.
     """
+    caught: Any = _CAUGHT_WITH_INTERRUPT if catch_interrupt else Exception
     run = ChunkRun()
     values = run.values
     run.start_time = time.monotonic()
@@ -50,7 +60,7 @@ def run_chunk(
         for position, item in enumerate(items):
             try:
                 values.append(fn(item))
-            except Exception as exc:
+            except caught as exc:
                 values.append(None)
                 run.failures.append((position, exc, _format_traceback()))
     else:
@@ -65,7 +75,7 @@ def run_chunk(
                 else:
                     args, kwargs = item
                     values.append(fn(*args, **kwargs))
-            except Exception as exc:
+            except caught as exc:
                 values.append(None)
                 run.failures.append((position, exc, _format_traceback()))
             finally:
