@@ -494,7 +494,7 @@ class ProcessBackend(Backend):
             init_payload = self._descriptor(self._init_payload, fds)
         init = (
             "init", worker.worker_id, list(sys.path), self._depth, init_payload, shared,
-            slot.device, slot.gpu_ids,
+            slot.device, slot.gpu_ids, _authkey(),
         )  # fmt: skip
         self._send(worker, init, fds)
 
@@ -881,6 +881,15 @@ class ProcessBackend(Backend):
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def _authkey() -> bytes:
+    """The caller's multiprocessing authkey: workers take it on, so ``multiprocessing.Manager``
+    proxies passed to tasks or ``initargs`` authenticate as they do in the standard library's
+    pools (whose children inherit it)."""
+    import multiprocessing
+
+    return bytes(multiprocessing.current_process().authkey)
 
 
 def _release(task: Task) -> None:

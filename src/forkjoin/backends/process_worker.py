@@ -353,7 +353,8 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     from .wire import close_fds, recv_frame
 
     frame, fds = recv_frame(sock)
-    _, worker_id, sys_path, depth, init_payload, shared_entries, device, gpus = pickle.loads(frame)
+    init = pickle.loads(frame)
+    _, worker_id, sys_path, depth, init_payload, shared_entries, device, gpus, authkey = init
     worker.receive_shared(shared_entries, fds)
     if init_payload is not None:
         init_payload = worker.map_segments(init_payload, fds, report=False)
@@ -361,6 +362,9 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     sys.path[:] = sys_path
     os.environ["FORKJOIN_WORKER_DEPTH"] = str(depth)
     os.environ["FORKJOIN_WORKER_ID"] = str(worker_id)
+    from multiprocessing import process as mp_process  # light: not the whole package
+
+    mp_process.current_process().authkey = authkey
     from ..engine.context import WorkerContext, install
 
     install(WorkerContext(worker_id, "process", device=device, gpus=tuple(gpus)))

@@ -36,11 +36,13 @@ def nesting_depth() -> int:
 
 
 def resolve_backend_name(options: RunOptions, workers: int) -> str:
-    """The backend a call runs on: explicit, else inline for one worker or inside a worker."""
+    """The backend a call runs on: explicit, else worker processes (one worker included: a pool
+    isolates crashes, timeouts and memory limits, which running in the caller could not), and
+    inline inside a worker, so that a nested call cannot multiply processes."""
     name = options.backend
     depth = nesting_depth()
     if name is None:
-        return "inline" if workers == 1 or depth > 0 else "process"
+        return "inline" if depth > 0 else "process"
     if name == "process" and depth >= MAX_PROCESS_NESTING:
         raise ForkjoinError(
             f"refusing to start worker processes {depth + 1} levels deep (a pool inside a pool "

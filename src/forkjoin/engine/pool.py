@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from enum import Enum
@@ -32,6 +33,59 @@ from .task import CallKind, FunctionRefCache, ItemFailure, Status, Task, TaskOut
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+# Set once the interpreter starts to exit (before atexit hooks run), as concurrent.futures does:
+# a submit after that point raises instead of returning a future nobody will run.
+_interpreter_exiting = False
+
+
+def _mark_interpreter_exiting() -> None:
+    global _interpreter_exiting
+    _interpreter_exiting = True
+
+
+threading._register_atexit(_mark_interpreter_exiting)  # type: ignore[attr-defined]
+
+
+class _Results(Iterator[Any]):
+    """What ``Pool.map`` returns: lazy while the pool runs (items are read as
+    workers free up); if the pool shuts down with ``wait=True`` first, the rest is computed then
+    and kept here, so ``with Pool() as p: out = p.map(f, xs)`` can be read after the block, as
+    with ``ProcessPoolExecutor``. An error is raised at the item where it happened."""
+
+    def __init__(self, results: Iterator[Any]) -> None:
+        self._results: Iterator[Any] | None = results
+        self._drained: deque[Any] | None = None
+        self._error: BaseException | None = None
+
+    def __next__(self) -> Any:
+        if self._drained is None:
+            assert self._results is not None
+            return next(self._results)
+        if self._drained:
+            return self._drained.popleft()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        raise StopIteration
+
+    def drain(self) -> None:
+        """Compute the rest now (the pool is about to stop)."""
+        if self._drained is not None or self._results is None:
+            return
+        drained: deque[Any] = deque()
+        try:
+            for value in self._results:
+                drained.append(value)
+        except BaseException as exc:  # raised later, in the caller's iteration, at its place
+            self._error = exc
+        self._drained, self._results = drained, None
+
+    def close(self) -> None:
+        close = getattr(self._results, "close", None)
+        if close is not None:
+            close()
 
 
 class PoolState(Enum):
@@ -102,6 +156,8 @@ class Pool(Executor):
         self._submit_index = itertools.count()
         self._state = PoolState.RUNNING
         self._lock = threading.Lock()
+        # map iterators not yet exhausted: finished by shutdown(wait=True) (see _Results)
+        self._open_results: weakref.WeakSet[_Results] = weakref.WeakSet()
         # A pool dropped without shutdown() still stops its workers once garbage-collected.
         weakref.finalize(self, self._backend.shutdown, False)
 
@@ -128,6 +184,8 @@ class Pool(Executor):
         """Run ``fn(*args, **kwargs)`` in a worker; returns a ``concurrent.futures.Future``."""
         if self._state is not PoolState.RUNNING:
             self._check_running("submit")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         future: Future[R] = Future()
         options = self.options
         # Positional arguments: this line runs once per submitted call (see Task's signature).
@@ -198,14 +256,23 @@ class Pool(Executor):
             options["timeout"] = timeout
         options["chunksize"] = chunksize
         if len(iterables) == 1:
-            return self.imap(fn, iterables[0], **options)
-        return iter(self._job(fn, zip(*iterables, strict=False), options, CallKind.STAR))
+            job = self._job(fn, iterables[0], options)
+        else:
+            job = self._job(fn, zip(*iterables, strict=False), options, CallKind.STAR)
+        results = _Results(iter(job))
+        self._open_results.add(results)
+        return results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers. ``cancel_futures=True`` cancels pending tasks and stops running
         ones (their futures raise ``CancelledError``); ``wait=True`` returns once all are down."""
         with self._lock:
             self._state = PoolState.CLOSED
+            open_results = list(self._open_results)
+            self._open_results.clear()
+        if wait and not cancel_futures:
+            for results in open_results:
+                results.drain()
         self._backend.shutdown(wait=wait, cancel_pending=cancel_futures)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:  # type: ignore[override]
@@ -232,7 +299,8 @@ class Pool(Executor):
         return Job(self._backend, self._events, fn, items, run_options, kind)
 
     def imap(self, fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R]:
-        """``forkjoin.imap`` on this pool's workers."""
+        """``forkjoin.imap`` on this pool's workers. Unlike ``map`` it stays lazy to the end
+        (its input may be endless): read it before the pool shuts down."""
         return iter(self._job(fn, items, options))
 
     def map_list(

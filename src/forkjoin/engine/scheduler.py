@@ -161,9 +161,13 @@ class Job:
                 continue
 
     def __iter__(self) -> Iterator[Any]:
-        """The results one by one (imap)."""
+        """The results one by one (imap). Each is dropped from the batch as it is handed out,
+        so the caller's ``del result`` frees it even while the rest of the batch waits."""
         for batch in self._batches():
-            yield from batch
+            batch.reverse()
+            pop = batch.pop
+            while batch:
+                yield pop()
 
     def collect(self) -> list[Any]:
         """All results as a list (map): whole batches are appended at C speed, not yielded one

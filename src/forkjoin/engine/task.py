@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from enum import IntEnum
@@ -49,24 +50,57 @@ class FunctionRef:
 
 
 class FunctionRefCache:
-    """Reuses one FunctionRef per function object for ``submit`` (bounded, thread-safe)."""
+    """Reuses one FunctionRef per function object for ``submit`` (bounded, thread-safe), so a
+    worker receives a hot function once.
 
-    MAX_ENTRIES = 128  # more distinct functions than this in one pool just re-send them
+    A function that lives as long as its module anyway (``module.qualname`` is it) is kept
+    here; anything else (a bound method, a closure, a ``partial``, a callable object) only as
+    long as a task still holds it, so the pool never keeps a user's object alive after its
+    futures are done (``submit(big_model.predict, x)`` then ``del big_model`` frees it).
+    """
+
+    MAX_ENTRIES = 128  # more distinct module functions than this just re-send them
 
     def __init__(self) -> None:
-        self._refs: OrderedDict[int, FunctionRef] = OrderedDict()
+        # id(fn) -> the FunctionRef (module functions) or a weak reference to it (the rest)
+        self._refs: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, fn: Callable[..., Any]) -> FunctionRef:
-        ref = self._refs.get(id(fn))  # lock-free hit: the common case of one hot function
-        if ref is not None and ref.fn is fn:
-            return ref
+        entry = self._refs.get(id(fn))  # lock-free hit: the common case of one hot function
+        if entry is not None:
+            ref = entry if entry.__class__ is FunctionRef else entry()
+            if ref is not None and ref.fn is fn:
+                return ref
         with self._lock:
             ref = FunctionRef(fn)  # holds fn strongly, so its id cannot be reused meanwhile
-            self._refs[id(fn)] = ref
+            key = id(fn)
+            if _lives_with_its_module(fn):
+                self._refs[key] = ref
+            else:
+                refs = self._refs
+
+                def forget(dead: weakref.ref[FunctionRef]) -> None:
+                    if refs.get(key) is dead:
+                        refs.pop(key, None)
+
+                self._refs[key] = weakref.ref(ref, forget)
             if len(self._refs) > self.MAX_ENTRIES:
                 self._refs.popitem(last=False)  # oldest first: a re-used function is re-sent
             return ref
+
+
+def _lives_with_its_module(fn: Any) -> bool:
+    """True for a function its module holds by name (``module.qualname is fn``)."""
+    import sys
+
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    target: Any = module
+    for part in getattr(fn, "__qualname__", "<locals>").split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return False
+    return target is fn
 
 
 _task_ids = itertools.count(1)
