@@ -106,6 +106,7 @@ def test_no_result_waits_behind_a_slow_task_while_a_worker_is_free():
         assert not not_done, f"{len(not_done)} instant tasks waited behind the slow one"
         assert not slow.done()
         slow.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def test_a_finished_result_is_delivered_while_its_worker_runs_a_slow_task():
@@ -231,3 +232,33 @@ def test_keyboard_interrupt_in_a_task_runs_once_and_is_a_task_error(backend, tmp
         assert error.original_type == "KeyboardInterrupt"
         assert pool.submit(_tasks.square, 7).result(timeout=30) == 49
     assert counter.read_text() == "x"
+
+
+def test_max_tasks_per_child_replaces_workers():
+    with fj.Pool(workers=2, max_tasks_per_child=3) as pool:
+        pids = [pool.submit(_tasks.pid_of).result(timeout=30) for _ in range(12)]
+        # one at a time: each worker runs at most 3 tasks before a fresh process takes over
+        assert max(pids.count(pid) for pid in set(pids)) <= 3
+        assert len(set(pids)) >= 4
+        assert pool.map_list(_tasks.square, range(40), chunksize=1) == [x * x for x in range(40)]
+
+
+def test_max_tasks_per_child_is_checked():
+    with pytest.raises(ValueError, match=">= 1"):
+        fj.Pool(workers=1, max_tasks_per_child=0)
+    with pytest.raises(ValueError, match="backend='process'"):
+        fj.Pool(workers=1, backend="threads", max_tasks_per_child=2)
+
+
+def test_a_failing_initializer_breaks_the_pool_as_the_standard_library_does():
+    with fj.Pool(workers=1, initializer=_tasks.raise_error) as pool:
+        with pytest.raises(cf.process.BrokenProcessPool, match="initializer"):
+            pool.submit(_tasks.square, 2).result(timeout=30)
+
+
+def test_drop_in_error_types():
+    with fj.Pool(workers=1, retries=0) as pool:
+        with pytest.raises(cf.process.BrokenProcessPool):
+            pool.submit(_tasks.crash_task, "os._exit(1)").result(timeout=30)
+        with pytest.raises(pickle.PicklingError):
+            pool.submit(_tasks.square, _tasks.threading.Lock()).result(timeout=30)

@@ -35,6 +35,7 @@ class Capabilities:
     # Runs on a cluster engine (Ray, Dask): resources are the cluster's, not this machine's; it
     # takes address= and cluster_options=, and workers=0 lets the cluster size the pool.
     cluster: bool = False
+    recycles_workers: bool = False  # honours max_tasks_per_child= (a fresh worker after N tasks)
 
 
 class EventSink(Protocol):
@@ -45,6 +46,8 @@ class EventSink(Protocol):
     def worker_exited(self, worker: int, pid: int, exitcode: int | None, peak_rss: int) -> None: ...
 
     def data_shared(self, nbytes: int) -> None: ...
+
+    def tasks_taken_back(self, count: int) -> None: ...
 
 
 class Backend(ABC):
@@ -63,8 +66,12 @@ class Backend(ABC):
         memory_limit: int | None = None,
         slots: list[Slot] | None = None,
         prefetch: int = 1,
+        max_tasks_per_child: int | None = None,
     ) -> None:
         self.workers = workers
+        # Replace a worker after it ran this many tasks (chunks), as ProcessPoolExecutor does:
+        # bounds what a leaky library can accumulate in one process.
+        self.max_tasks_per_child = max_tasks_per_child
         self.memory_limit = memory_limit
         # What each worker owns (engine/resources.py): GPUs to pin, native thread caps.
         self.slots = slots if slots is not None else default_slots(workers)

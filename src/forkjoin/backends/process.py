@@ -53,7 +53,7 @@ from . import buffers, shm, wire
 from .base import Backend, Capabilities, DoneCallback, report_outcome
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
 from .process_outcomes import death_outcome, decode_results
-from .process_worker import FUNCTION_CACHE_SIZE
+from .process_worker import ASK_AFTER_SECONDS, FUNCTION_CACHE_SIZE
 
 # Work queued on each worker, in seconds of measured task time: enough that a worker never waits
 # for the next message (~0.1 ms round trip), small enough that tasks still balance at the end.
@@ -61,6 +61,15 @@ PREFETCH_SECONDS = 0.005
 MAX_PREFETCH_TASKS = 1024
 # Tasks longer than this are never queued behind another one on a worker (no prefetch).
 NO_PREFETCH_ABOVE_SECONDS = 0.05
+# Work stealing: a worker whose running task has not changed for this long (and at least
+# STUCK_FACTOR times its function's measured duration) is stuck behind a slow task: nothing more
+# is queued on it, and its queued tasks that were sent at least this long ago go back to the
+# pending queue for idle workers. Must exceed process_worker.ASK_AFTER_SECONDS by a margin
+# (see there): the worker asks before running a task that waited that long, so a task taken back
+# never runs twice. tests/test_engine_trust.py: instant results never wait behind a 8 s task.
+STEAL_AFTER_SECONDS = 0.05
+STUCK_FACTOR = 4.0
+assert STEAL_AFTER_SECONDS >= ASK_AFTER_SECONDS + 0.02, "see STEAL_AFTER_SECONDS"
 # A task whose caller stopped waiting (broke out of imap) may finish within this long; after
 # that its worker is stopped so the pool is free for the next call.
 ABANDONED_TASK_GRACE_SECONDS = 1.0
@@ -136,6 +145,7 @@ class ProcessBackend(Backend):
         supports_memory_limit=True,
         serializes=True,
         zero_copy=True,
+        recycles_workers=True,
     )
 
     def __init__(self, workers: int, **kwargs: Any) -> None:
@@ -323,6 +333,7 @@ class ProcessBackend(Backend):
                 self._run_commands()
                 if self._closing and self._finish_closing():
                     break
+                self._take_back_queued_tasks()
                 self._dispatch()
                 self._spawn_missing()
                 self._wait_for_events()
@@ -370,6 +381,8 @@ class ProcessBackend(Backend):
         deadlines = [self._stop_deadline] if self._stop_deadline is not None else []
         if self.memory_limit is not None and self._workers:
             deadlines.append(self._next_memory_check)
+        if self._steal_check_due():
+            deadlines.append(time.monotonic() + STEAL_AFTER_SECONDS / 2)
         for worker in self._workers.values():
             if worker.task_deadline is not None:
                 deadlines.append(worker.task_deadline)
@@ -481,6 +494,7 @@ class ProcessBackend(Backend):
         worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
         worker.slot_index = slot.index
         worker.memory_limit = self.memory_limit
+        worker.tasks_left = self.max_tasks_per_child
         self._next_worker_id += 1
         self._workers[worker.worker_id] = worker
         self._selector.register(worker.sock, selectors.EVENT_READ, (worker, "sock"))
@@ -504,6 +518,13 @@ class ProcessBackend(Backend):
             worker.kill_reason = reason
             worker.kill_deadline = time.monotonic() + TERM_GRACE_SECONDS
             worker.signal(signal.SIGTERM)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        """A worker that ran max_tasks_per_child= tasks exits; a fresh one takes its slot."""
+        worker.kill_reason = "retired"
+        worker.state = WorkerState.STOPPING
+        worker.kill_deadline = time.monotonic() + STOP_GRACE_SECONDS
+        self._send(worker, ("stop",))
 
     def _forget(self, worker: WorkerHandle) -> None:
         assert self._selector is not None
@@ -573,6 +594,71 @@ class ProcessBackend(Backend):
         if len(estimates) > MEASURED_FUNCTIONS:  # forget the function measured first
             del estimates[next(iter(estimates))]
 
+    # -- work stealing: no task waits behind a slow one while a worker is free -------------------
+
+    def _is_stuck(self, worker: WorkerHandle, now: float) -> bool:
+        """True if the worker's running task has run long past what its function usually takes
+        (from the slot's started number, refreshed here)."""
+        if not worker.in_flight or worker.slot is None:
+            return False
+        started = worker.started_seq()
+        if started != worker.seen_seq:
+            worker.seen_seq, worker.seen_at = started, now
+            return False
+        running, _ = next(iter(worker.in_flight.values()))
+        usual = self._task_seconds.get(running.function.key, 0.0)
+        return now - worker.seen_at >= max(STEAL_AFTER_SECONDS, STUCK_FACTOR * usual)
+
+    def _has_idle_worker(self) -> bool:
+        return any(
+            not w.in_flight and w.state is WorkerState.READY and w.kill_reason is None
+            for w in self._workers.values()
+        )
+
+    def _steal_check_due(self) -> bool:
+        """Whether the manager must wake up to look for stuck workers: a worker idles while
+        another holds queued tasks."""
+        if self._pending or self._closing:
+            return False
+        if not any(len(w.in_flight) > 1 for w in self._workers.values()):
+            return False
+        return self._has_idle_worker()
+
+    def _take_back_queued_tasks(self) -> None:
+        """Queued tasks of stuck workers go back to the front of the pending queue, if a worker
+        is idle to take them (the stuck worker will ask before it runs them: see
+        process_worker.ASK_AFTER_SECONDS)."""
+        if not self._steal_check_due():
+            return
+        now = time.monotonic()
+        sent_before = now - STEAL_AFTER_SECONDS
+        taken: list[tuple[Task, DoneCallback]] = []
+        for worker in self._workers.values():
+            if len(worker.in_flight) < 2 or not self._is_stuck(worker, now):
+                continue
+            started = worker.seen_seq
+            for task_id, (task, done) in list(worker.in_flight.items()):
+                if task.dispatch_seq > started and task.dispatch_time <= sent_before:
+                    del worker.in_flight[task_id]
+                    worker.stolen.add(task.dispatch_seq)
+                    taken.append((task, done))
+                    if worker.tasks_left is not None:
+                        worker.tasks_left += 1  # it will not run this one
+        if taken:
+            taken.sort(key=lambda entry: entry[0].task_id)  # submission order
+            self._pending.extendleft(reversed(taken))
+            if self.events is not None:
+                self.events.tasks_taken_back(len(taken))
+
+    def _answer_may_run(self, worker: WorkerHandle, seq: int) -> None:
+        """A worker asks before running a task that waited long in its queue: no if it was
+        given to another worker meanwhile."""
+        stolen = seq in worker.stolen
+        worker.stolen.discard(seq)
+        self._send(worker, ("may run", seq, not stolen))
+
+    # -- dispatch --------------------------------------------------------------------------------
+
     def _dispatch(self) -> None:
         try:
             self._dispatch_pending()
@@ -583,10 +669,16 @@ class ProcessBackend(Backend):
         pending = self._pending
         if not pending:
             return
+        now = time.monotonic()
         ready = [
             w
             for w in self._workers.values()
-            if w.state is WorkerState.READY and w.kill_reason is None and not w.exclusive
+            if w.state is WorkerState.READY
+            and w.kill_reason is None
+            and not w.exclusive
+            and not w.stolen  # it still owes answers about tasks taken back: stuck
+            and not (w.in_flight and self._is_stuck(w, now))
+            and w.tasks_left != 0
         ]
         ready.sort(key=lambda w: len(w.in_flight))
         for position, worker in enumerate(ready):
@@ -596,14 +688,13 @@ class ProcessBackend(Backend):
             batch: list[tuple[Any, ...]] = []
             fds: list[int] = []
             shared: list[tuple[int, Any]] = []
-            now = time.monotonic()
             budget_key, budget = -1, 0
             while room > 0 and pending:
                 task, done = pending[0]
                 if task.function.key != budget_key:
                     budget_key = task.function.key
                     budget = self._prefetch_budget(budget_key)
-                if len(worker.in_flight) >= budget:
+                if len(worker.in_flight) >= budget or worker.tasks_left == 0:
                     break
                 if task.timeout is not None and (batch or worker.in_flight):
                     break  # a task with a timeout runs alone, so its clock is its own
@@ -615,6 +706,8 @@ class ProcessBackend(Backend):
                     continue
                 batch.append(self._encode(worker, task, fds, shared))
                 worker.in_flight[task.task_id] = (task, done)
+                if worker.tasks_left is not None:
+                    worker.tasks_left -= 1
                 task.worker = worker.worker_id
                 room -= 1
                 if task.timeout is not None:
@@ -652,6 +745,9 @@ class ProcessBackend(Backend):
         if segment is not None and packed.pool is not None:
             self._segments.hold(segment)  # until this worker reports it released (or dies)
             worker.holding.append(segment)
+        worker.next_seq += 1
+        task.dispatch_seq = worker.next_seq
+        task.dispatch_time = time.monotonic()
         return (
             task.task_id,
             function.key,
@@ -660,6 +756,8 @@ class ProcessBackend(Backend):
             self._descriptor(packed, fds),
             task.first_index,
             task.seed,
+            task.dispatch_seq,
+            task.dispatch_time,
         )
 
     @staticmethod
@@ -774,6 +872,8 @@ class ProcessBackend(Backend):
                 self.events.worker_started(
                     worker.worker_id, worker.pid, time.monotonic() - worker.started_at
                 )
+        elif kind == "may run":
+            self._answer_may_run(worker, message[1])
         elif kind == "init_error":
             if self._broken is None:
                 self._broken = BrokenPoolError(
@@ -790,6 +890,8 @@ class ProcessBackend(Backend):
                 self._commands.append(("release", (worker.worker_id, payload[4])))
             return
         task, done = held
+        if worker.tasks_left == 0 and not worker.in_flight:
+            self._retire(worker)
         if task.timeout is not None:
             worker.exclusive = False
             worker.task_deadline = None

@@ -79,6 +79,14 @@ class WorkerHandle:
         self.peak_rss = 0
         self.memory_limit: int | None = None  # the pool's memory_limit=, for messages
         self.sock_open = True
+        # Work stealing (process.py): tasks are numbered in the order this worker will run them;
+        # the slot says the last number it started. Queued tasks taken back from it are
+        # remembered until it asks about them ("may run").
+        self.next_seq = 0
+        self.tasks_left: int | None = None  # before it retires (max_tasks_per_child=)
+        self.stolen: set[int] = set()
+        self.seen_seq = 0  # the last started number seen in the slot, and since when
+        self.seen_at = time.monotonic()
 
     @classmethod
     def start(cls, worker_id: int, watchdog_fd: int, env: dict[str, str]) -> WorkerHandle:
@@ -116,6 +124,10 @@ class WorkerHandle:
 
     def current_task_id(self) -> int:
         return SLOT.unpack_from(self.slot, 0)[0] if self.slot is not None else 0
+
+    def started_seq(self) -> int:
+        """The queue number of the last task this worker started."""
+        return SLOT.unpack_from(self.slot, 0)[1] if self.slot is not None else 0
 
     def signal(self, signum: int) -> None:
         """Signal the worker and its process group (anything its tasks started)."""

@@ -50,7 +50,18 @@ from .failures import exception_record, unpicklable_result_record
 from .shm import SegmentPool
 from .wire import MAX_FDS_PER_FRAME
 
-SLOT = struct.Struct("<q")
+# The "current task" slot: (id of the task running, or 0; sequence number of the last task this
+# worker started). The caller reads the id when the worker dies (whom to blame) and the sequence
+# number to know which queued tasks have not started, so it may take them back (see ASK_AFTER).
+SLOT = struct.Struct("<qq")
+
+# A queued task that waited at least this long since the caller sent it asks the caller before
+# it starts ("may run"); the caller may meanwhile have given it to an idle worker (work
+# stealing). A task that waited less never asks: the caller only takes back tasks older than
+# process.STEAL_AFTER_SECONDS, and the margin between the two makes sure the caller sees this
+# worker's slot write for any task it started without asking. Short waits are the common case,
+# so the round trip is paid only behind a slow task.
+ASK_AFTER_SECONDS = 0.02
 
 # Results are sent at least this often while a batch of tasks runs, so that a caller sees them
 # stream back and can refill this worker's queue before it runs dry. Larger: fewer messages;
@@ -108,6 +119,12 @@ class Worker:
     def __init__(self, sock: socket.socket, slot: mmap.mmap | None) -> None:
         self.sock = sock
         self.slot = slot
+        # The main thread runs tasks; the flusher thread sends results that would otherwise wait
+        # behind a slow next task. This lock guards the outbox and every send on the socket.
+        # Reentrant: a garbage-collection callback (on_unmapped) may run while it is held.
+        self.lock = threading.RLock()
+        self.results_waiting = threading.Event()  # set when the outbox becomes non-empty
+        self.answers: dict[int, bool] = {}  # replies to "may run", by sequence number
         self.functions: OrderedDict[int, Any] = OrderedDict()
         self.outbox: list[tuple[Any, ...]] = []
         self.outbox_segments = 0  # fds the next results message will carry
@@ -122,9 +139,40 @@ class Worker:
     def send(self, message: Any, fds: list[int] | None = None) -> None:
         from .wire import send_frame
 
-        send_frame(self.sock, pickle.dumps(message, pickle.HIGHEST_PROTOCOL), fds)
+        with self.lock:
+            send_frame(self.sock, pickle.dumps(message, pickle.HIGHEST_PROTOCOL), fds)
+
+    def post(self, entry: tuple[Any, ...], segment: bool = False) -> None:
+        """Queue a task's reply for the next results message (sent now if it is full)."""
+        with self.lock:
+            self.outbox.append(entry)
+            if len(self.outbox) == 1:
+                self.results_waiting.set()
+            if segment:
+                self.outbox_segments += 1
+                if self.outbox_segments >= MAX_FDS_PER_FRAME:
+                    self._flush_locked()
+
+    def flush_late(self) -> None:
+        """The flusher thread: results older than RESULT_FLUSH_SECONDS go out even while the
+        main thread is busy with a long task (one finished at +0 s is not held until +5 s)."""
+        while True:
+            self.results_waiting.wait()
+            time.sleep(RESULT_FLUSH_SECONDS)
+            with self.lock:
+                self.results_waiting.clear()
+                if self.outbox and time.monotonic() - self.last_flush >= RESULT_FLUSH_SECONDS:
+                    self._flush_locked()
+                elif self.outbox:
+                    self.results_waiting.set()  # the main thread flushed a moment ago: later
 
     def flush(self) -> None:
+        with self.lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        from .wire import send_frame
+
         if self.outbox:
             fds: list[int] = []
             entries = []
@@ -137,7 +185,8 @@ class Worker:
                     values = values.descriptor(len(fds) - 1)
                 entries.append((task_id, status, start, end, values, failures))
             released, self.released = self.released, []
-            self.send(("results", entries, _peak_rss(), released), fds)
+            message = ("results", entries, _peak_rss(), released)
+            send_frame(self.sock, pickle.dumps(message, pickle.HIGHEST_PROTOCOL), fds)
             self.outbox = []
             for packed in sent:
                 self.lend(packed)
@@ -160,7 +209,8 @@ class Worker:
                 packed.release()
 
     def on_unmapped(self, segment_id: int) -> None:
-        self.released.append(segment_id)  # reported to the caller with the next results
+        with self.lock:  # the flusher thread swaps the list out
+            self.released.append(segment_id)  # reported to the caller with the next results
 
     def resolve_function(self, key: int, payload: Any) -> Any:
         functions = self.functions
@@ -209,12 +259,17 @@ class Worker:
     def run_task(self, spec: tuple[Any, ...]) -> None:
         from ..engine.execute import run_chunk
 
-        task_id, fn_key, fn_payload, kind, payload, first_index, seed = spec
+        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at = spec
         if self.slot is not None:  # from here on, a crash is this task's doing
-            SLOT.pack_into(self.slot, 0, task_id)
-        fn = self.resolve_function(fn_key, fn_payload)
+            SLOT.pack_into(self.slot, 0, task_id, seq)
+        fn = self.resolve_function(fn_key, fn_payload)  # cached even if the task is not run
+        # The clock is read after the slot write: see ASK_AFTER_SECONDS.
+        if time.monotonic() - sent_at >= ASK_AFTER_SECONDS and not self.may_run(seq):
+            if self.slot is not None:
+                SLOT.pack_into(self.slot, 0, 0, seq)  # taken back: nothing of ours runs
+            return
         if isinstance(fn, _Unreadable):
-            self.outbox.append((task_id, "unreadable function", 0.0, 0.0, fn.message, ()))
+            self.post((task_id, "unreadable function", 0.0, 0.0, fn.message, ()))
             return
         try:
             items = _unpack(payload)
@@ -223,20 +278,27 @@ class Worker:
                 f"the task's arguments could not be unpickled in the worker: "
                 f"{type(exc).__name__}: {exc}"
             )
-            self.outbox.append((task_id, "unreadable argument", 0.0, 0.0, message, ()))
+            self.post((task_id, "unreadable argument", 0.0, 0.0, message, ()))
             return
         del payload, spec  # the task's segment is released once the items are gone
         run = run_chunk(fn, kind, items, first_index, seed, catch_interrupt=True)
         del items
         failures = [exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
         values_payload = _encode_values(run.values, failures, self.pool)
-        self.outbox.append(
-            (task_id, "done", run.start_time, run.end_time, values_payload, failures)
+        self.post(
+            (task_id, "done", run.start_time, run.end_time, values_payload, failures),
+            segment=values_payload.segment is not None,
         )
-        if values_payload.segment is not None:
-            self.outbox_segments += 1
-            if self.outbox_segments >= MAX_FDS_PER_FRAME:
-                self.flush()
+
+    def may_run(self, seq: int) -> bool:
+        """Ask the caller whether this long-queued task is still ours (it may have been given to
+        an idle worker meanwhile); other messages are handled while the answer comes."""
+        self.flush()  # results finished before this task should not wait for the answer
+        self.send(("may run", seq))
+        while seq not in self.answers:
+            if not self.receive():
+                raise EOFError
+        return self.answers.pop(seq)
 
     def serve(self) -> None:
         import select
@@ -252,9 +314,9 @@ class Worker:
                     return
                 try:
                     self.run_task(spec)
-                    del spec
                     if self.slot is not None:
-                        SLOT.pack_into(self.slot, 0, 0)
+                        SLOT.pack_into(self.slot, 0, 0, spec[7])
+                    del spec
                     if time.monotonic() - self.last_flush >= RESULT_FLUSH_SECONDS:
                         self.flush()
                     # Read ahead: a "release" queued behind the next tasks lets this worker
@@ -294,14 +356,16 @@ class Worker:
             self.mappings.forget(message[1])
         elif kind == "drop function":
             self.functions.pop(message[1], None)
+        elif kind == "may run":
+            self.answers[message[1]] = message[2]
         return True
 
     def prepare(self, spec: tuple[Any, ...], fds: list[int]) -> tuple[Any, ...]:
-        task_id, fn_key, fn_payload, kind, payload, first_index, seed = spec
+        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at = spec
         if fn_payload is not None:
             fn_payload = self.map_segments(fn_payload, fds, report=False)
         payload = self.map_segments(payload, fds, report=True)
-        return (task_id, fn_key, fn_payload, kind, payload, first_index, seed)
+        return (task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at)
 
 
 _UNRESOLVED: Any = object()
@@ -377,5 +441,6 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
 
             worker.send(("init_error", f"{type(exc).__name__}: {exc}", short_traceback(exc)))
             sys.exit(3)
+    threading.Thread(target=worker.flush_late, name="forkjoin-flusher", daemon=True).start()
     worker.send(("ready", os.getpid()))
     worker.serve()

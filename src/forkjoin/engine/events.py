@@ -72,6 +72,7 @@ class Stats:
     tasks_done: int = 0
     tasks_failed: int = 0
     tasks_retried: int = 0
+    tasks_taken_back: int = 0  # queued behind a slow task, given to an idle worker instead
     items_done: int = 0
     worker_crashes: int = 0
     timeouts: int = 0
@@ -134,6 +135,10 @@ class EventLog:
 
     # -- the EventSink protocol for backends -----------------------------------------------------
 
+    def tasks_taken_back(self, count: int) -> None:
+        """A backend moved ``count`` queued tasks from a busy worker to idle ones."""
+        self._fresh_events.append(("taken back", count))
+
     def data_shared(self, nbytes: int) -> None:
         """A backend copied ``nbytes`` once to serve many tasks (an ``fj.shared`` object)."""
         self._fresh_events.append(("shared", nbytes))
@@ -166,6 +171,8 @@ class EventLog:
                     stats.tasks_retried += 1
                 elif kind == "shared":
                     stats.bytes_shared += record
+                elif kind == "taken back":
+                    stats.tasks_taken_back += record
                 else:
                     stats.tasks_failed += 1
 

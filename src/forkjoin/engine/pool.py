@@ -120,6 +120,7 @@ class Pool(Executor):
         resources_per_worker: dict[str, Any] | None = None,
         gpus: Sequence[int] | None = None,
         prefetch: int = 1,
+        max_tasks_per_child: int | None = None,
         **options: Any,
     ) -> None:
         """``resources_per_worker={"gpu": 1, "cpu": 4, "memory": "8GB"}`` shapes each worker
@@ -127,7 +128,13 @@ class Pool(Executor):
         the machine holds; ``resources`` is the default request of each task (and shapes the
         workers when ``resources_per_worker`` is not given). ``prefetch=2`` queues a second
         task on each worker so its inputs arrive while the first runs; ``gpus=[0, 2]`` narrows
-        the GPUs the pool may use."""
+        the GPUs the pool may use; ``max_tasks_per_child=N`` replaces each worker after it ran
+        N tasks (``ProcessPoolExecutor``'s option: bounds what leaky code accumulates)."""
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child < 1:
+                raise ValueError("max_tasks_per_child must be >= 1")
         self.options = options_from(
             workers=workers, backend=backend, resources=resources, **options
         )
@@ -144,11 +151,17 @@ class Pool(Executor):
             memory_limit=memory_limit,
             slots=slots,
             prefetch=prefetch,
+            max_tasks_per_child=max_tasks_per_child,
             **backend_connection(self.options),
         )
         self.workers = self._backend.workers  # a cluster backend sizes itself to the cluster
         try:
             check_supported(self._backend, self.options)
+            if max_tasks_per_child is not None and not self._backend.capabilities.recycles_workers:
+                raise ValueError(
+                    f"max_tasks_per_child= needs a backend that replaces its workers; the "
+                    f"{self.backend_name!r} backend cannot: use backend='process'"
+                )
         except BaseException:
             self._backend.shutdown(wait=False)  # refused: leave nothing behind
             raise

@@ -116,9 +116,10 @@ class Task:
     __slots__ = (
         "function", "kind", "items", "first_index", "attempt", "timeout", "seed", "resources",
         "future", "task_id", "cancelled", "claimed", "resent",
-        # Filled by the backend: the encoded items, where and when the task ran, bytes moved.
+        # Filled by the backend: the encoded items, where and when the task ran, bytes moved,
+        # and (process backend) its place in its worker's queue and when it was sent there.
         "payload", "worker", "submit_time", "start_time", "end_time", "bytes_sent",
-        "bytes_received",
+        "bytes_received", "dispatch_seq", "dispatch_time",
     )  # fmt: skip
 
     def __init__(
@@ -154,6 +155,8 @@ class Task:
         self.end_time = 0.0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.dispatch_seq = 0
+        self.dispatch_time = 0.0
 
     def __repr__(self) -> str:
         return (
