@@ -432,7 +432,7 @@ def hoard_mib_after_returning(mib: int) -> int:
     return os.getpid()
 
 
-# -- exceptions that are hard to rebuild (issue 15) -------------------------------------------------
+# -- exceptions that are hard to rebuild (issue 15) ----------------------------------------------
 
 
 def raise_called_process_error(_x=None):

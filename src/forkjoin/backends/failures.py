@@ -19,9 +19,8 @@ FailureRecord = tuple[int, "bytes | None", str, str, str]
 
 def exception_record(position: int, exc: BaseException, tb_text: str) -> FailureRecord:
     """A worker's record of item ``position`` raising ``exc``."""
-    from .wire import dumps
-
     from ..errors import portable_exception
+    from .wire import dumps
 
     payload: bytes | None
     try:

@@ -22,7 +22,9 @@ Why this shape:
   for the next message, but no more: slow tasks still balance across workers, and a function not
   yet measured is never queued behind another task (its future stays cancellable).
 
-Around this module: ``process_handle.py`` starts, signals and reaps one worker;
+Around this module: ``process_dispatch.py`` decides which task goes to which worker (prefetch,
+work stealing); ``process_lifecycle.py`` starts workers, enforces deadlines and memory limits,
+and handles deaths and shutdown; ``process_handle.py`` starts, signals and reaps one worker;
 ``process_worker.py`` is the worker's side; ``process_outcomes.py`` turns replies and deaths into
 task outcomes; ``wire.py`` frames what crosses the socket; ``buffers.py`` pickles it, putting
 large buffers in shared-memory segments (``shm.py``) that travel as file descriptors.
@@ -37,7 +39,6 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-import sys
 import threading
 import time
 import weakref
@@ -45,45 +46,17 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-from ..engine.resources import Slot
 from ..engine.shared import Shared
 from ..engine.task import Status, Task, TaskOutcome
 from ..errors import BrokenPoolError, SerializationError
 from . import buffers, shm, wire
 from .base import Backend, Capabilities, DoneCallback, report_outcome
-from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
-from .process_outcomes import death_outcome, decode_results
-from .process_worker import ASK_AFTER_SECONDS, FUNCTION_CACHE_SIZE
+from .process_dispatch import STEAL_AFTER_SECONDS, Dispatcher, _release
+from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState
+from .process_lifecycle import ABANDONED_TASK_GRACE_SECONDS, WorkerLifecycle
+from .process_outcomes import decode_results
 
-# Work queued on each worker, in seconds of measured task time: enough that a worker never waits
-# for the next message (~0.1 ms round trip), small enough that tasks still balance at the end.
-PREFETCH_SECONDS = 0.005
-MAX_PREFETCH_TASKS = 1024
-# Tasks longer than this are never queued behind another one on a worker (no prefetch).
-NO_PREFETCH_ABOVE_SECONDS = 0.05
-# Work stealing: a worker whose running task has not changed for this long (and at least
-# STUCK_FACTOR times its function's measured duration) is stuck behind a slow task: nothing more
-# is queued on it, and its queued tasks that were sent at least this long ago go back to the
-# pending queue for idle workers. Must exceed process_worker.ASK_AFTER_SECONDS by a margin
-# (see there): the worker asks before running a task that waited that long, so a task taken back
-# never runs twice. tests/test_engine_trust.py: instant results never wait behind a 8 s task.
-STEAL_AFTER_SECONDS = 0.05
-STUCK_FACTOR = 4.0
-assert STEAL_AFTER_SECONDS >= ASK_AFTER_SECONDS + 0.02, "see STEAL_AFTER_SECONDS"
-# A task whose caller stopped waiting (broke out of imap) may finish within this long; after
-# that its worker is stopped so the pool is free for the next call.
-ABANDONED_TASK_GRACE_SECONDS = 1.0
-# At shutdown, workers get a stop message, then SIGKILL after this long.
-STOP_GRACE_SECONDS = 2.0
-# This many workers in a row dying before they are ready means they cannot start at all.
-MAX_FAILED_STARTS = 3
-# How often worker memory is read when memory_limit= is set (and a task is running): a task is
-# stopped within this long of crossing the limit. /proc reads cost ~20 us per worker.
-MEMORY_CHECK_SECONDS = 0.05
-# Functions whose task duration is remembered (the oldest is forgotten first).
-MEASURED_FUNCTIONS = 256
-# Smoothing of the measured task duration that sets each worker's prefetch budget.
-DURATION_SMOOTHING = 0.2
+__all__ = ["ProcessBackend", "STEAL_AFTER_SECONDS", "TERM_GRACE_SECONDS"]
 
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 _shared_lock = threading.Lock()
@@ -135,7 +108,7 @@ import atexit  # noqa: E402  (registered once, next to the function it calls)
 atexit.register(_shutdown_all_at_exit)
 
 
-class ProcessBackend(Backend):
+class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
     """Local worker processes; see the module docstring for the data flow."""
 
     name = "process"
@@ -394,42 +367,6 @@ class ProcessBackend(Backend):
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
-    def _check_deadlines(self) -> None:
-        now = time.monotonic()
-        for worker in list(self._workers.values()):
-            if worker.kill_deadline is not None and now >= worker.kill_deadline:
-                worker.signal(signal.SIGKILL)
-                worker.kill_deadline = None
-            if worker.abandon_deadline is not None and now >= worker.abandon_deadline:
-                worker.abandon_deadline = None
-                if any(task.cancelled for task, _ in worker.in_flight.values()):
-                    self._kill(worker, "cancelled")
-            if worker.task_deadline is not None and now >= worker.task_deadline:
-                worker.task_deadline = None
-                self._kill(worker, "timeout")
-        if self.memory_limit is not None and now >= self._next_memory_check:
-            self._next_memory_check = now + MEMORY_CHECK_SECONDS
-            self._check_memory(self.memory_limit)
-        if self._stop_deadline is not None and now >= self._stop_deadline:
-            self._stop_deadline = None
-            for worker in self._workers.values():
-                worker.signal(signal.SIGKILL)
-
-    def _check_memory(self, limit: int) -> None:
-        """Stop the task that pushed its worker past the limit; recycle an idle worker over it."""
-        for worker in list(self._workers.values()):
-            if worker.kill_reason is not None or worker.state is not WorkerState.READY:
-                continue
-            rss = worker.resident_memory()
-            worker.peak_rss = max(worker.peak_rss, rss)
-            if rss <= limit:
-                continue
-            if worker.in_flight:
-                worker.kill_reason = "memory"
-                worker.signal(signal.SIGKILL)  # it is still growing: no grace period
-            else:
-                self._kill(worker, "recycle")  # holds memory between tasks: replace it
-
     def _run_commands(self) -> None:
         releases: dict[int, list[int]] = {}
         forgotten: set[int] = set()
@@ -472,344 +409,6 @@ class ProcessBackend(Backend):
                 if drop and worker.state is WorkerState.READY:
                     worker.shared_sent -= drop
                     self._send(worker, ("forget", list(drop)))
-
-    # -- starting and stopping workers -----------------------------------------------------------
-
-    def _spawn_missing(self) -> None:
-        """Keep the pool at full strength; while closing, only as needed to finish the queue."""
-        if self._broken is not None or (self._closing and not self._pending):
-            return
-        if len(self._workers) >= self.workers:
-            return
-        taken = {worker.slot_index for worker in self._workers.values()}
-        for slot in self.slots:
-            if slot.index not in taken:  # a replacement takes the dead worker's GPUs
-                self._spawn(slot)
-
-    def _spawn(self, slot: Slot) -> None:
-        assert self._selector is not None and self._watchdog_r is not None
-        env = self._envs.get(slot.index)
-        if env is None:
-            env = self._envs[slot.index] = worker_environment(slot, self._depth)
-        worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
-        worker.slot_index = slot.index
-        worker.memory_limit = self.memory_limit
-        worker.tasks_left = self.max_tasks_per_child
-        self._next_worker_id += 1
-        self._workers[worker.worker_id] = worker
-        self._selector.register(worker.sock, selectors.EVENT_READ, (worker, "sock"))
-        if worker.pidfd >= 0:
-            self._selector.register(worker.pidfd, selectors.EVENT_READ, (worker, "pid"))
-        fds: list[int] = []
-        shared: list[tuple[int, Any]] = []
-        init_payload = None
-        if self._init_payload is not None:
-            self._attach_shared(worker, self._init_payload.handles, shared, fds)
-            init_payload = self._descriptor(self._init_payload, fds)
-        init = (
-            "init", worker.worker_id, list(sys.path), self._depth, init_payload, shared,
-            slot.device, slot.gpu_ids, _authkey(),
-        )  # fmt: skip
-        self._send(worker, init, fds)
-
-    def _kill(self, worker: WorkerHandle, reason: str) -> None:
-        """Stop a worker (SIGTERM, then SIGKILL after a grace period)."""
-        if worker.kill_reason is None:
-            worker.kill_reason = reason
-            worker.kill_deadline = time.monotonic() + TERM_GRACE_SECONDS
-            worker.signal(signal.SIGTERM)
-
-    def _retire(self, worker: WorkerHandle) -> None:
-        """A worker that ran max_tasks_per_child= tasks exits; a fresh one takes its slot."""
-        worker.kill_reason = "retired"
-        worker.state = WorkerState.STOPPING
-        worker.kill_deadline = time.monotonic() + STOP_GRACE_SECONDS
-        self._send(worker, ("stop",))
-
-    def _forget(self, worker: WorkerHandle) -> None:
-        assert self._selector is not None
-        self._workers.pop(worker.worker_id, None)
-        for fileobj in (worker.sock, worker.pidfd):
-            try:
-                self._selector.unregister(fileobj)
-            except (KeyError, ValueError):
-                pass
-        worker.close()
-
-    def _on_death(self, worker: WorkerHandle) -> None:
-        """A worker exited: blame the task it was running, requeue the others it held."""
-        if worker.worker_id not in self._workers:
-            return
-        if worker.sock_open:
-            self._read(worker, dying=True)  # results it sent before dying still count
-        exitcode = worker.reap()
-        self._drop_holdings(worker)
-        blamed_id = worker.current_task_id()
-        if not blamed_id and worker.in_flight and worker.slot is None:
-            blamed_id = next(iter(worker.in_flight))
-        self._forget(worker)
-        if self.events is not None:
-            self.events.worker_exited(worker.worker_id, worker.pid, exitcode, worker.peak_rss)
-        if worker.state is WorkerState.STARTING and worker.kill_reason is None:
-            self._failed_starts += 1
-            if self._failed_starts >= MAX_FAILED_STARTS and self._broken is None:
-                self._broken = BrokenPoolError(
-                    f"worker processes exit during start-up (last exit code {exitcode}); see "
-                    f"their output above. Is forkjoin importable by {sys.executable}?"
-                )
-                self._fail_everything(self._broken)
-        requeue = []
-        for task_id, (task, done) in worker.in_flight.items():
-            if worker.kill_reason == "cancelled" and task.cancelled:
-                _release(task)
-                continue
-            if worker.kill_reason == "shutdown":
-                self._report(task, done, TaskOutcome(Status.CANCELLED))
-            elif task_id == blamed_id:
-                self._report(task, done, death_outcome(worker, task, exitcode))
-            else:
-                requeue.append((task, done))
-        for task, done in reversed(requeue):
-            self._repack(task)
-            self._pending.appendleft((task, done))
-
-    # -- moving tasks and results ----------------------------------------------------------------
-
-    def _prefetch_budget(self, function_key: int) -> int:
-        """Tasks of this function a worker may hold (running + queued), from their measured
-        duration; 1 until measured, so an unknown (maybe slow) function is never queued."""
-        seconds = self._task_seconds.get(function_key)
-        if seconds is None or seconds >= NO_PREFETCH_ABOVE_SECONDS:
-            return self.prefetch
-        return max(2, self.prefetch, min(MAX_PREFETCH_TASKS, int(PREFETCH_SECONDS / seconds)))
-
-    def _measure(self, function_key: int, seconds: float) -> None:
-        """Fold one task's duration into its function's running estimate."""
-        estimates = self._task_seconds
-        previous = estimates.get(function_key)
-        if previous is not None:
-            estimates[function_key] = previous + DURATION_SMOOTHING * (seconds - previous)
-            return
-        estimates[function_key] = seconds
-        if len(estimates) > MEASURED_FUNCTIONS:  # forget the function measured first
-            del estimates[next(iter(estimates))]
-
-    # -- work stealing: no task waits behind a slow one while a worker is free -------------------
-
-    def _is_stuck(self, worker: WorkerHandle, now: float) -> bool:
-        """True if the worker's running task has run long past what its function usually takes
-        (from the slot's started number, refreshed here)."""
-        if not worker.in_flight or worker.slot is None:
-            return False
-        started = worker.started_seq()
-        if started != worker.seen_seq:
-            worker.seen_seq, worker.seen_at = started, now
-            return False
-        running, _ = next(iter(worker.in_flight.values()))
-        usual = self._task_seconds.get(running.function.key, 0.0)
-        return now - worker.seen_at >= max(STEAL_AFTER_SECONDS, STUCK_FACTOR * usual)
-
-    def _has_idle_worker(self) -> bool:
-        return any(
-            not w.in_flight and w.state is WorkerState.READY and w.kill_reason is None
-            for w in self._workers.values()
-        )
-
-    def _steal_check_due(self) -> bool:
-        """Whether the manager must wake up to look for stuck workers: a worker idles while
-        another holds queued tasks."""
-        if self._pending or self._closing:
-            return False
-        if not any(len(w.in_flight) > 1 for w in self._workers.values()):
-            return False
-        return self._has_idle_worker()
-
-    def _take_back_queued_tasks(self) -> None:
-        """Queued tasks of stuck workers go back to the front of the pending queue, if a worker
-        is idle to take them (the stuck worker will ask before it runs them: see
-        process_worker.ASK_AFTER_SECONDS)."""
-        if not self._steal_check_due():
-            return
-        now = time.monotonic()
-        sent_before = now - STEAL_AFTER_SECONDS
-        taken: list[tuple[Task, DoneCallback]] = []
-        for worker in self._workers.values():
-            if len(worker.in_flight) < 2 or not self._is_stuck(worker, now):
-                continue
-            started = worker.seen_seq
-            for task_id, (task, done) in list(worker.in_flight.items()):
-                if task.dispatch_seq > started and task.dispatch_time <= sent_before:
-                    del worker.in_flight[task_id]
-                    worker.stolen.add(task.dispatch_seq)
-                    taken.append((task, done))
-                    if worker.tasks_left is not None:
-                        worker.tasks_left += 1  # it will not run this one
-        if taken:
-            taken.sort(key=lambda entry: entry[0].task_id)  # submission order
-            self._pending.extendleft(reversed(taken))
-            if self.events is not None:
-                self.events.tasks_taken_back(len(taken))
-
-    def _answer_may_run(self, worker: WorkerHandle, seq: int) -> None:
-        """A worker asks before running a task that waited long in its queue: no if it was
-        given to another worker meanwhile."""
-        stolen = seq in worker.stolen
-        worker.stolen.discard(seq)
-        self._send(worker, ("may run", seq, not stolen))
-
-    # -- dispatch --------------------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        try:
-            self._dispatch_pending()
-        finally:
-            self._pending_after_dispatch = len(self._pending)
-
-    def _dispatch_pending(self) -> None:
-        pending = self._pending
-        if not pending:
-            return
-        now = time.monotonic()
-        ready = [
-            w
-            for w in self._workers.values()
-            if w.state is WorkerState.READY
-            and w.kill_reason is None
-            and not w.exclusive
-            and not w.stolen  # it still owes answers about tasks taken back: stuck
-            and not (w.in_flight and self._is_stuck(w, now))
-            and w.tasks_left != 0
-        ]
-        ready.sort(key=lambda w: len(w.in_flight))
-        for position, worker in enumerate(ready):
-            # An even share of what is waiting, so a burst of tasks is not all queued on the
-            # first idle worker while the others stay idle.
-            room = -(-len(pending) // (len(ready) - position))
-            batch: list[tuple[Any, ...]] = []
-            fds: list[int] = []
-            shared: list[tuple[int, Any]] = []
-            budget_key, budget = -1, 0
-            while room > 0 and pending:
-                task, done = pending[0]
-                if task.function.key != budget_key:
-                    budget_key = task.function.key
-                    budget = self._prefetch_budget(budget_key)
-                if len(worker.in_flight) >= budget or worker.tasks_left == 0:
-                    break
-                if task.timeout is not None and (batch or worker.in_flight):
-                    break  # a task with a timeout runs alone, so its clock is its own
-                if fds and len(fds) + _fds_needed(task) > wire.MAX_FDS_PER_FRAME:
-                    break
-                pending.popleft()
-                if not task.claim():
-                    _release(task)
-                    continue
-                batch.append(self._encode(worker, task, fds, shared))
-                worker.in_flight[task.task_id] = (task, done)
-                if worker.tasks_left is not None:
-                    worker.tasks_left -= 1
-                task.worker = worker.worker_id
-                room -= 1
-                if task.timeout is not None:
-                    worker.exclusive = True
-                    worker.task_deadline = now + task.timeout
-                    break
-            if batch:
-                self._send(worker, ("tasks", batch, shared), fds)
-            if not pending:
-                return
-
-    def _encode(
-        self,
-        worker: WorkerHandle,
-        task: Task,
-        fds: list[int],
-        shared: list[tuple[int, Any]],
-    ) -> tuple[Any, ...]:
-        """The task as the worker receives it; the fds it needs are appended to ``fds``."""
-        function = task.function
-        functions = worker.functions
-        function_payload = None
-        if function.key in functions:
-            functions.move_to_end(function.key)
-        else:
-            functions[function.key] = None
-            if len(functions) > FUNCTION_CACHE_SIZE:
-                functions.popitem(last=False)
-            self._attach_shared(worker, function.payload.handles, shared, fds)
-            function_payload = self._descriptor(function.payload, fds)
-        packed: buffers.Packed = task.payload
-        if packed.handles:
-            self._attach_shared(worker, packed.handles, shared, fds)
-        segment = packed.segment
-        if segment is not None and packed.pool is not None:
-            self._segments.hold(segment)  # until this worker reports it released (or dies)
-            worker.holding.append(segment)
-        worker.next_seq += 1
-        task.dispatch_seq = worker.next_seq
-        task.dispatch_time = time.monotonic()
-        return (
-            task.task_id,
-            function.key,
-            function_payload,
-            int(task.kind),
-            self._descriptor(packed, fds),
-            task.first_index,
-            task.seed,
-            task.dispatch_seq,
-            task.dispatch_time,
-        )
-
-    @staticmethod
-    def _descriptor(packed: buffers.Packed, fds: list[int]) -> tuple[Any, ...]:
-        if packed.segment is None:
-            return packed.descriptor(-1)
-        fds.append(packed.segment.fd)
-        return packed.descriptor(len(fds) - 1)
-
-    def _attach_shared(
-        self,
-        worker: WorkerHandle,
-        handles: tuple[Shared[Any], ...],
-        shared: list[tuple[int, Any]],
-        fds: list[int],
-    ) -> None:
-        """fj.shared objects this worker has not been sent yet go with this message."""
-        for handle in handles:
-            if handle.shared_id in worker.shared_sent:
-                continue
-            packed: buffers.Packed = handle.transport
-            self._attach_shared(worker, packed.handles, shared, fds)
-            worker.shared_sent.add(handle.shared_id)
-            shared.append((handle.shared_id, self._descriptor(packed, fds)))
-
-    def _repack(self, task: Task) -> None:
-        """A task that goes to another worker gets a fresh copy of its arguments: the dead
-        worker may have written to the segment it mapped (tasks may modify their arguments)."""
-        payload = task.payload
-        if isinstance(payload, buffers.Packed) and payload.segment is not None:
-            payload.release()
-            task.payload = buffers.pack(task.items, self._segments)
-
-    def _drop_holdings(self, worker: WorkerHandle) -> None:
-        """A dead worker maps nothing any more."""
-        for segment in worker.holding:
-            self._segments.drop(segment)
-        worker.holding.clear()
-
-    def _released_by(self, worker: WorkerHandle, segment_ids: list[int]) -> None:
-        """The worker's last views of these argument segments are gone."""
-        if not segment_ids:
-            return
-        released = set(segment_ids)
-        keep = []
-        for segment in worker.holding:
-            if segment.segment_id in released:
-                released.discard(segment.segment_id)
-                self._segments.drop(segment)
-            else:
-                keep.append(segment)
-        worker.holding[:] = keep
 
     def _send(self, worker: WorkerHandle, message: Any, fds: list[int] | None = None) -> None:
         assert self._selector is not None
@@ -916,53 +515,6 @@ class ProcessBackend(Backend):
             return
         report_outcome(done, task, outcome)
 
-    # -- failing, closing ------------------------------------------------------------------------
-
-    def _fail_everything(self, error: BaseException) -> None:
-        """Every task this backend holds ends with ``error`` (a broken pool, a manager bug)."""
-        outcome = TaskOutcome(Status.FAILED, error=error)
-        while self._pending:
-            task, done = self._pending.popleft()
-            self._report(task, done, outcome)
-        for worker in list(self._workers.values()):
-            for task, callback in list(worker.in_flight.values()):
-                self._report(task, callback, outcome)
-            worker.in_flight.clear()
-            self._kill(worker, "broken")
-
-    def _finish_closing(self) -> bool:
-        """Progress the shutdown; True once every worker is gone."""
-        if self._cancel_pending:
-            while self._pending:
-                task, done = self._pending.popleft()
-                self._report(task, done, TaskOutcome(Status.CANCELLED))
-            for worker in self._workers.values():
-                if worker.in_flight:
-                    self._kill(worker, "shutdown")
-        pending = self._pending  # nobody waits for cancelled tasks: drop them, stop running ones
-        for _ in range(len(pending)):
-            entry = pending.popleft()
-            if entry[0].cancelled:
-                _release(entry[0])
-            else:
-                pending.append(entry)
-        for worker in self._workers.values():
-            if worker.in_flight and all(t.cancelled for t, _ in worker.in_flight.values()):
-                self._kill(worker, "cancelled")
-        if self._pending or any(w.in_flight for w in self._workers.values()):
-            return False
-        if not self._workers:
-            return True
-        if self._stop_deadline is None:
-            self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
-            for worker in self._workers.values():
-                if worker.state is WorkerState.READY:
-                    worker.state = WorkerState.STOPPING
-                    self._send(worker, ("stop",))
-                else:
-                    self._kill(worker, "shutdown")
-        return False
-
     def _teardown(self) -> None:
         for worker in list(self._workers.values()):
             worker.signal(signal.SIGKILL)
@@ -985,25 +537,3 @@ class ProcessBackend(Backend):
                     pass
 
 
-def _authkey() -> bytes:
-    """The caller's multiprocessing authkey: workers take it on, so ``multiprocessing.Manager``
-    proxies passed to tasks or ``initargs`` authenticate as they do in the standard library's
-    pools (whose children inherit it)."""
-    import multiprocessing
-
-    return bytes(multiprocessing.current_process().authkey)
-
-
-def _release(task: Task) -> None:
-    """The task will not be sent again: its argument segment may go back to the pool. Runs for
-    every task, so it only looks at an attribute unless there is a pooled segment."""
-    payload = task.payload
-    if payload is not None and payload.pool is not None:
-        payload.release()
-
-
-def _fds_needed(task: Task) -> int:
-    """Most fds a task can add to a message (its segment, its function's, fj.shared objects)."""
-    payload = task.payload
-    handles = len(payload.handles) if isinstance(payload, buffers.Packed) else 0
-    return 2 + handles

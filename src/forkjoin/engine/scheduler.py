@@ -8,7 +8,7 @@
     Task(chunk, fn, attempt) ──submit──> backend ──runs──> done(task, outcome) ──> outcome queue
       ▲   at most `window` tasks submitted and not yet merged (backpressure)         │
       │                                                                             ▼
-      └──── retry (worker died, retry_on) / split (isolate a bad item) <── handle outcome
+      └──── retry (worker died, retry_on) / bisect (isolate a bad item) <── handle outcome
                                                                                     │
                                   merge: in input order (OrderedMerge) or as they finish
                                                                                     ▼
@@ -46,6 +46,10 @@ REORDER_ALLOWANCE = 4
 WAIT_SLICE_SECONDS = 1.0
 
 _SKIPPED = object()
+# Outcomes of a whole chunk that say nothing about which item caused them.
+_ISOLATE = frozenset(
+    {Status.CRASHED, Status.UNREADABLE, Status.TIMED_OUT, Status.OVER_MEMORY}
+)
 
 
 def _length(items: Iterable[Any]) -> int | None:
@@ -226,27 +230,34 @@ class Job:
             if outcome.any_failed:
                 return self._with_failures(task, outcome.values)
             return self._emit(task.first_index, outcome.values)
-        if status is Status.CRASHED or status is Status.UNREADABLE:
-            if status is Status.CRASHED and len(task) > 1 and not task.resent:
-                # A worker killed from outside (or by the OOM killer) says nothing about the
-                # chunk: send it again whole, once, rather than one task per item. Measured by
-                # benchmarks/bench_stress.py: 1M items, a kill a second, 1.5-2x -> ~1.04x.
-                self.events.task_retried()
-                self._submit(task.resend())
-                return []
-            if len(task) > 1:
-                # Which item was it? Run them one by one; these deaths are charged to none.
-                for single in task.split():
-                    self._submit(single)
-                return []
-            if status is Status.CRASHED and task.attempt < options.retries:
-                self.events.task_retried()
-                self._submit(task.retry())
-                return []
+        if status in _ISOLATE and len(task) > 1:
+            return self._isolate(task, status)
+        if status is Status.CRASHED and task.attempt < options.retries:
+            self.events.task_retried()
+            self._submit(task.retry())
+            return []
         if status is Status.CANCELLED:
             raise CancelledError("the pool was shut down while this call was running")
         assert outcome.error is not None
         return self._with_failures(task, [ItemFailure(outcome.error)] * len(task))
+
+    def _isolate(self, task: Task, status: Status) -> list[Any]:
+        """A chunk failed as a whole (its worker died, ran past timeout= or memory_limit=, or
+        its call or results could not be unpickled): find the item(s) to blame by bisection.
+
+        A chunk whose worker died is first sent again whole, once: a kill from outside (or the
+        OOM killer choosing it) is not the chunk's fault. After that it is split in halves, and
+        only a half that fails again is split further, so k bad items in a chunk of n cost
+        O(k log n) tasks, not n (benchmarks/bench_stress.py). Halves keep the chunk's attempt:
+        these failures are charged to no item until one item is alone.
+        """
+        if status is Status.CRASHED and not task.resent:
+            self.events.task_retried()
+            self._submit(task.resend())
+            return []
+        for half in task.halves():
+            self._submit(half)
+        return []
 
     def _with_failures(self, task: Task, values: list[Any]) -> list[Any]:
         """Retry what ``retry_on`` names; apply ``on_error`` to the rest."""

@@ -199,6 +199,19 @@ class Task:
         """One task per item, keeping attempt and limits: used to isolate a failing item."""
         return [self.single(position) for position in range(len(self.items))]
 
+    def halves(self) -> list[Task]:
+        """This chunk in two halves, keeping attempt and limits, each marked as sent again (a
+        half that fails is split further, not resent): bisection of a failing chunk."""
+        middle = len(self.items) // 2
+        halves = []
+        for start, stop in ((0, middle), (middle, len(self.items))):
+            half = self._copy(self.attempt)
+            half.items = self.items[start:stop]
+            half.first_index = self.first_index + start
+            half.resent = True
+            halves.append(half)
+        return halves
+
     def single(self, position: int) -> Task:
         """A task of just the item at ``position``, with the same attempt and limits."""
         return Task(

@@ -1,0 +1,287 @@
+"""Worker lifecycle for the process backend: start, deadlines, memory, death, shutdown.
+
+::
+
+    _spawn ──("init", sys.path, authkey, initializer...)──> worker ──("ready")──> READY
+    deadlines (the manager's select timeout): timeout= -> SIGTERM, then SIGKILL after
+      TERM_GRACE_SECONDS; abandoned tasks; memory_limit= checks every MEMORY_CHECK_SECONDS
+    death (pidfd readable): reap exit code and peak RSS, read the "current task" slot, blame
+      that task (death_outcome), requeue the others it held, spawn a replacement
+    max_tasks_per_child=: a worker that ran its share gets "stop" and is replaced
+    shutdown: finish (or cancel) what is pending, "stop" each worker, SIGKILL stragglers
+
+A mixin of ``ProcessBackend`` (process.py), which owns the state it uses; the manager thread
+alone runs these methods.
+"""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import sys
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..engine.resources import Slot
+from ..engine.task import Status, Task, TaskOutcome
+from ..errors import BrokenPoolError
+from . import buffers
+from .base import DoneCallback, EventSink
+from .process_dispatch import _release
+from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
+from .process_outcomes import death_outcome
+
+# A task whose caller stopped waiting (broke out of imap) may finish within this long; after
+# that its worker is stopped so the pool is free for the next call.
+ABANDONED_TASK_GRACE_SECONDS = 1.0
+# At shutdown, workers get a stop message, then SIGKILL after this long.
+STOP_GRACE_SECONDS = 2.0
+# This many workers in a row dying before they are ready means they cannot start at all.
+MAX_FAILED_STARTS = 3
+# How often worker memory is read when memory_limit= is set (and a task is running): a task is
+# stopped within this long of crossing the limit. /proc reads cost ~20 us per worker.
+MEMORY_CHECK_SECONDS = 0.05
+
+
+class WorkerLifecycle:
+    """Starting, watching and stopping workers (see the module docstring)."""
+
+    # Owned by ProcessBackend; listed here for readers and type checkers.
+    _pending: deque[tuple[Task, DoneCallback]]
+    _workers: dict[int, WorkerHandle]
+    _selector: selectors.BaseSelector | None
+    _watchdog_r: int | None
+    _envs: dict[int, dict[str, str]]
+    _depth: int
+    _init_payload: buffers.Packed | None
+    _next_worker_id: int
+    _failed_starts: int
+    _broken: BaseException | None
+    _closing: bool
+    _cancel_pending: bool
+    _stop_deadline: float | None
+    _next_memory_check: float
+    _segments: Any
+    workers: int
+    slots: list[Slot]
+    memory_limit: int | None
+    max_tasks_per_child: int | None
+    events: EventSink | None
+
+    if TYPE_CHECKING:  # defined by the other parts of ProcessBackend
+
+        def _send(
+            self, worker: WorkerHandle, message: Any, fds: list[int] | None = None
+        ) -> None: ...  # process.py
+
+        def _read(self, worker: WorkerHandle, dying: bool = False) -> None: ...  # process.py
+
+        def _report(
+            self, task: Task, done: DoneCallback, outcome: TaskOutcome
+        ) -> None: ...  # process.py
+
+        def _attach_shared(
+            self, worker: WorkerHandle, handles: Any, shared: list[Any], fds: list[int]
+        ) -> None: ...  # process_dispatch.py
+
+        def _descriptor(self, packed: Any, fds: list[int]) -> Any: ...  # process_dispatch.py
+
+        def _drop_holdings(self, worker: WorkerHandle) -> None: ...  # process_dispatch.py
+
+        def _repack(self, task: Task) -> None: ...  # process_dispatch.py
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if worker.kill_deadline is not None and now >= worker.kill_deadline:
+                worker.signal(signal.SIGKILL)
+                worker.kill_deadline = None
+            if worker.abandon_deadline is not None and now >= worker.abandon_deadline:
+                worker.abandon_deadline = None
+                if any(task.cancelled for task, _ in worker.in_flight.values()):
+                    self._kill(worker, "cancelled")
+            if worker.task_deadline is not None and now >= worker.task_deadline:
+                worker.task_deadline = None
+                self._kill(worker, "timeout")
+        if self.memory_limit is not None and now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_SECONDS
+            self._check_memory(self.memory_limit)
+        if self._stop_deadline is not None and now >= self._stop_deadline:
+            self._stop_deadline = None
+            for worker in self._workers.values():
+                worker.signal(signal.SIGKILL)
+
+    def _check_memory(self, limit: int) -> None:
+        """Stop the task that pushed its worker past the limit; recycle an idle worker over it."""
+        for worker in list(self._workers.values()):
+            if worker.kill_reason is not None or worker.state is not WorkerState.READY:
+                continue
+            rss = worker.resident_memory()
+            worker.peak_rss = max(worker.peak_rss, rss)
+            if rss <= limit:
+                continue
+            if worker.in_flight:
+                worker.kill_reason = "memory"
+                worker.signal(signal.SIGKILL)  # it is still growing: no grace period
+            else:
+                self._kill(worker, "recycle")  # holds memory between tasks: replace it
+
+    # -- starting and stopping workers -----------------------------------------------------------
+
+    def _spawn_missing(self) -> None:
+        """Keep the pool at full strength; while closing, only as needed to finish the queue."""
+        if self._broken is not None or (self._closing and not self._pending):
+            return
+        if len(self._workers) >= self.workers:
+            return
+        taken = {worker.slot_index for worker in self._workers.values()}
+        for slot in self.slots:
+            if slot.index not in taken:  # a replacement takes the dead worker's GPUs
+                self._spawn(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        assert self._selector is not None and self._watchdog_r is not None
+        env = self._envs.get(slot.index)
+        if env is None:
+            env = self._envs[slot.index] = worker_environment(slot, self._depth)
+        worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
+        worker.slot_index = slot.index
+        worker.memory_limit = self.memory_limit
+        worker.tasks_left = self.max_tasks_per_child
+        self._next_worker_id += 1
+        self._workers[worker.worker_id] = worker
+        self._selector.register(worker.sock, selectors.EVENT_READ, (worker, "sock"))
+        if worker.pidfd >= 0:
+            self._selector.register(worker.pidfd, selectors.EVENT_READ, (worker, "pid"))
+        fds: list[int] = []
+        shared: list[tuple[int, Any]] = []
+        init_payload = None
+        if self._init_payload is not None:
+            self._attach_shared(worker, self._init_payload.handles, shared, fds)
+            init_payload = self._descriptor(self._init_payload, fds)
+        init = (
+            "init", worker.worker_id, list(sys.path), self._depth, init_payload, shared,
+            slot.device, slot.gpu_ids, _authkey(),
+        )  # fmt: skip
+        self._send(worker, init, fds)
+
+    def _kill(self, worker: WorkerHandle, reason: str) -> None:
+        """Stop a worker (SIGTERM, then SIGKILL after a grace period)."""
+        if worker.kill_reason is None:
+            worker.kill_reason = reason
+            worker.kill_deadline = time.monotonic() + TERM_GRACE_SECONDS
+            worker.signal(signal.SIGTERM)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        """A worker that ran max_tasks_per_child= tasks exits; a fresh one takes its slot."""
+        worker.kill_reason = "retired"
+        worker.state = WorkerState.STOPPING
+        worker.kill_deadline = time.monotonic() + STOP_GRACE_SECONDS
+        self._send(worker, ("stop",))
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        assert self._selector is not None
+        self._workers.pop(worker.worker_id, None)
+        for fileobj in (worker.sock, worker.pidfd):
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError):
+                pass
+        worker.close()
+
+    def _on_death(self, worker: WorkerHandle) -> None:
+        """A worker exited: blame the task it was running, requeue the others it held."""
+        if worker.worker_id not in self._workers:
+            return
+        if worker.sock_open:
+            self._read(worker, dying=True)  # results it sent before dying still count
+        exitcode = worker.reap()
+        self._drop_holdings(worker)
+        blamed_id = worker.current_task_id()
+        if not blamed_id and worker.in_flight and worker.slot is None:
+            blamed_id = next(iter(worker.in_flight))
+        self._forget(worker)
+        if self.events is not None:
+            self.events.worker_exited(worker.worker_id, worker.pid, exitcode, worker.peak_rss)
+        if worker.state is WorkerState.STARTING and worker.kill_reason is None:
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS and self._broken is None:
+                self._broken = BrokenPoolError(
+                    f"worker processes exit during start-up (last exit code {exitcode}); see "
+                    f"their output above. Is forkjoin importable by {sys.executable}?"
+                )
+                self._fail_everything(self._broken)
+        requeue = []
+        for task_id, (task, done) in worker.in_flight.items():
+            if worker.kill_reason == "cancelled" and task.cancelled:
+                _release(task)
+                continue
+            if worker.kill_reason == "shutdown":
+                self._report(task, done, TaskOutcome(Status.CANCELLED))
+            elif task_id == blamed_id:
+                self._report(task, done, death_outcome(worker, task, exitcode))
+            else:
+                requeue.append((task, done))
+        for task, done in reversed(requeue):
+            self._repack(task)
+            self._pending.appendleft((task, done))
+
+    # -- failing, closing ------------------------------------------------------------------------
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """Every task this backend holds ends with ``error`` (a broken pool, a manager bug)."""
+        outcome = TaskOutcome(Status.FAILED, error=error)
+        while self._pending:
+            task, done = self._pending.popleft()
+            self._report(task, done, outcome)
+        for worker in list(self._workers.values()):
+            for task, callback in list(worker.in_flight.values()):
+                self._report(task, callback, outcome)
+            worker.in_flight.clear()
+            self._kill(worker, "broken")
+
+    def _finish_closing(self) -> bool:
+        """Progress the shutdown; True once every worker is gone."""
+        if self._cancel_pending:
+            while self._pending:
+                task, done = self._pending.popleft()
+                self._report(task, done, TaskOutcome(Status.CANCELLED))
+            for worker in self._workers.values():
+                if worker.in_flight:
+                    self._kill(worker, "shutdown")
+        pending = self._pending  # nobody waits for cancelled tasks: drop them, stop running ones
+        for _ in range(len(pending)):
+            entry = pending.popleft()
+            if entry[0].cancelled:
+                _release(entry[0])
+            else:
+                pending.append(entry)
+        for worker in self._workers.values():
+            if worker.in_flight and all(t.cancelled for t, _ in worker.in_flight.values()):
+                self._kill(worker, "cancelled")
+        if self._pending or any(w.in_flight for w in self._workers.values()):
+            return False
+        if not self._workers:
+            return True
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
+            for worker in self._workers.values():
+                if worker.state is WorkerState.READY:
+                    worker.state = WorkerState.STOPPING
+                    self._send(worker, ("stop",))
+                else:
+                    self._kill(worker, "shutdown")
+        return False
+
+
+def _authkey() -> bytes:
+    """The caller's multiprocessing authkey: workers take it on, so ``multiprocessing.Manager``
+    proxies passed to tasks or ``initargs`` authenticate as they do in the standard library's
+    pools (whose children inherit it)."""
+    import multiprocessing
+
+    return bytes(multiprocessing.current_process().authkey)
+
+
+
