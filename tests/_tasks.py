@@ -496,3 +496,20 @@ def count_then_interrupt(path):
     with open(path, "a") as f:
         f.write("x")
     raise KeyboardInterrupt("from the task")
+
+
+# -- poison items for bisection (issue 21) ---------------------------------------------------------
+
+
+def crash_at(x, bad=frozenset()):
+    """Kills its worker on the items in ``bad`` (every time), else returns x + 1."""
+    if x in bad:
+        os._exit(1)
+    return x + 1
+
+
+def unreadable_at(x, bad=frozenset()):
+    """On the items in ``bad``, a result that pickles but cannot be unpickled in the caller."""
+    if x in bad:
+        return FailsToUnpickle(x)
+    return x + 1

@@ -1,0 +1,72 @@
+"""Isolating bad items by bisection (issue 21): a chunk that fails as a whole (its worker died,
+its results could not be read) is resent once, then halved, and only the half that fails again
+is split further; so k bad items in a chunk of n cost O(k log n) tasks, counted here from the
+event log, and every good item still comes back."""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+
+import _tasks
+import pytest
+
+import forkjoin as fj
+from forkjoin.errors import SerializationError, WorkerCrashedError
+
+pytestmark = pytest.mark.timeout(240)
+
+N = 10_000
+
+
+def _poison(k: int, seed: int) -> frozenset[int]:
+    return frozenset(random.Random(seed).sample(range(N), k))
+
+
+def _task_budget(k: int) -> int:
+    # the chunk, its resend, and per bad item two halves per level down to one item
+    return 2 + 2 * k * math.ceil(math.log2(N)) + k
+
+
+def _check(pool: fj.Pool, results: list, bad: frozenset[int], error_type: type) -> None:
+    failed = {i for i, value in enumerate(results) if isinstance(value, BaseException)}
+    assert failed == set(bad)
+    assert all(isinstance(results[i], error_type) for i in bad)
+    assert all(results[i] == i + 1 for i in range(N) if i not in bad)
+    tasks = len(pool.events.task_records())
+    assert tasks <= _task_budget(len(bad)), f"{tasks} tasks for {len(bad)} bad items"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 7])
+def test_crashing_items_are_found_by_bisection(k):
+    bad = _poison(k, seed=k)
+    fn = functools.partial(_tasks.crash_at, bad=bad)
+    with fj.Pool(workers=2, retries=0) as pool:
+        results = pool.map_list(fn, range(N), chunksize=N, on_error="collect")
+        _check(pool, results, bad, WorkerCrashedError)
+        assert pool.map_list(_tasks.square, range(3)) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("k", [1, 2, 7])
+def test_unreadable_results_are_found_by_bisection(backend, k):
+    if backend in ("inline", "threads"):
+        pytest.skip("results are not pickled on this backend")
+    bad = _poison(k, seed=100 + k)
+    fn = functools.partial(_tasks.unreadable_at, bad=bad)
+    with fj.Pool(workers=2, backend=backend, retries=0) as pool:
+        results = pool.map_list(fn, range(N), chunksize=N, on_error="collect")
+        _check(pool, results, bad, SerializationError)
+
+
+def test_a_chunk_over_its_timeout_blames_only_the_slow_item():
+    # 8 items of which one sleeps past timeout=: bisection finds it; the rest come back
+    items = [0.0] * 8
+    items[5] = 30.0
+    with fj.Pool(workers=2, retries=0) as pool:
+        results = pool.map_list(
+            _tasks.sleep_for, items, chunksize=8, timeout=1.5, on_error="collect"
+        )
+    assert isinstance(results[5], fj.TaskTimeoutError)
+    assert [r for i, r in enumerate(results) if i != 5] == [0.0] * 7
