@@ -27,6 +27,7 @@ from helpers import (
     LEAK_GRACE_SECONDS,
     LONG_LIVED,
     long_lived_pool,
+    pool_pids,
     running_long_lived,
     wait_until,
 )
@@ -85,7 +86,7 @@ def _stop_forgotten_backends() -> list[str]:
 def _live_children() -> list[psutil.Process]:
     """Children of this process that are running, other than long-lived pools' workers (read
     afresh each time: such a pool may be replacing a worker right now)."""
-    exempt = {pid for pool in LONG_LIVED for pid in pool.worker_pids()}
+    exempt = {pid for pool in LONG_LIVED for pid in pool_pids(pool)}
     alive = []
     for child in psutil.Process().children(recursive=True):
         if child.pid in exempt or _is_resource_tracker(child):
@@ -167,3 +168,26 @@ def dask_cluster() -> Iterator[fj.Pool]:
     """A local Dask cluster (127.0.0.1, 2 single-threaded worker processes)."""
     pytest.importorskip("distributed")
     yield from long_lived_pool(2, "dask")
+
+
+# -- markers ---------------------------------------------------------------------------------------
+
+_CLUSTER_FIXTURES = {"ray_cluster", "dask_cluster"}
+_SLOW_FILES = {"test_examples.py", "test_stress.py", "test_data_bench.py", "test_data_memory.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what the fast core leaves out, from what a test uses, so no test has to remember:
+    ``cluster`` (a Ray or Dask instance), ``train`` (torch.distributed ranks), ``slow``.
+    ``python -m pytest -m "not slow and not cluster and not train and not compat"`` is the
+    core a developer runs while working; the README's command runs everything."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _CLUSTER_FIXTURES or params.get("backend") in CLUSTER_BACKENDS:
+            item.add_marker(pytest.mark.cluster)
+        name = item.path.name
+        if name.startswith("test_train") or "_cluster" in name or "on_clusters" in name:
+            item.add_marker("train" if name.startswith("test_train") else "cluster")
+        if name in _SLOW_FILES:
+            item.add_marker(pytest.mark.slow)

@@ -41,6 +41,11 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
+def pool_pids(pool: fj.Pool) -> list[int]:
+    """Every process a pool runs: its workers and its backend's own (the zygote)."""
+    return pool.worker_pids() + pool._backend.service_pids()
+
+
 def long_lived_pool(*args, **kwargs) -> Iterator[fj.Pool]:
     """Body of a module-scoped pool fixture: exempt from the per-test leak check while the
     module runs; at the end it must shut down and take all its workers with it."""
@@ -50,7 +55,7 @@ def long_lived_pool(*args, **kwargs) -> Iterator[fj.Pool]:
         yield pool
     finally:
         LONG_LIVED.remove(pool)
-        pids = pool.worker_pids()
+        pids = pool_pids(pool)
         pool.shutdown(wait=True)
         assert wait_until(lambda: all(pid_gone(p) for p in pids), LEAK_GRACE_SECONDS), (
             f"workers {pids} outlived their pool"
@@ -60,7 +65,7 @@ def long_lived_pool(*args, **kwargs) -> Iterator[fj.Pool]:
 def started_children(recursive: bool = False) -> list[psutil.Process]:
     """This process's children, less the session's long-lived pools (a Ray or Dask cluster)
     and multiprocessing's resource tracker: what a test itself started."""
-    exempt = {pid for pool in LONG_LIVED for pid in pool.worker_pids()}
+    exempt = {pid for pool in LONG_LIVED for pid in pool_pids(pool)}
     found = []
     for child in psutil.Process().children(recursive=recursive):
         try:

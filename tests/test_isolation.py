@@ -29,7 +29,7 @@ def _task_budget(k: int) -> int:
     return 2 + 2 * k * math.ceil(math.log2(N)) + k
 
 
-def _check(pool: fj.Pool, results: list, bad: frozenset[int], error_type: type) -> None:
+def _check(pool: fj.Pool, results: list, bad: frozenset[int], error_type) -> None:
     failed = {i for i, value in enumerate(results) if isinstance(value, BaseException)}
     assert failed == set(bad)
     assert all(isinstance(results[i], error_type) for i in bad)
@@ -55,9 +55,12 @@ def test_unreadable_results_are_found_by_bisection(backend, k):
         pytest.skip("results are not pickled on this backend")
     bad = _poison(k, seed=100 + k)
     fn = functools.partial(_tasks.unreadable_at, bad=bad)
+    # Ray reports a result its driver cannot deserialize as a system error, which forkjoin
+    # cannot tell from a lost worker: the item is still found, as a WorkerCrashedError
+    expected = (SerializationError, WorkerCrashedError) if backend == "ray" else SerializationError
     with fj.Pool(workers=2, backend=backend, retries=0) as pool:
         results = pool.map_list(fn, range(N), chunksize=N, on_error="collect")
-        _check(pool, results, bad, SerializationError)
+        _check(pool, results, bad, expected)
 
 
 def test_a_chunk_over_its_timeout_blames_only_the_slow_item():

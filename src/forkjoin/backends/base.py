@@ -112,6 +112,11 @@ class Backend(ABC):
         """PIDs of live worker processes (empty for in-process backends)."""
         return []
 
+    def service_pids(self) -> list[int]:
+        """PIDs of processes the backend runs besides its workers (the process backend's
+        zygote, which forks them); they end with the backend."""
+        return []
+
 
 # -- building outcomes ---------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from .process_dispatch import STEAL_AFTER_SECONDS, Dispatcher, _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState
 from .process_lifecycle import ABANDONED_TASK_GRACE_SECONDS, WorkerLifecycle
 from .process_outcomes import decode_results
+from .process_zygote import ZygoteClient
 
 __all__ = ["ProcessBackend", "STEAL_AFTER_SECONDS", "TERM_GRACE_SECONDS"]
 
@@ -148,6 +149,8 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         self._depth = int(os.environ.get("FORKJOIN_WORKER_DEPTH", "0")) + 1
         self._init_payload: buffers.Packed | None = None
         self._envs: dict[int, dict[str, str]] = {}  # slot index -> worker environment
+        self._zygote: ZygoteClient | None = None  # forks workers (process_zygote.py)
+        self._use_zygote = os.environ.get("FORKJOIN_ZYGOTE", "1") != "0"
         self._segments = shm.SegmentPool()  # for task arguments
         self._segments.on_close = self._segment_closed
         if self.initializer is not None:
@@ -274,6 +277,10 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self._workers.values())]
+
+    def service_pids(self) -> list[int]:
+        zygote = self._zygote
+        return [zygote.proc.pid] if zygote is not None else []
 
     def _wake(self) -> None:
         self._wake_sent = True
@@ -520,6 +527,7 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
             worker.signal(signal.SIGKILL)
             worker.reap()
             self._forget(worker)
+        self._stop_zygote()
         if self._selector is not None:
             self._selector.close()
         self._segments.close()

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import OrderedDict
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from ..engine.resources import Slot
 from ..engine.task import Task
@@ -25,6 +26,9 @@ from . import wire
 from .base import DoneCallback
 from .process_worker import SLOT
 from .shm import Segment
+
+if TYPE_CHECKING:
+    from .process_zygote import ZygoteClient
 
 # A stopped task's worker gets SIGTERM, then SIGKILL after this grace period.
 TERM_GRACE_SECONDS = 1.0
@@ -49,14 +53,18 @@ class WorkerHandle:
     def __init__(
         self,
         worker_id: int,
-        proc: subprocess.Popen[bytes],
+        pid: int,
+        proc: subprocess.Popen[bytes] | None,
         sock: socket.socket,
         pidfd: int,
         slot: mmap.mmap | None,
+        zygote: ZygoteClient | None = None,
     ) -> None:
         self.worker_id = worker_id
-        self.proc = proc
-        self.pid = proc.pid
+        self.proc = proc  # None when the zygote forked it (then the zygote reaps it)
+        self.zygote = zygote
+        self.pid = pid
+        self.exitcode: int | None = None
         self.sock = sock
         self.pidfd = pidfd
         self.slot = slot
@@ -89,14 +97,36 @@ class WorkerHandle:
         self.seen_at = time.monotonic()
 
     @classmethod
-    def start(cls, worker_id: int, watchdog_fd: int, env: dict[str, str]) -> WorkerHandle:
-        """Start a fresh interpreter running process_worker.main, connected by a socket pair."""
+    def start(
+        cls,
+        worker_id: int,
+        watchdog_fd: int,
+        env: dict[str, str],
+        zygote: ZygoteClient | None = None,
+    ) -> WorkerHandle:
+        """Start a worker running process_worker.main, connected by a socket pair: forked by
+        the zygote when there is one (milliseconds), else a fresh interpreter."""
         parent_sock, child_sock = socket.socketpair()
         slot_fd = os.memfd_create("forkjoin-slot") if hasattr(os, "memfd_create") else -1
         slot = None
         if slot_fd >= 0:
             os.ftruncate(slot_fd, SLOT.size)
             slot = mmap.mmap(slot_fd, SLOT.size)
+        if zygote is not None:
+            try:
+                pid = zygote.spawn(env, child_sock.fileno(), slot_fd)
+                pidfd = os.pidfd_open(pid)
+            except BaseException:
+                parent_sock.close()
+                if slot is not None:
+                    slot.close()
+                raise
+            finally:
+                child_sock.close()
+                if slot_fd >= 0:
+                    os.close(slot_fd)
+            parent_sock.setblocking(False)
+            return cls(worker_id, pid, None, parent_sock, pidfd, slot, zygote)
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         code = _BOOT.format(
             package_parent=package_parent,
@@ -120,7 +150,7 @@ class WorkerHandle:
                 os.close(slot_fd)
         pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else -1
         parent_sock.setblocking(False)
-        return cls(worker_id, proc, parent_sock, pidfd, slot)
+        return cls(worker_id, proc.pid, proc, parent_sock, pidfd, slot)
 
     def current_task_id(self) -> int:
         return SLOT.unpack_from(self.slot, 0)[0] if self.slot is not None else 0
@@ -141,6 +171,8 @@ class WorkerHandle:
 
     def reap(self) -> int | None:
         """Collect the exit status and peak memory of a worker that has exited."""
+        if self.proc is None:
+            return self._reap_from_zygote()
         deadline = time.monotonic() + TERM_GRACE_SECONDS
         while True:
             try:
@@ -156,6 +188,22 @@ class WorkerHandle:
                 self.signal(signal.SIGKILL)
                 deadline = time.monotonic() + TERM_GRACE_SECONDS
             time.sleep(0.001)
+
+    def _reap_from_zygote(self) -> int | None:
+        """A forked worker's exit, as its parent (the zygote) reports it. Called once its pidfd
+        said it exited, or to stop it for good (then it is killed first)."""
+        if self.exitcode is not None:
+            return self.exitcode
+        assert self.zygote is not None
+        try:
+            if not _pidfd_exited(self.pidfd):
+                self.signal(signal.SIGKILL)
+            self.exitcode, peak = self.zygote.wait_exit(self.pid)
+        except OSError:  # the zygote is gone: no status to be had (its children die with it)
+            self.signal(signal.SIGKILL)
+            return None
+        self.peak_rss = max(self.peak_rss, peak)
+        return self.exitcode
 
     def resident_memory(self) -> int:
         """Memory the worker itself holds, in bytes (0 if it is gone): resident pages less
@@ -176,6 +224,14 @@ class WorkerHandle:
             os.close(self.pidfd)
         if self.slot is not None:
             self.slot.close()
+
+
+def _pidfd_exited(pidfd: int) -> bool:
+    import select
+
+    if pidfd < 0:
+        return False
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def worker_environment(slot: Slot, depth: int) -> dict[str, str]:

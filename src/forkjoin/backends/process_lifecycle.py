@@ -16,6 +16,7 @@ alone runs these methods.
 
 from __future__ import annotations
 
+import os
 import selectors
 import signal
 import sys
@@ -31,6 +32,7 @@ from .base import DoneCallback, EventSink
 from .process_dispatch import _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
 from .process_outcomes import death_outcome
+from .process_zygote import ZygoteClient
 
 # A task whose caller stopped waiting (broke out of imap) may finish within this long; after
 # that its worker is stopped so the pool is free for the next call.
@@ -63,6 +65,8 @@ class WorkerLifecycle:
     _stop_deadline: float | None
     _next_memory_check: float
     _segments: Any
+    _zygote: ZygoteClient | None
+    _use_zygote: bool
     workers: int
     slots: list[Slot]
     memory_limit: int | None
@@ -145,7 +149,7 @@ class WorkerLifecycle:
         env = self._envs.get(slot.index)
         if env is None:
             env = self._envs[slot.index] = worker_environment(slot, self._depth)
-        worker = WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
+        worker = self._start_worker(env)
         worker.slot_index = slot.index
         worker.memory_limit = self.memory_limit
         worker.tasks_left = self.max_tasks_per_child
@@ -165,6 +169,27 @@ class WorkerLifecycle:
             slot.device, slot.gpu_ids, _authkey(),
         )  # fmt: skip
         self._send(worker, init, fds)
+
+    def _start_worker(self, env: dict[str, str]) -> WorkerHandle:
+        """Fork it from the zygote (see process_zygote.py); if the zygote cannot start or stops
+        answering, start interpreters directly from then on."""
+        assert self._watchdog_r is not None
+        if self._zygote is None and self._use_zygote:
+            zygote_env = dict(os.environ, FORKJOIN_WORKER_DEPTH=str(self._depth))
+            self._zygote = ZygoteClient.start(self._watchdog_r, zygote_env)
+            self._use_zygote = self._zygote is not None
+        if self._zygote is not None:
+            try:
+                return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env, self._zygote)
+            except OSError:
+                self._stop_zygote()
+                self._use_zygote = False
+        return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
+
+    def _stop_zygote(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
 
     def _kill(self, worker: WorkerHandle, reason: str) -> None:
         """Stop a worker (SIGTERM, then SIGKILL after a grace period)."""

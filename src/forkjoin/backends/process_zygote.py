@@ -1,0 +1,276 @@
+"""A zygote: one pre-started interpreter that forks new workers in a few milliseconds.
+
+::
+
+    caller (manager thread)                 zygote (single thread)            new worker
+    ───────────────────────                 ──────────────────────            ──────────
+    ("spawn", cwd, env) + fds ──socket──>   fork()  ──────────────────────>   setsid, cwd, env
+      [worker socket, slot memfd]                                              process_worker.main
+                              <──────────   ("spawned", pid)
+    pidfd_open(pid): its death is seen at once
+                              <──────────   ("exited", pid, exit code, peak RSS)   (on SIGCHLD)
+
+Why: a fresh interpreter costs ~50 ms of CPU to start and import (~0.4 s on a loaded machine),
+and a job whose items kill their worker (a segfaulting C extension, the OOM killer) pays that
+for every death: 142 deaths made a 4 s stress run take 50 s. A fork of a process that has
+already imported the worker's modules costs a few ms. Everything a worker takes from its
+environment is set after the fork, before the worker's code runs (the zygote imports nothing
+that reads it: no numpy, no CUDA): the working directory, the environment (thread caps,
+``CUDA_VISIBLE_DEVICES``), its own session (process group). ``random`` reseeds itself in a
+forked child; the caller's ``sys.path`` arrives with the worker's "init" message as before.
+
+The zygote is the workers' parent, so it reaps them and reports each exit; the caller sees the
+death through a pidfd, as for a worker it started itself. It dies with the caller: it blocks on
+the same watchdog pipe as the workers. Where a zygote cannot start (no ``os.fork``, no
+``pidfd_open``), the backend starts each worker with ``subprocess`` as before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+# How long the caller waits for the zygote to answer a spawn or report an exit before giving up
+# on it (and starting workers the slow way).
+REPLY_TIMEOUT_SECONDS = 5.0
+
+_LENGTH = struct.Struct("<I")
+_MAX_FDS = 4
+
+
+def _send(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    frame = _LENGTH.pack(len(data)) + data
+    if fds:
+        socket.send_fds(sock, [frame], fds)
+    else:
+        sock.sendall(frame)
+
+
+def _recv(sock: socket.socket) -> tuple[Any, list[int]]:
+    """One message and the fds that came with it (blocking)."""
+    header, fds, _, _ = socket.recv_fds(sock, _LENGTH.size, _MAX_FDS)
+    if not header:
+        raise EOFError
+    while len(header) < _LENGTH.size:
+        more = sock.recv(_LENGTH.size - len(header))
+        if not more:
+            raise EOFError
+        header += more
+    (length,) = _LENGTH.unpack(header)
+    data = b""
+    while len(data) < length:
+        chunk = sock.recv(length - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return pickle.loads(data), list(fds)
+
+
+# -- the zygote process ----------------------------------------------------------------------------
+
+
+def serve(control_fd: int, watchdog_fd: int) -> None:
+    """Entry point of the zygote (see ZygoteClient.start)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    # What every worker imports at start-up, imported once here.
+    from ..engine import context, execute  # noqa: F401
+    from . import process_worker  # noqa: F401
+
+    control = socket.socket(fileno=control_fd)
+    control.setblocking(True)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the poll below through wake_w
+    poller = select.poll()
+    poller.register(control, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    poller.register(watchdog_fd, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == watchdog_fd:
+                os._exit(0)  # the caller is gone: so are we (workers follow by their own watch)
+            if fd == wake_r:
+                os.read(wake_r, 4096)
+                _report_exits(control)
+            elif fd == control.fileno():
+                try:
+                    message, fds = _recv(control)
+                except (EOFError, OSError):
+                    os._exit(0)
+                if message[0] == "spawn":
+                    pid = _fork_worker(message, fds, control, watchdog_fd, (wake_r, wake_w))
+                    _send(control, ("spawned", pid))
+                    for fd_ in fds:
+                        os.close(fd_)
+
+
+def _report_exits(control: socket.socket) -> None:
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        _send(control, ("exited", pid, os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024))
+
+
+def _fork_worker(
+    message: tuple[Any, ...],
+    fds: list[int],
+    control: socket.socket,
+    watchdog_fd: int,
+    wake: tuple[int, int],
+) -> int:
+    _, cwd, env = message
+    sock_fd, slot_fd = fds[0], (fds[1] if len(fds) > 1 else -1)
+    pid = os.fork()
+    if pid:
+        return pid
+    # The new worker: nothing of the zygote's own plumbing survives into it.
+    code = 0
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        control.close()
+        for fd in wake:
+            os.close(fd)
+        os.setsid()  # its own process group: the caller signals the group
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        atexit._clear()  # the zygote's exit hooks are not the worker's
+        from .process_worker import main
+
+        main(sock_fd, watchdog_fd, slot_fd)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    os._exit(_finish_like_an_interpreter(code))
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _finish_like_an_interpreter(code: int) -> int:
+    """What a fresh interpreter does on its way out, which a forked child must do by hand:
+    wait for non-daemon threads, run atexit hooks (``run_on_devices``' teardown, the worker's
+    "die by SIGTERM" hook), flush stdio. Returns the exit code."""
+    import threading
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+    except BaseException:
+        pass
+    try:
+        atexit._run_exitfuncs()
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    return code
+
+
+# -- the caller's side ---------------------------------------------------------------------------
+
+
+class ZygoteClient:
+    """The caller's handle on its zygote. Used only from the backend's manager thread."""
+
+    def __init__(self, proc: Any, control: socket.socket) -> None:
+        self.proc = proc
+        self.control = control
+        self.exits: dict[int, tuple[int, int]] = {}  # pid -> (exit code, peak RSS)
+
+    @classmethod
+    def start(cls, watchdog_fd: int, env: dict[str, str]) -> ZygoteClient | None:
+        """Start a zygote, or None where this platform cannot have one."""
+        import subprocess
+
+        if not (hasattr(os, "fork") and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")):
+            return None
+        parent, child = socket.socketpair()
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        code = (
+            f"import sys; sys.path.insert(0, {package_parent!r}); "
+            f"from forkjoin.backends.process_zygote import serve; "
+            f"serve({child.fileno()}, {watchdog_fd})"
+        )
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, *flags, "-c", code],
+                pass_fds=[child.fileno(), watchdog_fd],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            parent.close()
+            return None
+        finally:
+            child.close()
+        parent.settimeout(REPLY_TIMEOUT_SECONDS)
+        return cls(proc, parent)
+
+    def spawn(self, env: dict[str, str], sock_fd: int, slot_fd: int) -> int:
+        """Fork a worker; its pid. Raises OSError if the zygote does not answer."""
+        fds = [sock_fd] + ([slot_fd] if slot_fd >= 0 else [])
+        _send(self.control, ("spawn", os.getcwd(), env), fds)
+        while True:
+            message = self._receive()
+            if message[0] == "spawned":
+                return int(message[1])
+
+    def wait_exit(self, pid: int) -> tuple[int, int]:
+        """The exit code and peak RSS of a worker that has exited (its pidfd said so)."""
+        deadline = time.monotonic() + REPLY_TIMEOUT_SECONDS
+        while pid not in self.exits:
+            if time.monotonic() > deadline:
+                raise OSError(f"the zygote did not report the exit of worker {pid}")
+            self._receive()
+        return self.exits.pop(pid)
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            message, fds = _recv(self.control)
+        except (TimeoutError, EOFError) as exc:
+            raise OSError(f"the worker zygote stopped answering ({exc!r})") from exc
+        for fd in fds:
+            os.close(fd)
+        if message[0] == "exited":
+            self.exits[message[1]] = (message[2], message[3])
+        return message
+
+    def close(self) -> None:
+        try:
+            self.control.close()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
