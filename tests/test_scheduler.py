@@ -348,6 +348,7 @@ def test_memory_stays_flat(ordered):
 def test_a_second_map_reuses_the_same_workers():
     first = set(fj.map(_tasks.pid_of, range(40), workers=2, chunksize=1))
     backend, _ = shared_pools.get("process", 2)
+    shared_pools.release(backend)
     pids = set(backend.worker_pids())
     second = set(fj.map(_tasks.pid_of, range(40), workers=2, chunksize=1))
     assert first <= pids and second <= pids
@@ -358,13 +359,22 @@ def test_a_second_map_reuses_the_same_workers():
 def test_a_different_worker_count_replaces_the_shared_pool():
     fj.map(_tasks.pid_of, range(4), workers=2)
     old, _ = shared_pools.get("process", 2)
+    shared_pools.release(old)
     old_pids = old.worker_pids()
     fj.map(_tasks.pid_of, range(4), workers=1, backend="process")
     new, _ = shared_pools.get("process", 1)
+    shared_pools.release(new)
     assert new is not old and not old.alive
     from helpers import pid_gone
 
     assert wait_until(lambda: all(pid_gone(p) for p in old_pids), 10)
+
+
+def test_a_shared_pool_in_use_is_not_stopped_by_a_call_of_another_shape():
+    lazy = fj.imap(_tasks.square, range(100), workers=2, chunksize=1)
+    assert next(lazy) == 0  # a job still running on the 2-worker pool
+    assert fj.map(_tasks.square, range(5), workers=1) == [0, 1, 4, 9, 16]  # replaces it
+    assert list(lazy) == [x * x for x in range(1, 100)]  # ...which finished this job first
 
 
 def test_an_explicit_backend_name_selects_the_shared_pool():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -107,11 +108,19 @@ def plan_pool(
 
 
 class _SharedPools:
-    """One reusable backend per name, kept warm between calls."""
+    """One reusable backend per name, kept warm between calls.
+
+    A call with another shape (workers=, memory_limit=...) replaces the backend, but never
+    stops one that a job (in another thread, or a lazy ``imap`` not yet read) still runs on:
+    each job holds its backend until it ends, and a replaced backend shuts down when its last
+    job lets go of it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pools: dict[str, tuple[tuple[Any, ...], Backend, EventLog]] = {}
+        self._users: dict[int, int] = {}  # id(backend) -> jobs running on it (guarded by _lock)
+        self._retired: dict[int, Backend] = {}  # replaced, waiting for their last job
 
     def get(
         self,
@@ -121,38 +130,67 @@ class _SharedPools:
         slots: list[Slot] | None = None,
         connection: Mapping[str, Any] | None = None,
     ) -> tuple[Backend, EventLog]:
+        """The shared backend for this shape, held for one job: call ``release`` after."""
         connection = dict(connection or {})
         # A cluster is the same when given by the same address string, or the same object.
         where = tuple(
             value if value is None or isinstance(value, str) else id(value)
             for value in connection.values()
         )
+        stop: Backend | None = None
         with self._lock:
             current = self._pools.get(name)
             asked = (workers, memory_limit, tuple(slots) if slots else None, where)
             if current is not None:
                 previous, backend, events = current
                 if backend.alive and previous == asked:
+                    self._users[id(backend)] = self._users.get(id(backend), 0) + 1
                     return backend, events
-                backend.shutdown(wait=False)
+                if self._users.get(id(backend), 0):
+                    self._retired[id(backend)] = backend  # stopped by its last job's release
+                else:
+                    stop = backend
             events = EventLog()
             backend = backend_class(name)(
                 workers, events=events, memory_limit=memory_limit, slots=slots, **connection
             )
             self._pools[name] = (asked, backend, events)
-            return backend, events
+            self._users[id(backend)] = 1
+        if stop is not None:
+            stop.shutdown(wait=False)
+        return backend, events
+
+    def release(self, backend: Backend) -> None:
+        """A job on ``backend`` has ended."""
+        with self._lock:
+            left = self._users.get(id(backend), 1) - 1
+            if left > 0:
+                self._users[id(backend)] = left
+                return
+            self._users.pop(id(backend), None)
+            retired = self._retired.pop(id(backend), None)
+        if retired is not None:
+            retired.shutdown(wait=False)
 
     def shutdown(self) -> None:
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
-        for _, backend, _ in pools:
+            retired, self._retired = list(self._retired.values()), {}
+            self._users.clear()
+        for backend in retired + [backend for _, backend, _ in pools]:
             backend.shutdown(wait=True)
 
 
 shared_pools = _SharedPools()
 
 # A forked child must not talk to its parent's workers: it starts pools of its own when needed.
-os.register_at_fork(after_in_child=lambda: shared_pools._pools.clear())
+def _forget_pools_after_fork() -> None:
+    shared_pools._pools.clear()
+    shared_pools._users.clear()
+    shared_pools._retired.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _job(
@@ -164,8 +202,15 @@ def _job(
     assert memory_limit is None or isinstance(memory_limit, int)  # parsed by RunOptions
     connection = backend_connection(options)
     backend, events = shared_pools.get(name, workers, memory_limit, slots, connection)
-    check_supported(backend, options)
-    return Job(backend, events, fn, items, options, kind)
+    try:
+        check_supported(backend, options)
+        job = Job(backend, events, fn, items, options, kind)
+    except BaseException:
+        shared_pools.release(backend)
+        raise
+    # Released when the job ends, or when it is dropped without being run to the end.
+    job.finished = weakref.finalize(job, shared_pools.release, backend)
+    return job
 
 
 def check_supported(backend: Backend, options: RunOptions) -> None:

@@ -103,6 +103,8 @@ class Job:
         self.failure_reached: BaseException | None = None
         self.total = total
         self.progress: ProgressBar | None = None
+        # Called once when the job ends (api.py: lets go of a shared backend); None for a Pool's.
+        self.finished: Callable[[], Any] | None = None
 
     # -- split and submit ------------------------------------------------------------------------
 
@@ -215,6 +217,8 @@ class Job:
             if self.outstanding:
                 self.backend.cancel(list(self.outstanding.values()), kill_running=abnormal)
                 self.outstanding.clear()
+            if self.finished is not None:
+                self.finished()
 
     # -- sync: decide what an outcome means ------------------------------------------------------
 
