@@ -198,6 +198,7 @@ class Job:
                 if self.outstanding.pop(task.task_id, None) is None:
                     continue  # a task this job already gave up on
                 batch = self._handle(task, outcome)
+                task = outcome = None  # type: ignore[assignment]  # hold no result while paused
                 if batch:
                     yield batch
                 if self.failure_reached is not None:
