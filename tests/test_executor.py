@@ -356,7 +356,7 @@ def test_unpicklable_initializer_is_refused_at_once():
     lock = threading.Lock()
     with pytest.raises(fj.SerializationError) as info:
         fj.Pool(2, "process", initializer=lambda: lock)
-    assert (info.value.what, info.value.side) == ("function", "caller")
+    assert (info.value.what, info.value.side) == ("initializer", "caller")
 
 
 def make_adder(k):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import re
 import subprocess
 import sys
 import types
@@ -215,3 +216,48 @@ def test_missing_extra_names_the_pip_install(monkeypatch):
     with pytest.raises(fj.BackendUnavailableError, match=r'pip install "forkjoin\[ray\]"') as info:
         fj.map(abs, [1], backend="fake")
     assert isinstance(info.value, ImportError)
+
+
+# -- the exception tree (issue 16: one place per rule) -------------------------------------------
+
+
+def _error_classes() -> list[type]:
+    import forkjoin.errors as errors
+    import forkjoin.mapfile as mapfile
+    import forkjoin.train.errors as train_errors
+
+    found = []
+    for module in (errors, train_errors, mapfile):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, fj.ForkjoinError):
+                found.append(value)
+    return found
+
+
+def test_every_forkjoin_error_pickles_with_its_fields():
+    # fields are declared once (_fields); pickling is derived from them, for every class
+    import pickle
+
+    samples = {"index": 3, "rank": 1, "restarts": 2, "timeout": 1.5, "exitcode": -9,
+               "signal_name": "SIGKILL", "peak_rss": 10, "attempts": 2, "what": "result",
+               "side": "worker", "original_type": "ValueError", "item_repr": "3",
+               "traceback_text": "tb", "stack": "stack", "line": 7}  # fmt: skip
+    for cls in _error_classes():
+        fields = {name: samples.get(name) for name in cls._fields}
+        if cls.__name__.startswith("TaskError["):
+            continue
+        error = cls("message", **fields)
+        again = pickle.loads(pickle.dumps(error))
+        assert isinstance(again, type(error)) and str(again) == "message", cls
+        assert again.field_values() == error.field_values(), cls
+
+
+def test_serialization_error_what_is_a_closed_set():
+    # every literal `what=` (and the cluster layer's `_checked(..., what)`) names one of WHAT
+    literal = re.compile(r'what="([^"]+)"|_(?:pack|put)_checked\([^)]*?,\s*"([^"]+)"\)')
+    seen = set()
+    for path in SRC.rglob("*.py"):
+        for match in literal.finditer(path.read_text()):
+            seen.add(match.group(1) or match.group(2))
+    assert seen, "the scan found no call sites"
+    assert seen <= fj.SerializationError.WHAT, seen - fj.SerializationError.WHAT

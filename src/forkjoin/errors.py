@@ -29,7 +29,7 @@ from __future__ import annotations
 import builtins
 import pickle
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "ForkjoinError",
@@ -46,7 +46,23 @@ __all__ = [
 
 
 class ForkjoinError(Exception):
-    """Root of every error forkjoin raises on its own behalf."""
+    """Root of every error forkjoin raises on its own behalf.
+
+    A subclass lists the keyword arguments of its ``__init__`` that it keeps as attributes in
+    ``_fields``, once: pickling (errors cross processes: nested pools, cluster workers, training
+    ranks) is derived from that list, so a new field cannot be forgotten there.
+    """
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __reduce__(self) -> Any:
+        if not self._fields:
+            return super().__reduce__()
+        return (_rebuild_kw, (type(self), str(self), self.field_values()))
+
+    def field_values(self) -> dict[str, Any]:
+        """The declared fields and their values (what ``__init__`` takes as keywords)."""
+        return {name: getattr(self, name) for name in self._fields}
 
 
 class RemoteTraceback(Exception):
@@ -67,6 +83,14 @@ class TaskError(ForkjoinError):
     back); ``original_type`` its type name; ``index`` and ``item_repr`` name the item.
     """
 
+    _fields: ClassVar[tuple[str, ...]] = (
+        "original",
+        "original_type",
+        "index",
+        "item_repr",
+        "traceback_text",
+    )
+
     def __init__(
         self,
         message: str,
@@ -86,39 +110,26 @@ class TaskError(ForkjoinError):
         self.item_repr = item_repr
         self.traceback_text = traceback_text
 
-    def __reduce__(self) -> Any:  # keep the extra fields when a TaskError itself is pickled
-        return (
-            _rebuild_task_error,
-            (
-                str(self),
-                portable_exception(self.original) if self.original is not None else None,
-                self.original_type,
-                self.index,
-                self.item_repr,
-                self.traceback_text,
-            ),
-        )
+    def __reduce__(self) -> Any:
+        # Rebuilt through make_task_error, so the copy derives from the original type too; the
+        # original itself travels in a form that comes back (see portable_exception).
+        fields = self.field_values()
+        if self.original is not None:
+            fields["original"] = portable_exception(self.original)
+        cls = type(self)
+        if cls.__module__ == __name__:  # TaskError[...] cannot be pickled by name: rebuilt
+            cls = TaskError
+        return (_rebuild_task_error, (cls, str(self), fields))
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
-def _rebuild_task_error(
-    message: str,
-    original: BaseException | None,
-    original_type: str,
-    index: int | None,
-    item_repr: str,
-    traceback_text: str,
-) -> TaskError:
-    return make_task_error(
-        message,
-        original=original,
-        original_type=original_type,
-        index=index,
-        item_repr=item_repr,
-        traceback_text=traceback_text,
-    )
+def _rebuild_task_error(cls: type, message: str, fields: dict[str, Any]) -> TaskError:
+    if cls is TaskError:  # it may have been a TaskError[...]: make_task_error makes it again
+        return make_task_error(message, **fields)
+    error: TaskError = cls(message, **fields)  # a subclass with its own __init__ (RankError)
+    return error
 
 
 class _ByState:
@@ -236,6 +247,14 @@ class WorkerCrashedError(ForkjoinError, BrokenProcessPool):
     ``index`` the item it was running, ``attempts`` how many workers the task took down.
     """
 
+    _fields: ClassVar[tuple[str, ...]] = (
+        "exitcode",
+        "signal_name",
+        "peak_rss",
+        "index",
+        "attempts",
+    )
+
     def __init__(
         self,
         message: str,
@@ -253,22 +272,6 @@ class WorkerCrashedError(ForkjoinError, BrokenProcessPool):
         self.index = index
         self.attempts = attempts
 
-    def __reduce__(self) -> Any:
-        return (
-            _rebuild_kw,
-            (
-                type(self),
-                str(self),
-                {
-                    "exitcode": self.exitcode,
-                    "signal_name": self.signal_name,
-                    "peak_rss": self.peak_rss,
-                    "index": self.index,
-                    "attempts": self.attempts,
-                },
-            ),
-        )
-
 
 class BrokenPoolError(ForkjoinError, BrokenProcessPool):
     """The pool can run no more tasks: its initializer raised, or its workers cannot start.
@@ -279,25 +282,27 @@ class BrokenPoolError(ForkjoinError, BrokenProcessPool):
 class TaskTimeoutError(ForkjoinError, TimeoutError):
     """A task ran past its ``timeout=``; its worker was stopped and replaced."""
 
+    _fields: ClassVar[tuple[str, ...]] = ("timeout", "index")
+
     def __init__(self, message: str, *, timeout: float = 0.0, index: int | None = None) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.index = index
 
-    def __reduce__(self) -> Any:
-        return (
-            _rebuild_kw,
-            (type(self), str(self), {"timeout": self.timeout, "index": self.index}),
-        )
-
 
 class SerializationError(ForkjoinError, pickle.PicklingError):
     """Something could not be pickled or unpickled.
 
-    ``what`` is ``"function"``, ``"argument"``, ``"result"`` or ``"exception"``; ``side`` is
-    where it failed: ``"caller"`` (pickling the call / unpickling the result in your process) or
+    ``what`` is one of ``WHAT``: the function, the call (a cluster engine's task as a whole),
+    an argument, a result, the pool's initializer, an ``fj.shared`` object; ``side`` is where
+    it failed: ``"caller"`` (pickling the call / unpickling the result in your process) or
     ``"worker"``.
     """
+
+    WHAT: ClassVar[frozenset[str]] = frozenset(
+        {"function", "call", "argument", "result", "initializer", "fj.shared object"}
+    )
+    _fields: ClassVar[tuple[str, ...]] = ("what", "side", "index")
 
     def __init__(
         self, message: str, *, what: str = "", side: str = "", index: int | None = None
@@ -306,12 +311,6 @@ class SerializationError(ForkjoinError, pickle.PicklingError):
         self.what = what
         self.side = side
         self.index = index
-
-    def __reduce__(self) -> Any:
-        return (
-            _rebuild_kw,
-            (type(self), str(self), {"what": self.what, "side": self.side, "index": self.index}),
-        )
 
 
 class ResourceError(ForkjoinError):

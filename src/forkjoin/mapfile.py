@@ -28,19 +28,22 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import forkjoin as fj
+from forkjoin.errors import ForkjoinError
 
 # Failures listed by name in the summary of an on_error="skip" run; the rest are only counted.
 MAX_FAILURES_LISTED = 5
 
 
-class MapFileError(Exception):
+class MapFileError(ForkjoinError):
     """A ``forkjoin map`` run could not complete; the message says where and why.
 
     ``line`` is the input line concerned (if any); ``error`` the underlying exception.
     """
+
+    _fields: ClassVar[tuple[str, ...]] = ("line", "error")
 
     def __init__(
         self, message: str, *, line: int | None = None, error: BaseException | None = None

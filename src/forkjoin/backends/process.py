@@ -59,6 +59,9 @@ from .process_zygote import ZygoteClient
 
 __all__ = ["ProcessBackend", "STEAL_AFTER_SECONDS", "TERM_GRACE_SECONDS"]
 
+# A worker's reply status for a task it could not even start -> SerializationError.what
+_UNREADABLE_WHAT = {"unreadable function": "function", "unreadable argument": "argument"}
+
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 _shared_lock = threading.Lock()
 
@@ -165,7 +168,7 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
                 raise SerializationError(
                     f"the pool's initializer or initargs could not be pickled: "
                     f"{type(exc).__name__}: {exc}",
-                    what="function",
+                    what="initializer",
                     side="caller",
                 ) from exc
         _live_backends.add(self)
@@ -505,7 +508,7 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         if status != "done":  # "unreadable function" or "unreadable argument"
             error = SerializationError(
                 f"{task.describe()}: {payload}",
-                what=status.split()[1],
+                what=_UNREADABLE_WHAT[status],
                 side="worker",
                 index=task.first_index,
             )

@@ -256,11 +256,10 @@ class Task:
 class ItemFailure:
     """Stands in place of a result for an item that failed; ``error`` is what to raise."""
 
-    __slots__ = ("error", "retryable")
+    __slots__ = ("error",)
 
-    def __init__(self, error: BaseException, retryable: bool = False) -> None:
+    def __init__(self, error: BaseException) -> None:
         self.error = error
-        self.retryable = retryable
 
     def __repr__(self) -> str:
         return f"ItemFailure({self.error!r})"

@@ -15,7 +15,7 @@ gave up) and ``stack`` (faulthandler stacks of the ranks when the gang was stopp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
 from forkjoin.errors import (
     ForkjoinError,
@@ -40,6 +40,14 @@ class RankError(TrainingError, TaskError):
     """A rank's ``train_fn`` raised. ``original_type`` is the exception's type name,
     ``traceback_text`` the rank's traceback (also attached as ``__cause__``)."""
 
+    _fields: ClassVar[tuple[str, ...]] = (
+        "rank",
+        "original",
+        "original_type",
+        "traceback_text",
+        "restarts",
+    )
+
     def __init__(
         self,
         message: str,
@@ -63,25 +71,11 @@ class RankError(TrainingError, TaskError):
         if traceback_text:
             self.__cause__ = RemoteTraceback(traceback_text)
 
-    def __reduce__(self) -> Any:
-        return (
-            _rebuild,
-            (
-                RankError,
-                str(self),
-                {
-                    "rank": self.rank,
-                    "original": self.original,
-                    "original_type": self.original_type,
-                    "traceback_text": self.traceback_text,
-                    "restarts": self.restarts,
-                },
-            ),
-        )
-
 
 class RankCrashedError(TrainingError, WorkerCrashedError):
     """A rank's process died (signal, ``os._exit``, out of memory) before it finished."""
+
+    _fields: ClassVar[tuple[str, ...]] = ("rank", "exitcode", "signal_name", "peak_rss", "restarts")
 
     def __init__(
         self,
@@ -99,25 +93,11 @@ class RankCrashedError(TrainingError, WorkerCrashedError):
         self.rank = rank
         self.restarts = restarts
 
-    def __reduce__(self) -> Any:
-        return (
-            _rebuild,
-            (
-                RankCrashedError,
-                str(self),
-                {
-                    "rank": self.rank,
-                    "exitcode": self.exitcode,
-                    "signal_name": self.signal_name,
-                    "peak_rss": self.peak_rss,
-                    "restarts": self.restarts,
-                },
-            ),
-        )
-
 
 class RankTimeoutError(TrainingError, TaskTimeoutError):
     """A rank sent no heartbeat for ``timeout`` seconds; ``stack`` is its Python stack."""
+
+    _fields: ClassVar[tuple[str, ...]] = ("rank", "timeout", "stack", "restarts")
 
     def __init__(
         self, message: str, *, rank: int, timeout: float, stack: str = "", restarts: int = 0
@@ -126,23 +106,3 @@ class RankTimeoutError(TrainingError, TaskTimeoutError):
         self.rank = rank
         self.stack = stack
         self.restarts = restarts
-
-    def __reduce__(self) -> Any:
-        return (
-            _rebuild,
-            (
-                RankTimeoutError,
-                str(self),
-                {
-                    "rank": self.rank,
-                    "timeout": self.timeout,
-                    "stack": self.stack,
-                    "restarts": self.restarts,
-                },
-            ),
-        )
-
-
-def _rebuild(cls: type, message: str, fields: dict[str, Any]) -> Exception:
-    error: Exception = cls(message, **fields)
-    return error
