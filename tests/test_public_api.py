@@ -137,6 +137,14 @@ def test_engine_knows_only_backends_base(path):
     assert backend_modules <= allowed, f"{path.name} imports {sorted(backend_modules - allowed)}"
 
 
+@pytest.mark.parametrize("path", modules_under("engine"), ids=lambda p: p.name)
+def test_engine_never_imports_the_layers_above_it(path):
+    # a report writer is handed in (engine/reports.py) instead of importing forkjoin.bench
+    forbidden = ("forkjoin.data", "forkjoin.train", "forkjoin.bench", "forkjoin.cli")
+    bad = {n for n in imported_modules(path) if n.startswith(forbidden)}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
 @pytest.mark.parametrize("path", modules_under("backends"), ids=lambda p: p.name)
 def test_backends_never_import_data_train_bench_or_cli(path):
     forbidden = ("forkjoin.data", "forkjoin.train", "forkjoin.bench", "forkjoin.cli")

@@ -79,6 +79,19 @@ assert set(__all__) == {*_EXPORTS, "__version__"}
 _LAYERS = ("data", "train", "bench", "testing")
 
 
+def _write_run_report(*args: _typing.Any, **kwargs: _typing.Any) -> _typing.Any:
+    """The analysis layer's report writer, loaded on the first report (see engine/reports.py:
+    the engine may not import the layer above it, so the package hands it in)."""
+    from .bench.report import write_run_report
+
+    return write_run_report(*args, **kwargs)
+
+
+from .engine import reports as _reports  # noqa: E402  (a few lines, no dependencies)
+
+_reports.set_report_writer(_write_run_report)
+
+
 def __getattr__(name: str) -> _typing.Any:
     if name in _LAYERS:
         layer = _importlib.import_module(f"forkjoin.{name}")

@@ -17,6 +17,7 @@ from ..errors import ForkjoinError, ResourceError
 from ..machine import usable_cpu_count
 from .events import EventLog
 from .options import RunOptions, options_from
+from .reports import write_run_report
 from .resources import Shape, Slot, check_request, plan_slots
 from .scheduler import Job
 from .task import CallKind
@@ -249,15 +250,13 @@ def map(
 
 def collect_with_report(job: Job, path: str) -> list[Any]:
     """``job.collect()``, then its run report written to ``path`` (the analysis layer's
-    ``write_run_report``, imported only when a report is asked for)."""
+    ``write_run_report``, handed in through engine/reports.py)."""
     import time
 
     since = time.monotonic()
     try:
         return job.collect()
     finally:
-        from ..bench.report import write_run_report
-
         write_run_report(
             job.events, path, since=since, until=time.monotonic(), workers=job.backend.workers
         )

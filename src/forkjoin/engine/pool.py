@@ -28,6 +28,7 @@ from .api import (
 )
 from .events import EventLog, Stats
 from .options import RunOptions, options_from
+from .reports import write_run_report
 from .scheduler import Job, should_retry
 from .task import CallKind, FunctionRefCache, ItemFailure, Status, Task, TaskOutcome
 
@@ -328,8 +329,6 @@ class Pool(Executor):
     def report(self, path: str, *, since: float | None = None, until: float | None = None) -> Any:
         """Write this pool's run report to ``path`` (.html, .json or .txt): where the time went
         (start-up, serialisation, queue, compute, idle...), a per-worker timeline, advice."""
-        from ..bench.report import write_run_report  # the analysis layer, loaded when asked
-
         return write_run_report(self, path, since=since, until=until)
 
     def map_reduce(
