@@ -39,7 +39,7 @@ from .sources import Partition, ReadCounts, ReadSpec, SourcePlan, plan_table
 # the previous result travels back; more only adds memory (benchmarks/bench_data.py).
 IN_FLIGHT_PER_WORKER = 2
 
-RUN_OPTIONS = ("workers", "backend", "pool", "in_flight", "progress")
+RUN_OPTIONS = ("workers", "backend", "pool", "in_flight", "progress", "profile")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class RunConfig:
     pool: Any = None  # a forkjoin.Pool to run on instead of the shared one
     in_flight: int | None = None  # partitions in flight; None: IN_FLIGHT_PER_WORKER per worker
     progress: Any = None  # a callable(PartResult) called as each partition finishes
+    profile: bool | str = False  # fj.imap's profile=: the stages' functions across workers
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:
@@ -190,6 +191,8 @@ def run_partitions(
     else:
         import forkjoin as fj
 
+        if config.profile:
+            options["profile"] = config.profile
         results = fj.imap(fn, parts, workers=config.workers, backend=config.backend, **options)
     try:
         for result in results:

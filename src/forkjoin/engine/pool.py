@@ -21,6 +21,7 @@ from .api import (
     backend_connection,
     check_supported,
     collect_with_report,
+    known_length,
     plan_pool,
     reduce_results,
     resolve_backend_name,
@@ -66,6 +67,7 @@ class Pool(Executor):
         resources_per_worker: dict[str, Any] | None = None,
         gpus: Sequence[int] | None = None,
         prefetch: int = 1,
+        dashboard: bool | int = False,
         **options: Any,
     ) -> None:
         """``resources_per_worker={"gpu": 1, "cpu": 4, "memory": "8GB"}`` shapes each worker
@@ -73,7 +75,9 @@ class Pool(Executor):
         the machine holds; ``resources`` is the default request of each task (and shapes the
         workers when ``resources_per_worker`` is not given). ``prefetch=2`` queues a second
         task on each worker so its inputs arrive while the first runs; ``gpus=[0, 2]`` narrows
-        the GPUs the pool may use."""
+        the GPUs the pool may use. ``dashboard=True`` serves a live page of this pool (its URL
+        is printed; ``dashboard=8787`` picks the port); ``profile=True`` samples the workers'
+        stacks for ``pool.profile()`` and ``pool.report()`` (see ``forkjoin.observe``)."""
         self.options = options_from(
             workers=workers, backend=backend, resources=resources, **options
         )
@@ -104,6 +108,13 @@ class Pool(Executor):
         self._lock = threading.Lock()
         # A pool dropped without shutdown() still stops its workers once garbage-collected.
         weakref.finalize(self, self._backend.shutdown, False)
+        # observe: a live dashboard and/or a profiler, only when asked (forkjoin/observe/runs.py)
+        self._observer: Any = None
+        if dashboard or self.options.profile:
+            from ..observe.runs import PoolObserver
+
+            self._observer = PoolObserver(self, dashboard, self.options.profile)
+            weakref.finalize(self, self._observer.close)
 
     def __repr__(self) -> str:
         return (
@@ -130,6 +141,8 @@ class Pool(Executor):
             self._check_running("submit")
         future: Future[R] = Future()
         options = self.options
+        if options.profile:  # observe: the profiler's wrapper (one check when off)
+            fn = self._observer.wrap(fn)
         # Positional arguments: this line runs once per submitted call (see Task's signature).
         task = Task(
             self._functions.get(fn), CallKind.CALL, [(args, kwargs)], next(self._submit_index),
@@ -180,7 +193,7 @@ class Pool(Executor):
         else:
             assert outcome.error is not None
             error = outcome.error
-        self._events.task_failed()
+        self._events.task_failed(task, error)  # observe: kept for the dashboard
         _settle(future, error=error)
 
     def map(  # type: ignore[override]
@@ -206,6 +219,8 @@ class Pool(Executor):
         ones (their futures raise ``CancelledError``); ``wait=True`` returns once all are down."""
         with self._lock:
             self._state = PoolState.CLOSED
+        if self._observer is not None:  # observe: final profile while workers still run
+            self._observer.close()
         self._backend.shutdown(wait=wait, cancel_pending=cancel_futures)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:  # type: ignore[override]
@@ -229,6 +244,11 @@ class Pool(Executor):
         if run_options.memory_limit != self.options.memory_limit:
             raise ValueError("memory_limit= belongs to the pool's workers: set it on Pool(...)")
         check_supported(self._backend, run_options)
+        if run_options.profile != self.options.profile:
+            raise ValueError("profile= belongs to the pool: set it on Pool(...)")
+        if run_options.profile:  # observe: the profiler's wrapper
+            fn = self._observer.wrap(fn)
+        self._events.job_started(known_length(items))  # observe: for the dashboard's ETA
         return Job(self._backend, self._events, fn, items, run_options, kind)
 
     def imap(self, fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R]:
@@ -249,7 +269,13 @@ class Pool(Executor):
         (start-up, serialisation, queue, compute, idle...), a per-worker timeline, advice."""
         from ..bench.report import write_run_report  # the analysis layer, loaded when asked
 
-        return write_run_report(self, path, since=since, until=until)
+        profile = self.profile()
+        return write_run_report(self, path, since=since, until=until, profile=profile)
+
+    def profile(self) -> Any:
+        """With ``Pool(profile=True)``: the workers' stacks so far, merged per function (a
+        ``forkjoin.observe.profile.Profile``); None otherwise."""
+        return None if self._observer is None else self._observer.profile()
 
     def map_reduce(
         self,
