@@ -184,7 +184,7 @@ def run_partitions(
             yield result
         return
     fn = functools.partial(process_partition, spec=spec, ops=tuple(ops), terminal=terminal)
-    options = {"chunksize": 1, "ordered": ordered, "max_in_flight": config.window(),
+    options: dict[str, Any] = {"chunksize": 1, "ordered": ordered, "max_in_flight": config.window(),
                "progress": False}  # fmt: skip
     if config.pool is not None:
         results = config.pool.imap(fn, parts, **options)
