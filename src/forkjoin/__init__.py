@@ -41,6 +41,7 @@ _EXPORTS = {
     "ResourceError": "forkjoin.errors",
     "DataError": "forkjoin.errors",
     "BackendUnavailableError": "forkjoin.errors",
+    "dashboard": "forkjoin.observe.dashboard",
 }
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "WorkerContext",
     "WorkerCrashedError",
     "__version__",
+    "dashboard",
     "devices",
     "imap",
     "map",
@@ -74,7 +76,7 @@ assert set(__all__) == {*_EXPORTS, "__version__"}
 
 # The layers, reached as ``fj.data``, ``fj.train``... and imported (with pyarrow, torch,
 # matplotlib) only when a program first touches them.
-_LAYERS = ("data", "train", "bench", "testing")
+_LAYERS = ("data", "train", "bench", "testing", "observe")
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -112,3 +114,4 @@ if _typing.TYPE_CHECKING:
         WorkerCrashedError,
     )
     from .machine import DeviceInfo, GPUInfo, devices
+    from .observe.dashboard import dashboard
