@@ -272,6 +272,12 @@ class Pool(Executor):
         profile = self.profile()
         return write_run_report(self, path, since=since, until=until, profile=profile)
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """The live page's address, token included, with ``dashboard=True``; else None."""
+        board = None if self._observer is None else self._observer.dashboard
+        return None if board is None else board.url
+
     def profile(self) -> Any:
         """With ``Pool(profile=True)``: the workers' stacks so far, merged per function (a
         ``forkjoin.observe.profile.Profile``); None otherwise."""
