@@ -176,3 +176,25 @@ def test_off_by_default_nothing_listens() -> None:
                  if c.status == psutil.CONN_LISTEN}  # fmt: skip
     assert after == before
     assert not [t for t in threading.enumerate() if t.name.startswith("fj-")]
+
+
+def test_cli_runs_a_command_with_the_dashboard_up(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from forkjoin.cli import main
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f"{i}\n" for i in range(20)))
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["dashboard", "--", "map", "_profile_tasks:hot_task", str(source), "-o",
+         str(tmp_path / "out.jsonl"), "--workers", "2"],
+        stdout=out, stderr=err,
+    )  # fmt: skip
+    assert code == 0, err.getvalue()
+    assert re.search(r"forkjoin dashboard: http://127\.0\.0\.1:\d+/\?token=\S{20,}", err.getvalue())
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [2 * i for i in range(20)]
+    assert not [t for t in threading.enumerate() if t.name == "fj-dashboard"]
+    assert main(["dashboard"], stdout=out, stderr=err) == 2  # nothing to run: usage error

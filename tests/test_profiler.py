@@ -163,3 +163,22 @@ def test_off_costs_nothing() -> None:
     )
     assert done.stdout.strip() == "ok", done.stderr
     assert not [t for t in threading.enumerate() if t.name == "fj-profile-sampler"]
+
+
+def test_bench_command_profile(tmp_path: Path) -> None:
+    import io
+
+    from forkjoin.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    target, page = tmp_path / "b.speedscope.json", tmp_path / "b.html"
+    code = main(
+        ["bench", "_profile_tasks:hot_task", "--items", "40", "--workers", "1,2", "--repeats",
+         "1", "--profile", str(target), "--html", str(page)],
+        stdout=out, stderr=err,
+    )  # fmt: skip
+    assert code == 0, err.getvalue()
+    text = out.getvalue()
+    assert "profiled run at 2 workers" in text and "_work" in text
+    assert "slow_part" in target.read_text()
+    assert "Profile across workers" in page.read_text()

@@ -402,7 +402,9 @@ def _advice_list(advice: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(a)}</li>" for a in advice) + "</ul>"
 
 
-def write_scaling_html(report: ScalingReport, path: Path) -> Path:
+def write_scaling_html(
+    report: ScalingReport, path: Path, extra: list[str] | None = None
+) -> Path:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fj-bench-") as tmp:
@@ -438,6 +440,7 @@ def write_scaling_html(report: ScalingReport, path: Path) -> Path:
         parts.append(f"<h2>Where the time went at {largest} workers</h2>")
         parts.append(_phase_table(report.breakdowns[largest]))
         parts += images[2:]
+    parts += extra or []
     path.write_text(_page(f"forkjoin scaling report: {report.function}", parts))
     return path
 
