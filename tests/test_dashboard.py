@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from _profile_tasks import hot_task
 
 import forkjoin as fj
 
@@ -198,3 +199,62 @@ def test_cli_runs_a_command_with_the_dashboard_up(tmp_path: Path) -> None:
     assert [json.loads(line) for line in lines] == [2 * i for i in range(20)]
     assert not [t for t in threading.enumerate() if t.name == "fj-dashboard"]
     assert main(["dashboard"], stdout=out, stderr=err) == 2  # nothing to run: usage error
+
+
+def _train_and_log(steps: int) -> int:
+    import forkjoin.train as fjt
+
+    for step in range(steps):
+        for _ in range(3):
+            hot_task(step)  # 70% of it in slow_part: the profiler's known shape
+        fjt.log(step=step, loss=10.0 / (step + 1), tokens=512, echo=False)
+    return steps
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_training_gang_live_and_profiled(tmp_path: Path) -> None:
+    """One gang (rank start-up is the expensive part): its metrics on the live page, and
+    every rank's stacks in the profile."""
+    pytest.importorskip("torch")
+    import json
+
+    import forkjoin.train as fjt
+    from forkjoin.observe.runs import last_profile
+
+    browser = _chromium()
+    board = fj.dashboard(quiet=True)
+    target = tmp_path / "train.speedscope.json"
+    try:
+        assert (
+            fjt.launch(_train_and_log, args=(40,), workers=2, device="cpu", profile=str(target))
+            == 40
+        )
+        profile = last_profile()
+        assert len(profile.workers) == 2 and profile.calls == 2  # both ranks, each complete
+        in_task = profile.share("hot_task")
+        assert in_task > 0.3, profile.render_text()
+        assert abs(profile.share("slow_part") / in_task - 0.70) <= 0.10
+        assert len(json.loads(target.read_text())["profiles"]) == 2
+        board.view.tick()
+        url = board.url.replace("/?token=", "/api/state?token=")
+        with urllib.request.urlopen(url) as reply:
+            state = json.loads(reply.read())
+        run = state["training"][-1]
+        assert run["ranks"] == 2 and not run["running"]
+        assert [r["step"] for r in run["records"]] == list(range(40))
+        assert run["latest"]["loss"] == pytest.approx(10.0 / 40)
+        assert run["latest"]["tokens_per_s"] > 0  # 2 ranks x 512 tokens per step
+        dom = _browser(browser, tmp_path / "p", "--dump-dom", board.url)
+        section = dom[dom.index('data-training="0"') :]
+        assert _value(section, "ranks") == "2" and _value(section, "step") == "39"
+        assert _value(section, "metric-loss") == "0.2500"
+    finally:
+        board.close()
+    assert not [n for n in os.listdir(tempfile_dir()) if n.startswith("forkjoin-trainlog-")]
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()

@@ -121,25 +121,7 @@ def _stage(frame):
     return frame
 
 
-@pytest.mark.train
-@pytest.mark.slow
-def test_training_ranks_are_profiled(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    import forkjoin.train as fjt
-
-    target = tmp_path / "train.speedscope.json"
-    rank0 = fjt.launch(_train, workers=2, device="cpu", profile=str(target))
-    assert rank0 == "done"
-    profile = last_profile()
-    assert len(profile.workers) == 2 and profile.calls == 2  # both ranks, each complete
-    assert abs(profile.share("slow_part", of="user") - HOT_SHARE) <= TOLERANCE
-    assert len(json.loads(target.read_text())["profiles"]) == 2
-
-
-def _train() -> str:
-    for _ in range(40):
-        hot_task(0)
-    return "done"
+# Training ranks: test_dashboard.py's test_training_gang_live_and_profiled (one gang for both).
 
 
 def test_off_costs_nothing() -> None:

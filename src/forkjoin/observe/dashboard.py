@@ -187,6 +187,12 @@ class Dashboard:
                 _global = None
 
 
+def active() -> Dashboard | None:
+    """The process-wide dashboard (``forkjoin.dashboard()``) if it is running."""
+    board = _global
+    return board if board is not None and not board._closed else None
+
+
 def start_dashboard(
     logs: Iterable[Any] | None = None,
     *,

@@ -9,6 +9,7 @@ pays nothing and one that is watched pays a few reads a second (benchmarks/bench
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -46,6 +47,51 @@ class _Watched:
     last_stats: Stats | None = None
 
 
+TRAINING_RECORDS = 2000  # metric lines kept per training run (the chart's history)
+
+
+@dataclass
+class _Training:
+    """A training gang's metrics log (JSON lines from rank 0's ``fj.train.log``), followed by
+    reading what was appended since the last tick."""
+
+    label: str
+    path: str
+    ranks: int
+    started: float
+    offset: int = 0
+    running: bool = True
+    partial: str = ""
+    records: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=TRAINING_RECORDS))
+
+    def read(self) -> None:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                chunk = file.read()
+        except OSError:
+            return
+        self.offset += len(chunk)
+        lines = (self.partial + chunk.decode("utf-8", "replace")).split("\n")
+        self.partial = lines.pop()  # a line still being written
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                self.records.append(record)
+
+    def state(self) -> dict[str, Any]:
+        records = list(self.records)
+        return {
+            "label": self.label, "ranks": self.ranks, "running": self.running,
+            "elapsed": time.monotonic() - self.started,
+            "latest": records[-1] if records else {},
+            "records": records[-500:],
+        }  # fmt: skip
+
+
 class LiveView:
     """Watches event logs: the ones given, or (``logs=None``) every live one in the process."""
 
@@ -53,6 +99,7 @@ class LiveView:
         self.title = title
         self._fixed = logs
         self._watched: dict[int, tuple[EventLog, _Watched]] = {}
+        self._training: list[_Training] = []
         self._lock = threading.Lock()
         self.started = time.monotonic()
 
@@ -69,10 +116,28 @@ class LiveView:
                 return f"fj.map / fj.imap ({name} backend)"
         return f"Pool #{number}"
 
+    def follow_training(self, path: str, ranks: int, label: str = "") -> Any:
+        """Show a training gang's metrics (the JSON lines file its rank 0 appends to); returns
+        a handle for ``stop_training``."""
+        with self._lock:
+            number = len(self._training) + 1
+            run = _Training(label or f"fj.train.launch #{number}", path, ranks, time.monotonic())
+            self._training.append(run)
+            return run
+
+    def stop_training(self, run: Any) -> None:
+        """The gang ended: read the last lines; the run stays on the page, marked finished."""
+        with self._lock:
+            run.read()
+            run.running = False
+
     def tick(self) -> None:
         """Sample every watched log's counters (called every ``TICK_SECONDS``)."""
         now = time.monotonic()
         with self._lock:
+            for run in self._training:
+                if run.running:
+                    run.read()
             seen = set()
             for log in self._logs():
                 key = id(log)
@@ -116,11 +181,13 @@ class LiveView:
         now = time.monotonic()
         with self._lock:
             entries = list(self._watched.values())
+            training = [run.state() for run in self._training]
         return {
             "title": self.title,
             "pid": os.getpid(),
             "uptime": now - self.started,
             "pools": [self._pool_state(log, w, now) for log, w in entries if w.last_stats],
+            "training": training,
         }
 
     def _pool_state(self, log: EventLog, watched: _Watched, now: float) -> dict[str, Any]:

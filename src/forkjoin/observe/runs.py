@@ -75,6 +75,38 @@ def iterate_profiled(job: Any, session: ProfileSession, target: bool | str) -> I
         deliver_profile(session.stop(), target, None)
 
 
+def follow_training(
+    env: dict[str, str] | None, ranks: int
+) -> tuple[dict[str, str] | None, Callable[[], None]]:
+    """If a dashboard is up in this process, show a training gang on it: its rank 0's metrics
+    log (``fj.train.log`` lines) is followed, in a temporary file unless the user set one.
+    Returns the ranks' environment and what to call when the gang ends. No dashboard: nothing
+    (this module is only imported once the dashboard module is)."""
+    from .dashboard import active
+
+    board = active()
+    if board is None:
+        return env, lambda: None
+    import os
+    import tempfile
+
+    env = dict(env or {})
+    path = env.get("FORKJOIN_TRAIN_LOG") or os.environ.get("FORKJOIN_TRAIN_LOG")
+    temporary = None
+    if not path:
+        fd, temporary = tempfile.mkstemp(prefix="forkjoin-trainlog-", suffix=".jsonl")
+        os.close(fd)
+        env["FORKJOIN_TRAIN_LOG"] = path = temporary
+    run = board.view.follow_training(path, ranks)
+
+    def stop() -> None:
+        board.view.stop_training(run)
+        if temporary is not None:
+            os.unlink(temporary)
+
+    return env, stop
+
+
 class PoolObserver:
     """What ``Pool(profile=True)`` and ``Pool(dashboard=True)`` add to a pool: a profiling
     session for the pool's lifetime and/or a live dashboard of its event log."""

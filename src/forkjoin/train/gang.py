@@ -184,9 +184,16 @@ def launch(
 
         train_fn, session = start_profile(train_fn)
     payload = cloudpickle.dumps((train_fn, tuple(args), kwargs))
+    unfollow = None
+    if "forkjoin.observe.dashboard" in sys.modules:  # observe: a live dashboard is up
+        from forkjoin.observe.runs import follow_training
+
+        env, unfollow = follow_training(env, workers)
     try:
         return _run_gang(payload, workers, device, timeout, threads_per_rank, env, max_restarts)
     finally:
+        if unfollow is not None:
+            unfollow()
         if session is not None:
             from forkjoin.observe.runs import deliver_profile
 

@@ -153,16 +153,72 @@
     }
   }
 
+  const SPEEDS = ["tokens_per_s", "samples_per_s", "mfu", "model_tflops"];
+
+  function fmtMetric(key, value) {
+    if (typeof value !== "number") return String(value);
+    if (key === "mfu") return (100 * value).toFixed(1) + "%";
+    if (key.endsWith("_per_s")) return Math.round(value).toLocaleString("en");
+    return Math.abs(value) >= 1000 ? value.toFixed(0) : value.toPrecision(4);
+  }
+
+  function drawTraining(run, index) {
+    const section = el("section", { class: "pool training", "data-training": String(index) });
+    section.appendChild(el("h2", {}, run.label + (run.running ? "" : " (finished)")));
+    const cards = el("div", { class: "cards" });
+    const latest = run.latest || {};
+    cards.appendChild(card("ranks", "ranks", run.ranks));
+    cards.appendChild(card("elapsed", "elapsed", fmtSeconds(run.elapsed)));
+    if (latest.step !== undefined) cards.appendChild(card("step", "step", latest.step));
+    const metrics = Object.keys(latest).filter((k) => k !== "time" && k !== "step");
+    metrics.sort((a, b) => SPEEDS.indexOf(a) - SPEEDS.indexOf(b));
+    for (const key of metrics) {
+      cards.appendChild(card("metric-" + key, key.replace(/_per_s$/, "/s"), fmtMetric(key, latest[key])));
+    }
+    section.appendChild(cards);
+    const chartBox = el("div", { class: "chart" });
+    const first = metrics.find((k) => !SPEEDS.includes(k));
+    chartBox.appendChild(el("h3", {}, first ? first + " by step (averaged over ranks)" :
+                                        "no metrics logged yet (fj.train.log)"));
+    section.appendChild(chartBox);
+    return [section, chartBox, first];
+  }
+
+  function trainingChart(box, run, index, key) {
+    if (!key) return;
+    const rows = run.records.filter((r) => typeof r[key] === "number");
+    const xs = rows.map((r, i) => (r.step !== undefined ? r.step : i));
+    const data = [xs, rows.map((r) => r[key])];
+    const id = "training-" + index + "-" + key;
+    let plot = charts[id];
+    if (!plot) {
+      plot = new uPlot({
+        width: 420, height: 180, scales: { x: { time: false } },
+        axes: [{ label: "step" }, {}],
+        series: [{ label: "step" }, { label: key, stroke: "#e8893a", width: 2 }],
+      }, data, box);
+      charts[id] = plot;
+    } else {
+      box.appendChild(plot.root);
+      plot.setData(data);
+    }
+  }
+
   function render(state) {
     document.getElementById("meta").textContent =
       state.title + " · pid " + state.pid + " · up " + fmtSeconds(state.uptime);
     const root = document.getElementById("pools");
     root.replaceChildren();
-    if (!state.pools.length) root.appendChild(el("p", { id: "empty" }, "No pool is running in this process yet."));
+    if (!state.pools.length && !(state.training || []).length) root.appendChild(el("p", { id: "empty" }, "No pool is running in this process yet."));
     state.pools.forEach((pool, index) => {
       const [section, chartBox] = drawPool(pool, index);
       root.appendChild(section);
       chart(chartBox, pool, index);
+    });
+    (state.training || []).forEach((run, index) => {
+      const [section, chartBox, key] = drawTraining(run, index);
+      root.appendChild(section);
+      trainingChart(chartBox, run, index, key);
     });
   }
 
