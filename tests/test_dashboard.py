@@ -258,3 +258,29 @@ def tempfile_dir() -> str:
     import tempfile
 
     return tempfile.gettempdir()
+
+
+def test_data_stages_on_the_page(tmp_path: Path) -> None:
+    data = pytest.importorskip("forkjoin.data")
+    import json
+
+    board = fj.dashboard(quiet=True)
+    try:
+        ds = data.from_items([{"k": i % 3, "x": i} for i in range(600)]).repartition(6)
+        out = ds.map_batches(_double_x).groupby("k").agg({"x": "sum"}).to_pandas(workers=2)
+        assert sorted(out["x"]) == sorted(2 * sum(range(k, 600, 3)) for k in range(3))
+        url = board.url.replace("/?token=", "/api/state?token=")
+        with urllib.request.urlopen(url) as reply:
+            stages = json.loads(reply.read())["data"]
+    finally:
+        board.close()
+    first = next(s for s in stages if "map_batches(_double_x)" in s["label"])
+    assert first["label"].endswith("partial") and not first["running"]
+    assert first["done"] == first["partitions"] == 6 and first["rows_in"] == 600
+    assert first["in_flight"] == 0 and first["rows_per_s"] > 0
+
+
+def _double_x(table):
+    import pyarrow.compute as pc
+
+    return table.set_column(table.schema.get_field_index("x"), "x", pc.multiply(table["x"], 2))

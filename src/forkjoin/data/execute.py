@@ -23,6 +23,7 @@ The engine is used only through ``fj.imap`` / ``Pool.imap``, so every backend wo
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -194,9 +195,12 @@ def run_partitions(
         if config.profile:
             options["profile"] = config.profile
         results = fj.imap(fn, parts, workers=config.workers, backend=config.backend, **options)
+    watch = _dashboard_watch(ops, terminal, len(parts), config)
     try:
         for result in results:
             _account(stats, result, config)
+            if watch is not None:
+                watch[1].partition_done(result.counts.rows_read, result.rows)
             yield result
     except TaskError as exc:
         if isinstance(exc.original, DataError):
@@ -206,6 +210,25 @@ def run_partitions(
         close = getattr(results, "close", None)
         if close is not None:
             close()
+        if watch is not None:
+            watch[0].stop_data_stage(watch[1])
+
+
+def _dashboard_watch(
+    ops: Sequence[Op], terminal: Terminal, partitions: int, config: RunConfig
+) -> Any:
+    """A live dashboard's view of this stage, when ``forkjoin.dashboard()`` is up; else None."""
+    if "forkjoin.observe.dashboard" not in sys.modules:
+        return None
+    from ..observe.runs import follow_data_stage
+
+    steps = []
+    for op in ops:
+        fn = getattr(op, "fn", None)
+        named = getattr(fn, "__qualname__", type(fn).__name__) if fn is not None else ""
+        steps.append(f"{op.name}({named})" if named else op.name)
+    steps.append(terminal.kind)
+    return follow_data_stage(" → ".join(steps), partitions, config.window())
 
 
 def _account(stats: DataStats, result: PartResult, config: RunConfig) -> None:

@@ -92,6 +92,40 @@ class _Training:
         }  # fmt: skip
 
 
+@dataclass
+class _DataStage:
+    """One stage of a ``forkjoin.data`` run (its operations fused into one task per partition):
+    partitions and rows as they are merged, written by the caller's thread that merges them."""
+
+    label: str
+    partitions: int
+    window: int
+    started: float
+    done: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    running: bool = True
+    ended: float = 0.0
+    history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY_TICKS))
+
+    def partition_done(self, rows_in: int, rows_out: int) -> None:
+        self.done += 1
+        self.rows_in += rows_in
+        self.rows_out += rows_out
+
+    def state(self, now: float) -> dict[str, Any]:
+        history = list(self.history)
+        elapsed = (self.ended if not self.running else now) - self.started
+        recent = _rate([(t, rows, 0) for t, rows in history[-RATE_WINDOW_TICKS - 1 :]])
+        return {
+            "label": self.label, "running": self.running, "partitions": self.partitions,
+            "done": self.done, "in_flight": min(self.window, self.partitions - self.done)
+            if self.running else 0,
+            "rows_in": self.rows_in, "rows_out": self.rows_out, "elapsed": elapsed,
+            "rows_per_s": recent if self.running else (self.rows_in / elapsed if elapsed else 0),
+        }  # fmt: skip
+
+
 class LiveView:
     """Watches event logs: the ones given, or (``logs=None``) every live one in the process."""
 
@@ -100,6 +134,7 @@ class LiveView:
         self._fixed = logs
         self._watched: dict[int, tuple[EventLog, _Watched]] = {}
         self._training: list[_Training] = []
+        self._data: deque[_DataStage] = deque(maxlen=20)  # the most recent stages
         self._lock = threading.Lock()
         self.started = time.monotonic()
 
@@ -125,6 +160,18 @@ class LiveView:
             self._training.append(run)
             return run
 
+    def follow_data_stage(self, label: str, partitions: int, window: int) -> Any:
+        """Show one ``forkjoin.data`` stage; the caller reports each merged partition on the
+        returned handle (``partition_done``) and passes it to ``stop_data_stage`` at the end."""
+        stage = _DataStage(label, partitions, max(1, window), time.monotonic())
+        with self._lock:
+            self._data.append(stage)
+        return stage
+
+    def stop_data_stage(self, stage: Any) -> None:
+        stage.running = False
+        stage.ended = time.monotonic()
+
     def stop_training(self, run: Any) -> None:
         """The gang ended: read the last lines; the run stays on the page, marked finished."""
         with self._lock:
@@ -138,6 +185,9 @@ class LiveView:
             for run in self._training:
                 if run.running:
                     run.read()
+            for stage in self._data:
+                if stage.running:
+                    stage.history.append((now, stage.rows_in))
             seen = set()
             for log in self._logs():
                 key = id(log)
@@ -182,12 +232,14 @@ class LiveView:
         with self._lock:
             entries = list(self._watched.values())
             training = [run.state() for run in self._training]
+            data = [stage.state(now) for stage in self._data]
         return {
             "title": self.title,
             "pid": os.getpid(),
             "uptime": now - self.started,
             "pools": [self._pool_state(log, w, now) for log, w in entries if w.last_stats],
             "training": training,
+            "data": data,
         }
 
     def _pool_state(self, log: EventLog, watched: _Watched, now: float) -> dict[str, Any]:

@@ -107,6 +107,16 @@ def follow_training(
     return env, stop
 
 
+def follow_data_stage(label: str, partitions: int, window: int) -> Any:
+    """If a dashboard is up, a handle that shows one ``forkjoin.data`` stage on it; else None."""
+    from .dashboard import active
+
+    board = active()
+    return None if board is None else (board.view, board.view.follow_data_stage(
+        label, partitions, window
+    ))  # fmt: skip
+
+
 class PoolObserver:
     """What ``Pool(profile=True)`` and ``Pool(dashboard=True)`` add to a pool: a profiling
     session for the pool's lifetime and/or a live dashboard of its event log."""

@@ -52,6 +52,9 @@ END_FLUSH_MIN_SECONDS = 0.02
 # How often the sampler looks for the caller's request file (a stat: ~2 us).
 REQUEST_CHECK_SECONDS = 0.02
 REQUEST_FILE = "request"
+# A sampler with no profiled call for this long ends itself (its totals written): the caller
+# may have gone without a word; a later call starts a new one.
+IDLE_STOP_SECONDS = 30.0
 
 _samplers: dict[str, Sampler] = {}
 _samplers_lock = threading.Lock()
@@ -136,6 +139,7 @@ class Sampler:
 
     def _loop(self, last: float, next_check: float, next_flush: float, request_path: str) -> None:
         jitter = random.Random(os.getpid()).random
+        calls_seen, last_active = self.calls, last
         while True:
             # A jittered period: a fixed one could beat in step with a periodic workload.
             time.sleep(self.interval * (0.5 + jitter()))
@@ -151,6 +155,11 @@ class Sampler:
             request = _read(request_path)
             if request is None and not os.path.isdir(self.directory):
                 break  # the caller is gone and took its folder: nothing to report to
+            if self.active or self.calls != calls_seen:
+                calls_seen, last_active = self.calls, now
+            elif now - last_active > IDLE_STOP_SECONDS:
+                self._flush(False)
+                break
             if request and request != self._answered:
                 self._answered = request
                 final = request.endswith("stop")

@@ -204,17 +204,42 @@
     }
   }
 
+  function drawData(stages) {
+    const section = el("section", { class: "pool data" });
+    section.appendChild(el("h2", {}, "forkjoin.data stages (most recent last)"));
+    const table = el("table", { class: "stages" });
+    const head = el("tr", {});
+    for (const h of ["stage", "state", "partitions", "in flight", "rows in", "rows out",
+                     "rows/s", "elapsed"]) head.appendChild(el("th", {}, h));
+    table.appendChild(head);
+    stages.forEach((s, i) => {
+      const tr = el("tr", { "data-stage": String(i) });
+      tr.append(el("td", { style: "text-align:left" }, s.label),
+                el("td", {}, s.running ? "running" : "done"),
+                el("td", { "data-key": "partitions" }, s.done + " / " + s.partitions),
+                el("td", {}, String(s.in_flight)),
+                el("td", { "data-key": "rows_in" }, s.rows_in.toLocaleString("en")),
+                el("td", { "data-key": "rows_out" }, s.rows_out.toLocaleString("en")),
+                el("td", {}, Math.round(s.rows_per_s).toLocaleString("en")),
+                el("td", {}, fmtSeconds(s.elapsed)));
+      table.appendChild(tr);
+    });
+    section.appendChild(table);
+    return section;
+  }
+
   function render(state) {
     document.getElementById("meta").textContent =
       state.title + " · pid " + state.pid + " · up " + fmtSeconds(state.uptime);
     const root = document.getElementById("pools");
     root.replaceChildren();
-    if (!state.pools.length && !(state.training || []).length) root.appendChild(el("p", { id: "empty" }, "No pool is running in this process yet."));
+    if (!state.pools.length && !(state.training || []).length && !(state.data || []).length) root.appendChild(el("p", { id: "empty" }, "No pool is running in this process yet."));
     state.pools.forEach((pool, index) => {
       const [section, chartBox] = drawPool(pool, index);
       root.appendChild(section);
       chart(chartBox, pool, index);
     });
+    if ((state.data || []).length) root.appendChild(drawData(state.data));
     (state.training || []).forEach((run, index) => {
       const [section, chartBox, key] = drawTraining(run, index);
       root.appendChild(section);
