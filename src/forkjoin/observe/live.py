@@ -243,8 +243,7 @@ class LiveView:
         }
 
     def _pool_state(self, log: EventLog, watched: _Watched, now: float) -> dict[str, Any]:
-        stats = watched.last_stats
-        assert stats is not None
+        stats = log.stats()  # fresh counters (a fold and a copy); rates come from the ticks
         history = list(watched.history)
         rate = _rate(history[-RATE_WINDOW_TICKS - 1 :])
         job: dict[str, Any] = {"items": watched.job_items}
