@@ -284,3 +284,23 @@ def _double_x(table):
     import pyarrow.compute as pc
 
     return table.set_column(table.schema.get_field_index("x"), "x", pc.multiply(table["x"], 2))
+
+
+def test_without_aiohttp_the_error_names_the_extra() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['aiohttp'] = None\n"  # as if not installed
+        "import forkjoin as fj\n"
+        "for start in (fj.dashboard, lambda: fj.Pool(workers=2, dashboard=True)):\n"
+        "    try:\n"
+        "        start()\n"
+        "    except fj.BackendUnavailableError as exc:\n"
+        "        print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.stdout.count('pip install "forkjoin[dashboard]"') == 2, done.stderr

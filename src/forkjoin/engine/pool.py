@@ -113,7 +113,11 @@ class Pool(Executor):
         if dashboard or self.options.profile:
             from ..observe.runs import PoolObserver
 
-            self._observer = PoolObserver(self, dashboard, self.options.profile)
+            try:
+                self._observer = PoolObserver(self, dashboard, self.options.profile)
+            except BaseException:
+                self._backend.shutdown(wait=False)  # refused (no aiohttp...): leave nothing
+                raise
             weakref.finalize(self, self._observer.close)
 
     def __repr__(self) -> str:
