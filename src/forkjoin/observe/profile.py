@@ -88,6 +88,7 @@ class Profile:
     calls: int = 0
     samples: int = 0
     incomplete: list[int] = field(default_factory=list)  # pids whose final totals were missed
+    sampler_cpu_seconds: float = 0.0  # CPU time the samplers themselves used, all workers
 
     @classmethod
     def merge(cls, reports: Iterable[dict[str, Any]], request: str | None = None) -> Profile:
@@ -100,6 +101,7 @@ class Profile:
             profile.workers.append(report["pid"])
             profile.calls += report["calls"]
             profile.samples += report["samples"]
+            profile.sampler_cpu_seconds += report.get("sampler_cpu", 0.0)
             if request is not None and report["answered"] != request and not report["idle"]:
                 profile.incomplete.append(report["pid"])
             local = []
@@ -188,6 +190,7 @@ class Profile:
             "top_self": rows(self.top(top, "self")),
             "top_total": rows(self.top(top, "total")),
             "incomplete": self.incomplete,
+            "sampler_cpu_seconds": self.sampler_cpu_seconds,
         }
 
     def to_speedscope(self, name: str = "forkjoin profile") -> dict[str, Any]:
@@ -224,7 +227,8 @@ class Profile:
         whole = self.total_seconds or 1.0
         lines = [
             f"profile: {len(self.workers)} worker(s), {self.calls} calls, {self.samples} "
-            f"samples, {self.total_seconds:.3f} worker-seconds"
+            f"samples, {self.total_seconds:.3f} worker-seconds (sampling used "
+            f"{1e3 * self.sampler_cpu_seconds:.0f} ms of CPU)"
         ]
         for kind, seconds in self.seconds_by_kind().items():
             lines.append(f"  {kind:<26} {seconds:9.3f} s  {100 * seconds / whole:5.1f}%")
@@ -273,7 +277,7 @@ class ProfileSession:
                 reports, request = self._ask(stop=True, timeout=timeout)
                 self.result = Profile.merge(reports, request)
             finally:
-                shutil.rmtree(self.directory, ignore_errors=True)
+                _remove(self.directory)
         return self.result
 
     def _ask(self, stop: bool, timeout: float) -> tuple[list[dict[str, Any]], str]:
@@ -300,6 +304,16 @@ class ProfileSession:
                 except (OSError, ValueError):  # replaced while read: read again next time
                     continue
         return reports
+
+
+def _remove(directory: str, tries: int = 5) -> None:
+    """Remove the session's folder. A sampler that missed the stop (its process busy) may
+    still write one last file meanwhile: then the removal is tried again, a few times."""
+    for _ in range(tries):
+        shutil.rmtree(directory, ignore_errors=True)
+        if not os.path.exists(directory):
+            return
+        time.sleep(_POLL_SECONDS)
 
 
 def _alive(pid: int) -> bool:

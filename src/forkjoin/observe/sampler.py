@@ -36,6 +36,9 @@ from typing import Any
 # thread, so asking for less mostly adds wake-ups; 5 ms gives ~200 samples/s per worker at
 # < 1% CPU (benchmarks/bench_observe.py measures the overhead on a CPU-bound map).
 SAMPLE_SECONDS = 0.005
+# The longest period a sampler backs off to on an oversubscribed machine (see ``_loop``).
+MAX_SAMPLE_SECONDS = 0.02
+LATE_FACTOR = 4  # a wake-up this many periods late counts as very late
 # While a sampler runs, the GIL is handed over this often instead of every 5 ms. Otherwise the
 # sampler, waiting up to 5 ms for the GIL, mostly gets it where the worker releases it (a send,
 # a read): samples would pile up on I/O calls. Only the sampler contends, so the cost is one
@@ -81,8 +84,11 @@ class Sampler:
         self._between: dict[tuple[int, ...], float] = {}  # since the last call ended
         self._samples = 0
         self._answered = ""
+        self._cpu_start: float | None = None  # the sampler thread's CPU clock at its start
+        self._sampler_cpu = 0.0  # as of its last flush (a calling thread's flush reuses it)
         self._path = os.path.join(directory, f"{os.getpid()}-{id(self)}.json")
         self._flush_lock = threading.Lock()  # the sampler thread and a calling thread may flush
+        self.closed = False  # set (under _flush_lock) by the final write: no file after it
         self.thread = threading.Thread(target=self._run, name="fj-profile-sampler", daemon=True)
 
     # -- sampling (the sampler thread) -----------------------------------------------------------
@@ -127,6 +133,7 @@ class Sampler:
         last = next_check = time.monotonic()
         next_flush = last + FLUSH_SECONDS
         request_path = os.path.join(self.directory, REQUEST_FILE)
+        self._cpu_start = time.thread_time()
         previous_switch = sys.getswitchinterval()
         sys.setswitchinterval(min(previous_switch, SWITCH_INTERVAL_SECONDS))
         try:
@@ -140,14 +147,24 @@ class Sampler:
     def _loop(self, last: float, next_check: float, next_flush: float, request_path: str) -> None:
         jitter = random.Random(os.getpid()).random
         calls_seen, last_active = self.calls, last
+        interval = self.interval
         while True:
             # A jittered period: a fixed one could beat in step with a periodic workload.
-            time.sleep(self.interval * (0.5 + jitter()))
+            pause = interval * (0.5 + jitter())
+            time.sleep(pause)
             now = time.monotonic()
             try:
-                self._sample(min(now - last, MAX_SAMPLE_WEIGHT * self.interval))
+                self._sample(min(now - last, MAX_SAMPLE_WEIGHT * interval))
             except Exception:  # a frame vanished mid-walk: skip this sample
                 pass
+            # Waking very late means the machine is heavily oversubscribed: a hand-over of the
+            # GIL to a thread the OS then preempts can stall the worker for a time slice, so
+            # sample less often there (and return to the asked rate once wake-ups are prompt).
+            late = now - last - pause
+            if late > LATE_FACTOR * interval:
+                interval = min(interval * 2, MAX_SAMPLE_SECONDS)
+            elif late < interval / 4 and interval > self.interval:
+                interval = max(interval / 2, self.interval)
             last = now
             if now < next_check:
                 continue
@@ -173,15 +190,21 @@ class Sampler:
     # -- reporting -------------------------------------------------------------------------------
 
     def _flush(self, final: bool) -> None:
-        """Write the totals so far (atomically: the caller never reads half a file)."""
+        """Write the totals so far (atomically: the caller never reads half a file). Nothing
+        after the final write: the caller is removing the folder."""
         with self._flush_lock:
+            if self.closed:
+                return
             self._write(final)
+            self.closed = final
 
     def _write(self, final: bool) -> None:
         index: dict[int, int] = {}
         frames: list[list[Any]] = []
         stacks = []
         idle = not self.active
+        if self._cpu_start is not None and threading.current_thread() is self.thread:
+            self._sampler_cpu = time.thread_time() - self._cpu_start
         for stack, seconds in list(self._seconds.items()):  # list(): one C call, GIL held
             row = []
             for key in stack:
@@ -200,6 +223,12 @@ class Sampler:
             "interval": self.interval,
             "answered": self._answered,
             "final": final,
+            # this thread's own CPU time: what sampling cost (read only from this thread)
+            "sampler_cpu": (
+                time.thread_time() - self._cpu_start
+                if self._cpu_start is not None and threading.current_thread() is self.thread
+                else self._sampler_cpu
+            ),
             "idle": idle,  # written between calls: complete up to here
             "frames": frames,
             "stacks": stacks,
@@ -229,7 +258,12 @@ def sampler_for(directory: str, interval: float = SAMPLE_SECONDS) -> Sampler:
     with _samplers_lock:
         sampler = _samplers.get(directory)
         if sampler is None:
-            sampler = _samplers[directory] = Sampler(directory, interval)
+            sampler = Sampler(directory, interval)
+            request = _read(os.path.join(directory, REQUEST_FILE))
+            if request is None and not os.path.isdir(directory) or (request or "").endswith("stop"):
+                sampler.closed = True  # a call after the session ended: run it unsampled
+                return sampler
+            _samplers[directory] = sampler
             sampler._flush(False)  # the caller now knows this process took part
             sampler.thread.start()
         return sampler
