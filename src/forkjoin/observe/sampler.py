@@ -53,7 +53,7 @@ FLUSH_SECONDS = 0.5
 # Outside pool workers, a profiled call at least this long writes the totals when it returns.
 END_FLUSH_MIN_SECONDS = 0.02
 # How often the sampler looks for the caller's request file (a stat: ~2 us).
-REQUEST_CHECK_SECONDS = 0.02
+REQUEST_CHECK_SECONDS = 0.01
 REQUEST_FILE = "request"
 # A sampler with no profiled call for this long ends itself (its totals written): the caller
 # may have gone without a word; a later call starts a new one.
