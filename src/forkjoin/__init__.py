@@ -42,6 +42,7 @@ _EXPORTS = {
     "ResourceError": "forkjoin.errors",
     "DataError": "forkjoin.errors",
     "BackendUnavailableError": "forkjoin.errors",
+    "dashboard": "forkjoin.observe.dashboard",
 }
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "WorkerContext",
     "WorkerCrashedError",
     "__version__",
+    "dashboard",
     "devices",
     "imap",
     "map",
@@ -76,7 +78,7 @@ assert set(__all__) == {*_EXPORTS, "__version__"}
 
 # The layers, reached as ``fj.data``, ``fj.train``... and imported (with pyarrow, torch,
 # matplotlib) only when a program first touches them.
-_LAYERS = ("data", "train", "bench", "testing")
+_LAYERS = ("data", "train", "bench", "testing", "observe")
 
 
 def _write_run_report(*args: _typing.Any, **kwargs: _typing.Any) -> _typing.Any:
@@ -128,3 +130,4 @@ if _typing.TYPE_CHECKING:
         WorkerCrashedError,
     )
     from .machine import DeviceInfo, GPUInfo, devices
+    from .observe.dashboard import dashboard

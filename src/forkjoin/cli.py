@@ -5,7 +5,7 @@
     forkjoin info [--json]                       the machine, backends, versions  (sysinfo.py)
     forkjoin map MODULE:FN IN.jsonl -o OUT.jsonl  a function over JSON Lines       (mapfile.py)
     forkjoin demo [--quick]                      serial vs parallel on real work  (demo/)
-    forkjoin process | train | bench | stress | check    the layers' commands (*/commands.py)
+    forkjoin process | train | bench | stress | check | dashboard    the layers' commands
 
 ``main(argv, stdout=..., stderr=...)`` returns the exit status instead of exiting, and writes
 only to the streams it is given, so tests call it in-process with ``io.StringIO``. Exit status:
@@ -242,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
 # Layers add their own subcommands (``forkjoin process``, ``train``, ``bench``...): each module
 # defines ``register(commands) -> {name: handler}``, imports only argparse at the top, and does
 # its heavy imports inside the handler, so ``forkjoin --help`` stays fast.
-_COMMAND_MODULES = ("forkjoin.data.commands", "forkjoin.train.commands", "forkjoin.bench.commands")
+_COMMAND_MODULES = (
+    "forkjoin.data.commands",
+    "forkjoin.train.commands",
+    "forkjoin.bench.commands",
+    "forkjoin.observe.commands",
+)
 
 
 def _command_modules() -> list[Any]:

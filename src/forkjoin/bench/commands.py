@@ -139,6 +139,11 @@ def register(commands: Any) -> dict[str, Callable[[argparse.Namespace, Streams],
     bench.add_argument("--json", metavar="FILE", help="write every number as JSON")
     bench.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     bench.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
+    bench.add_argument(
+        "--profile", nargs="?", const=True, default=False, metavar="SPEEDSCOPE.json",
+        help="also run once profiled at the largest worker count: top functions across "
+        "workers (and a flame graph in --html); a FILE gets speedscope JSON",
+    )  # fmt: skip
 
     stress = commands.add_parser(
         "stress", help="run a workload under injected faults; fail on any loss or leak",
@@ -235,16 +240,37 @@ def cmd_bench(args: argparse.Namespace, streams: Streams) -> int:
         streams.error("bench", str(exc))
         return EXIT_FAILURE
     print(report.table(), file=streams.stdout)
+    profile = _profiled_run(fn, items, args, streams) if args.profile else None
     if args.json:
         report.to_json(args.json)
         streams.note("bench", f"wrote {args.json}")
     if args.html:
-        report.save_html(args.html)
+        report.save_html(args.html, profile=profile)
         streams.note("bench", f"wrote {args.html}")
     if args.plots:
         for path in report.save_plots(args.plots):
             streams.note("bench", f"wrote {path}")
     return EXIT_OK
+
+
+def _profiled_run(fn: Any, items: Any, args: argparse.Namespace, streams: Streams) -> Any:
+    """One more run, profiled, at the largest worker count (forkjoin.observe)."""
+    from ..engine.api import map as fj_map
+    from ..observe.runs import start_profile
+
+    workers = max(args.workers)
+    wrapped, session = start_profile(fn)
+    try:
+        fj_map(
+            wrapped, list(items), workers=workers, backend=args.backend, chunksize=args.chunksize
+        )
+    finally:
+        profile = session.stop()
+    print(f"\nprofiled run at {workers} workers\n{profile.render_text()}", file=streams.stdout)
+    if isinstance(args.profile, str):
+        profile.write_speedscope(args.profile)
+        streams.note("bench", f"wrote {args.profile}")
+    return profile
 
 
 def cmd_stress(args: argparse.Namespace, streams: Streams) -> int:

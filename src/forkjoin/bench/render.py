@@ -363,6 +363,8 @@ table { border-collapse: collapse; margin: 1em 0; }
 td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f4f4f4; }
 img { display: block; margin: 1em 0; border: 1px solid #eee; }
+svg.flame { display: block; margin: 1em 0; border: 1px solid #eee; }
+svg.flame text { pointer-events: none; fill: #222; }
 li { margin: 0.3em 0; }
 """
 
@@ -400,7 +402,9 @@ def _advice_list(advice: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(a)}</li>" for a in advice) + "</ul>"
 
 
-def write_scaling_html(report: ScalingReport, path: Path) -> Path:
+def write_scaling_html(
+    report: ScalingReport, path: Path, extra: list[str] | None = None
+) -> Path:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fj-bench-") as tmp:
@@ -436,11 +440,15 @@ def write_scaling_html(report: ScalingReport, path: Path) -> Path:
         parts.append(f"<h2>Where the time went at {largest} workers</h2>")
         parts.append(_phase_table(report.breakdowns[largest]))
         parts += images[2:]
+    parts += extra or []
     path.write_text(_page(f"forkjoin scaling report: {report.function}", parts))
     return path
 
 
-def write_run_html(brk: Breakdown, advice: list[str], path: Path, title: str) -> Path:
+def write_run_html(
+    brk: Breakdown, advice: list[str], path: Path, title: str, extra: list[str] | None = None
+) -> Path:
+    """The run report; ``extra`` HTML parts (the profile section) go at the end."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fj-bench-") as tmp:
@@ -461,5 +469,6 @@ def write_run_html(brk: Breakdown, advice: list[str], path: Path, title: str) ->
     ]
     if brk.records_dropped:
         parts.insert(0, "<p><b>Note:</b> only the most recent task records were kept.</p>")
+    parts += extra or []
     path.write_text(_page(title, parts))
     return path

@@ -48,23 +48,43 @@ def write_run_report(
     until: float | None = None,
     workers: int | None = None,
     title: str | None = None,
+    profile: Any = None,
 ) -> Path:
     """Write the run's breakdown, timeline and advice to ``path``: ``.html`` (self-contained,
-    plots embedded), ``.json`` (every number and the timeline) or ``.txt`` (tables)."""
+    plots embedded), ``.json`` (every number and the timeline) or ``.txt`` (tables).
+
+    With a ``profile`` (``forkjoin.observe.profile.Profile``, from ``profile=True``) the report
+    also has the workers' top functions and a flame graph, and speedscope JSON is written next
+    to it (``run.speedscope.json`` beside ``run.html``)."""
     path = Path(path)
+    speedscope = None
+    if profile is not None:
+        speedscope = path.with_name(path.stem + ".speedscope.json")
+        profile.write_speedscope(speedscope, name=path.stem)
     brk = run_breakdown(pool_or_events, since=since, until=until, workers=workers)
     advice = advise_breakdown(brk)
     suffix = path.suffix.lower()
     if suffix == ".json":
         data = brk.as_dict(timeline=True)
         data["advice"] = advice
+        if profile is not None:
+            data["profile"] = profile.as_dict()
         path.write_text(json.dumps(data, indent=2, default=float))
     elif suffix in (".txt", ".text"):
         from .render import render_breakdown_text
 
-        path.write_text(render_breakdown_text(brk, advice))
+        text = render_breakdown_text(brk, advice)
+        if profile is not None:
+            text += "\n\n" + profile.render_text()
+        path.write_text(text)
     else:
         from .render import write_run_html
 
-        write_run_html(brk, advice, path, title or "forkjoin run report")
+        extra = None
+        if profile is not None:
+            from ..observe.flamegraph import profile_html
+            from .render import _table
+
+            extra = profile_html(profile, _table, speedscope.name if speedscope else None)
+        write_run_html(brk, advice, path, title or "forkjoin run report", extra)
     return path

@@ -81,10 +81,18 @@ class ScalingReport:
 
         return save_scaling_plots(self, Path(directory))
 
-    def save_html(self, path: str | Path) -> Path:
+    def save_html(self, path: str | Path, profile: Any = None) -> Path:
+        """The report as one self-contained page; with a ``profile`` (forkjoin.observe) it
+        ends with the workers' top functions and a flame graph."""
         from .render import write_scaling_html
 
-        return write_scaling_html(self, Path(path))
+        extra = None
+        if profile is not None:
+            from ..observe.flamegraph import profile_html
+            from .render import _table
+
+            extra = profile_html(profile, _table)
+        return write_scaling_html(self, Path(path), extra)
 
     def __str__(self) -> str:
         return self.table()

@@ -23,6 +23,7 @@ The engine is used only through ``fj.imap`` / ``Pool.imap``, so every backend wo
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .sources import Partition, ReadCounts, ReadSpec, SourcePlan, plan_table
 # the previous result travels back; more only adds memory (benchmarks/bench_data.py).
 IN_FLIGHT_PER_WORKER = 2
 
-RUN_OPTIONS = ("workers", "backend", "pool", "in_flight", "progress")
+RUN_OPTIONS = ("workers", "backend", "pool", "in_flight", "progress", "profile")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class RunConfig:
     pool: Any = None  # a forkjoin.Pool to run on instead of the shared one
     in_flight: int | None = None  # partitions in flight; None: IN_FLIGHT_PER_WORKER per worker
     progress: Any = None  # a callable(PartResult) called as each partition finishes
+    profile: bool | str = False  # fj.imap's profile=: the stages' functions across workers
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:
@@ -183,17 +185,22 @@ def run_partitions(
             yield result
         return
     fn = functools.partial(process_partition, spec=spec, ops=tuple(ops), terminal=terminal)
-    options = {"chunksize": 1, "ordered": ordered, "max_in_flight": config.window(),
+    options: dict[str, Any] = {"chunksize": 1, "ordered": ordered, "max_in_flight": config.window(),
                "progress": False}  # fmt: skip
     if config.pool is not None:
         results = config.pool.imap(fn, parts, **options)
     else:
         import forkjoin as fj
 
+        if config.profile:
+            options["profile"] = config.profile
         results = fj.imap(fn, parts, workers=config.workers, backend=config.backend, **options)
+    watch = _dashboard_watch(ops, terminal, len(parts), config)
     try:
         for result in results:
             _account(stats, result, config)
+            if watch is not None:
+                watch[1].partition_done(result.counts.rows_read, result.rows)
             yield result
     except TaskError as exc:
         if isinstance(exc.original, DataError):
@@ -203,6 +210,25 @@ def run_partitions(
         close = getattr(results, "close", None)
         if close is not None:
             close()
+        if watch is not None:
+            watch[0].stop_data_stage(watch[1])
+
+
+def _dashboard_watch(
+    ops: Sequence[Op], terminal: Terminal, partitions: int, config: RunConfig
+) -> Any:
+    """A live dashboard's view of this stage, when ``forkjoin.dashboard()`` is up; else None."""
+    if "forkjoin.observe.dashboard" not in sys.modules:
+        return None
+    from ..observe.runs import follow_data_stage
+
+    steps = []
+    for op in ops:
+        fn = getattr(op, "fn", None)
+        named = getattr(fn, "__qualname__", type(fn).__name__) if fn is not None else ""
+        steps.append(f"{op.name}({named})" if named else op.name)
+    steps.append(terminal.kind)
+    return follow_data_stage(" → ".join(steps), partitions, config.window())
 
 
 def _account(stats: DataStats, result: PartResult, config: RunConfig) -> None:

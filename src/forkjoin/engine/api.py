@@ -53,6 +53,14 @@ def resolve_backend_name(options: RunOptions, workers: int) -> str:
     return name
 
 
+def known_length(items: Iterable[Any]) -> int | None:
+    """How many items, when the input can say without being consumed (for an ETA)."""
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def resolve_workers(options: RunOptions) -> int:
     return options.workers if options.workers is not None else usable_cpu_count()
 
@@ -205,6 +213,7 @@ def _job(
     backend, events = shared_pools.get(name, workers, memory_limit, slots, connection)
     try:
         check_supported(backend, options)
+        events.job_started(known_length(items))
         job = Job(backend, events, fn, items, options, kind)
     except BaseException:
         shared_pools.release(backend)
@@ -212,6 +221,15 @@ def _job(
     # Released when the job ends, or when it is dropped without being run to the end.
     job.finished = weakref.finalize(job, shared_pools.release, backend)
     return job
+
+
+def _profiled(fn: Callable[..., Any], options: RunOptions) -> tuple[Callable[..., Any], Any]:
+    """``fn`` as workers run it, and the profiling session (None unless ``profile=``)."""
+    if not options.profile:
+        return fn, None
+    from ..observe.runs import start_profile  # loaded only when profiling
+
+    return start_profile(fn)
 
 
 def check_supported(backend: Backend, options: RunOptions) -> None:
@@ -242,7 +260,13 @@ def map(
     ``report="run.html"`` (or .json, .txt) also writes where this call's time went and a
     per-worker timeline, whether the call succeeds or fails.
     """
-    job = _job(fn, items, options_from(**options))
+    run_options = options_from(**options)
+    fn, session = _profiled(fn, run_options)
+    job = _job(fn, items, run_options)
+    if session is not None:
+        from ..observe.runs import collect_profiled
+
+        return collect_profiled(job, session, run_options.profile, report)
     if report is None:
         return job.collect()
     return collect_with_report(job, report)
@@ -266,7 +290,14 @@ def imap(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R
     """Like ``map`` but lazy: results stream back while items are still being read, and at most
     a few tasks per worker are in memory, so endless generators are fine. ``ordered=False``
     yields results as they finish."""
-    return iter(_job(fn, items, options_from(**options)))
+    run_options = options_from(**options)
+    fn, session = _profiled(fn, run_options)
+    job = _job(fn, items, run_options)
+    if session is not None:
+        from ..observe.runs import iterate_profiled
+
+        return iterate_profiled(job, session, run_options.profile)
+    return iter(job)
 
 
 def map_reduce(
@@ -281,7 +312,14 @@ def map_reduce(
     With ``ordered=False`` results are reduced in completion order: only correct for a
     commutative ``reduce`` (like ``operator.add`` on integers), but nothing waits.
     """
-    return reduce_results(_job(fn, items, options_from(**options)), reduce, initial)
+    run_options = options_from(**options)
+    fn, session = _profiled(fn, run_options)
+    job = _job(fn, items, run_options)
+    if session is not None:
+        from ..observe.runs import iterate_profiled
+
+        return reduce_results(iterate_profiled(job, session, run_options.profile), reduce, initial)
+    return reduce_results(job, reduce, initial)
 
 
 def reduce_results(values: Iterable[Any], reduce: Callable[[Any, Any], Any], initial: Any) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from itertools import compress
@@ -29,6 +30,9 @@ _now = time.monotonic
 
 # Fresh records are folded into the counters at least this often (bounds the unfolded backlog).
 FOLD_EVERY = 4096
+# Most recent failures kept with their tracebacks (for the live dashboard), and job starts.
+MAX_FAILURE_RECORDS = 100
+MAX_JOB_RECORDS = 100
 
 
 class TaskRecord(NamedTuple):
@@ -52,6 +56,21 @@ class WorkerRecord(NamedTuple):
     pid: int
     detail: float  # start-up seconds for "start", exit code for "exit"
     peak_rss: int
+
+
+class FailureRecord(NamedTuple):
+    time: float
+    task_id: int
+    worker: int
+    attempt: int
+    what: str  # the item (or call) that failed, as error messages name it
+    error: str  # the exception's type and message
+    traceback: str  # the worker's traceback when it sent one, else the caller's
+
+
+class JobRecord(NamedTuple):
+    time: float
+    items: int | None  # None: an iterator of unknown length
 
 
 @dataclass
@@ -110,6 +129,9 @@ class EventLog:
         self._submitted: deque[int] = deque()
         self._fold_lock = threading.Lock()
         self._stats = Stats()
+        self.failures: deque[FailureRecord] = deque(maxlen=MAX_FAILURE_RECORDS)
+        self.jobs: deque[JobRecord] = deque(maxlen=MAX_JOB_RECORDS)
+        live_logs.add(self)
 
     # -- recording (hot path: no locks, one tuple) -----------------------------------------------
 
@@ -130,8 +152,15 @@ class EventLog:
     def task_retried(self) -> None:
         self._fresh_events.append(("retried", None))
 
-    def task_failed(self) -> None:
-        self._fresh_events.append(("failed", None))
+    def task_failed(self, task: Task | None = None, error: BaseException | None = None) -> None:
+        """A task's failure was handed to the caller; with ``task`` and ``error`` it is also
+        kept (described at fold time, off the hot path) for the live dashboard."""
+        detail = None if task is None else (_now(), task, error)
+        self._fresh_events.append(("failed", detail))
+
+    def job_started(self, items: int | None) -> None:
+        """A map over ``items`` items (None: unknown) began: lets a live view show an ETA."""
+        self.jobs.append(JobRecord(_now(), items))
 
     # -- the EventSink protocol for backends -----------------------------------------------------
 
@@ -175,6 +204,8 @@ class EventLog:
                     stats.tasks_taken_back += record
                 else:
                     stats.tasks_failed += 1
+                    if record is not None:
+                        self.failures.append(_failure_record(*record))
 
     def _fold_tasks(self) -> None:
         """Sum the fresh task records into the counters, column by column (C-speed sums)."""
@@ -244,7 +275,40 @@ class EventLog:
         with self._fold_lock:
             return [TaskRecord._make(record) for record in self.tasks]
 
+    def recent_tasks(self, limit: int) -> list[TaskRecord]:
+        """The last ``limit`` task records, oldest first (cheap: copies only those)."""
+        self._fold()
+        with self._fold_lock:
+            tasks = self.tasks
+            start = max(0, len(tasks) - limit)
+            return [TaskRecord._make(tasks[i]) for i in range(start, len(tasks))]
+
+    def failure_records(self) -> list[FailureRecord]:
+        self._fold()
+        with self._fold_lock:
+            return list(self.failures)
+
     def worker_records(self) -> list[WorkerRecord]:
         self._fold()
         with self._fold_lock:
             return list(self.workers)
+
+
+# Every event log alive in this process (one per Pool, one per shared pool): what
+# ``forkjoin.dashboard()`` shows. Registered once per pool, never on the per-task path.
+live_logs: weakref.WeakSet[EventLog] = weakref.WeakSet()
+
+
+def _failure_record(when: float, task: Task, error: BaseException | None) -> FailureRecord:
+    import traceback
+
+    what = task.describe(0) if len(task) == 1 else (
+        f"items {task.first_index}..{task.first_index + len(task) - 1}"
+    )  # fmt: skip
+    if error is None:
+        return FailureRecord(when, task.task_id, task.worker, task.attempt, what, "", "")
+    cause = error.__cause__
+    remote = str(cause) if cause is not None and type(cause).__name__.endswith("Traceback") else ""
+    text = remote or "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    message = f"{type(error).__name__}: {error}"
+    return FailureRecord(when, task.task_id, task.worker, task.attempt, what, message, text)

@@ -40,6 +40,9 @@ class RunOptions:
                (127.0.0.1 only) unless one is already connected.
     cluster_options: keyword arguments for ``ray.init`` / ``distributed.Client`` when joining
                (a Dask TLS ``security=``, a Ray ``runtime_env=``...).
+    profile:   sample the workers' Python stacks and merge them per function (forkjoin.observe):
+               True prints the top functions (or, with report=, adds a flame graph to it); a
+               path ("run.speedscope.json") also writes speedscope JSON. Off: nothing runs.
     """
 
     workers: int | None = None
@@ -57,6 +60,7 @@ class RunOptions:
     memory_limit: int | str | None = None
     address: Any = field(default=None, hash=False, compare=False)
     cluster_options: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    profile: bool | str = False  # observe: see forkjoin/observe/profile.py
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):

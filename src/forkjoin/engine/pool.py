@@ -22,6 +22,7 @@ from .api import (
     backend_connection,
     check_supported,
     collect_with_report,
+    known_length,
     plan_pool,
     reduce_results,
     resolve_backend_name,
@@ -122,6 +123,7 @@ class Pool(Executor):
         gpus: Sequence[int] | None = None,
         prefetch: int = 1,
         max_tasks_per_child: int | None = None,
+        dashboard: bool | int = False,
         **options: Any,
     ) -> None:
         """``resources_per_worker={"gpu": 1, "cpu": 4, "memory": "8GB"}`` shapes each worker
@@ -130,7 +132,10 @@ class Pool(Executor):
         workers when ``resources_per_worker`` is not given). ``prefetch=2`` queues a second
         task on each worker so its inputs arrive while the first runs; ``gpus=[0, 2]`` narrows
         the GPUs the pool may use; ``max_tasks_per_child=N`` replaces each worker after it ran
-        N tasks (``ProcessPoolExecutor``'s option: bounds what leaky code accumulates)."""
+        N tasks (``ProcessPoolExecutor``'s option: bounds what leaky code accumulates).
+        ``dashboard=True`` serves a live page of this pool (its URL is printed;
+        ``dashboard=8787`` picks the port); ``profile=True`` samples the workers' stacks for
+        ``pool.profile()`` and ``pool.report()`` (see ``forkjoin.observe``)."""
         if max_tasks_per_child is not None:
             if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
                 raise TypeError("max_tasks_per_child must be an integer")
@@ -174,6 +179,17 @@ class Pool(Executor):
         self._open_results: weakref.WeakSet[_Results] = weakref.WeakSet()
         # A pool dropped without shutdown() still stops its workers once garbage-collected.
         weakref.finalize(self, self._backend.shutdown, False)
+        # observe: a live dashboard and/or a profiler, only when asked (forkjoin/observe/runs.py)
+        self._observer: Any = None
+        if dashboard or self.options.profile:
+            from ..observe.runs import PoolObserver
+
+            try:
+                self._observer = PoolObserver(self, dashboard, self.options.profile)
+            except BaseException:
+                self._backend.shutdown(wait=False)  # refused (no aiohttp...): leave nothing
+                raise
+            weakref.finalize(self, self._observer.close)
 
     def __repr__(self) -> str:
         return (
@@ -202,6 +218,8 @@ class Pool(Executor):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         future: Future[R] = Future()
         options = self.options
+        if options.profile:  # observe: the profiler's wrapper (one check when off)
+            fn = self._observer.wrap(fn)
         # Positional arguments: this line runs once per submitted call (see Task's signature).
         task = Task(
             self._functions.get(fn), CallKind.CALL, [(args, kwargs)], next(self._submit_index),
@@ -252,7 +270,7 @@ class Pool(Executor):
         else:
             assert outcome.error is not None
             error = outcome.error
-        self._events.task_failed()
+        self._events.task_failed(task, error)  # observe: kept for the dashboard
         _settle(future, error=error)
 
     def map(  # type: ignore[override]
@@ -287,6 +305,8 @@ class Pool(Executor):
         if wait and not cancel_futures:
             for results in open_results:
                 results.drain()
+        if self._observer is not None:  # observe: final profile while workers still run
+            self._observer.close()
         self._backend.shutdown(wait=wait, cancel_pending=cancel_futures)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:  # type: ignore[override]
@@ -310,6 +330,11 @@ class Pool(Executor):
         if run_options.memory_limit != self.options.memory_limit:
             raise ValueError("memory_limit= belongs to the pool's workers: set it on Pool(...)")
         check_supported(self._backend, run_options)
+        if run_options.profile != self.options.profile:
+            raise ValueError("profile= belongs to the pool: set it on Pool(...)")
+        if run_options.profile:  # observe: the profiler's wrapper
+            fn = self._observer.wrap(fn)
+        self._events.job_started(known_length(items))  # observe: for the dashboard's ETA
         return Job(self._backend, self._events, fn, items, run_options, kind)
 
     def imap(self, fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R]:
@@ -329,7 +354,19 @@ class Pool(Executor):
     def report(self, path: str, *, since: float | None = None, until: float | None = None) -> Any:
         """Write this pool's run report to ``path`` (.html, .json or .txt): where the time went
         (start-up, serialisation, queue, compute, idle...), a per-worker timeline, advice."""
-        return write_run_report(self, path, since=since, until=until)
+        profile = self.profile()
+        return write_run_report(self, path, since=since, until=until, profile=profile)
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The live page's address, token included, with ``dashboard=True``; else None."""
+        board = None if self._observer is None else self._observer.dashboard
+        return None if board is None else board.url
+
+    def profile(self) -> Any:
+        """With ``Pool(profile=True)``: the workers' stacks so far, merged per function (a
+        ``forkjoin.observe.profile.Profile``); None otherwise."""
+        return None if self._observer is None else self._observer.profile()
 
     def map_reduce(
         self,

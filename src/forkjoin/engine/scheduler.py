@@ -278,7 +278,7 @@ class Job:
                 self.events.task_retried()
                 self._submit(retry)
                 continue
-            self.events.task_failed()
+            self.events.task_failed(task, value.error)  # observe: kept for the dashboard
             if self.options.on_error == "raise":
                 if self.merge is None:
                     raise value.error

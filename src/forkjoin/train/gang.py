@@ -124,6 +124,7 @@ def launch(
     backend: str = "process",
     threads_per_rank: int | None = None,
     env: dict[str, str] | None = None,
+    profile: bool | str = False,
 ) -> Any:
     """Run ``train_fn(*args, **kwargs)`` in a gang of ``workers`` ranks; return rank 0's value.
 
@@ -137,6 +138,8 @@ def launch(
     ``max(timeout, START_TIMEOUT_SECONDS)``. ``backend="ray"`` runs the ranks as Ray actors.
     ``threads_per_rank`` caps torch/BLAS threads per rank (default: usable CPUs / workers).
     ``env``: extra environment variables for the ranks.
+    ``profile``: sample every rank's Python stacks (``forkjoin.observe``); True prints the top
+    functions across ranks, a path ("train.speedscope.json") writes speedscope JSON.
     Raises ``RankError`` (a rank raised), ``RankCrashedError`` (a rank died) or
     ``RankTimeoutError`` (a rank stalled), each naming the rank.
     """
@@ -175,7 +178,38 @@ def launch(
         from forkjoin.machine import usable_cpu_count
 
         threads_per_rank = max(1, usable_cpu_count() // workers)
+    session = None
+    if profile:  # observe: each rank samples its own stacks; merged here at the end
+        from forkjoin.observe.runs import start_profile
+
+        train_fn, session = start_profile(train_fn)
     payload = cloudpickle.dumps((train_fn, tuple(args), kwargs))
+    unfollow = None
+    if "forkjoin.observe.dashboard" in sys.modules:  # observe: a live dashboard is up
+        from forkjoin.observe.runs import follow_training
+
+        env, unfollow = follow_training(env, workers)
+    try:
+        return _run_gang(payload, workers, device, timeout, threads_per_rank, env, max_restarts)
+    finally:
+        if unfollow is not None:
+            unfollow()
+        if session is not None:
+            from forkjoin.observe.runs import deliver_profile
+
+            deliver_profile(session.stop(), profile, None)
+
+
+def _run_gang(
+    payload: bytes,
+    workers: int,
+    device: str,
+    timeout: float | None,
+    threads_per_rank: int,
+    env: dict[str, str] | None,
+    max_restarts: int,
+) -> Any:
+    """Launch the gang, relaunching it after a failure up to ``max_restarts`` times."""
     restart = 0
     while True:
         gang = _Gang(

@@ -1,0 +1,301 @@
+"""What watching costs: the live dashboard and the profiler, on and off, side by side in one run.
+
+    python benchmarks/bench_observe.py [--quick] [--json PATH] [--check]
+
+    submit   trivial tasks through Pool.submit, then gather: a pool without a dashboard,    tasks/s
+             one with the dashboard up and its state fetched twice a second (the page
+             fetches once), one with profile=True; multiprocessing.Pool.apply_async for scale
+    cpu      16 pure-Python tasks of ~0.25 s with fj.map: profile off, profile on (speed-   seconds
+             scope JSON written each run); multiprocessing.Pool.map for scale
+
+Goals (forkjoin issue 20): the dashboard costs < 2% of Pool.submit throughput; profile=True
+costs <= 5% on the CPU-bound map. Contenders take turns within each round (round-robin); each
+goal is judged on the median of the per-round on/off ratios (a pair runs back to back, so load
+elsewhere on this shared machine moves both alike), the ratio of best runs shown beside it.
+Every run is in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _harness import (  # noqa: E402
+    WORKERS,
+    Clock,
+    Log,
+    check_equal,
+    mp_label,
+    round_robin,
+    shutdown_shared,
+    timed,
+    wait_until_ready,
+)
+from _report import Goal, Row, Section, make_console, publish  # noqa: E402
+from _throughput import calibrate_spin  # noqa: E402
+from _workloads import identity, spin  # noqa: E402
+from bench_engine import metadata  # noqa: E402
+
+DEFAULT_JSON = HERE / "results" / "bench_observe.json"
+DASHBOARD_GOAL = 0.98  # Pool.submit with the dashboard on >= 98% of its throughput off
+PROFILE_GOAL = 1.05  # fj.map with profile=True <= 1.05x its time off, CPU-bound
+POLL_SECONDS = 0.5  # how often the benchmark's "browser" fetches the state (the page: 1 s)
+
+OFF = "Pool.submit, dashboard off"
+ON = "Pool.submit, dashboard on (polled)"
+PROFILED_SUBMIT = "Pool.submit, profile=True"
+MAP_OFF = "fj.map, profile off"
+MAP_ON = "fj.map, profile=True"
+
+
+@dataclass(frozen=True)
+class ObserveSettings:
+    submit_tasks: int = 20_000
+    submit_repeats: int = 7
+    cpu_tasks: int = 16
+    cpu_task_seconds: float = 0.25
+    cpu_repeats: int = 5
+    warmup_tasks: int = 200
+
+
+FULL = ObserveSettings()
+QUICK = ObserveSettings(submit_tasks=5_000, submit_repeats=5, cpu_task_seconds=0.1, cpu_repeats=3)
+
+
+class Poller:
+    """Fetches the dashboard's state like a browser tab left open, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.replace("/?token=", "/api/state?token=")
+        self.fetches = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-poller", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            with urllib.request.urlopen(self.url, timeout=10) as reply:
+                reply.read()
+            self.fetches += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+_tick_ms = 0.0
+
+
+def _state_cost_ms(pool: Any, calls: int = 30) -> float:
+    """CPU time of one state request and one tick, measured directly: on a loaded machine
+    this is steadier than the throughput ratio (reaches into the pool's observer)."""
+    global _tick_ms
+    view = pool._observer.dashboard.view
+    start = time.thread_time()
+    for _ in range(calls):
+        view.tick()
+    _tick_ms = 1e3 * (time.thread_time() - start) / calls
+    start = time.thread_time()
+    for _ in range(calls):
+        json.dumps(view.state())
+    return 1e3 * (time.thread_time() - start) / calls
+
+
+def bench_submit(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
+    import multiprocessing
+
+    import forkjoin as fj
+
+    n = settings.submit_tasks
+    expected = list(range(n))
+    mp_pool = multiprocessing.Pool(WORKERS)  # first: fork before the other pools start threads
+    plain = fj.Pool(WORKERS)
+    watched = fj.Pool(WORKERS, dashboard=True)
+    profiled = fj.Pool(WORKERS, profile=True)
+    assert watched.dashboard_url is not None
+    poller = Poller(watched.dashboard_url)
+    try:
+
+        def submit_all(pool: Any, count: int) -> list[Any]:
+            futures = [pool.submit(identity, i) for i in range(count)]
+            return [future.result() for future in futures]
+
+        def run_mp(count: int) -> list[Any]:
+            handles = [mp_pool.apply_async(identity, (i,)) for i in range(count)]
+            return [handle.get() for handle in handles]
+
+        runners: dict[str, Callable[[int], list[Any]]] = {
+            OFF: functools.partial(submit_all, plain),
+            ON: functools.partial(submit_all, watched),
+            PROFILED_SUBMIT: functools.partial(submit_all, profiled),
+            f"{mp_label()}.apply_async": run_mp,
+        }
+        log(f"submit: warming {len(runners)} pools")
+        for pool in (plain, watched, profiled):
+            submit_all(pool, settings.warmup_tasks)
+            wait_until_ready(pool.stats)
+        for name, run in runners.items():
+            check_equal(name, run(settings.warmup_tasks), list(range(settings.warmup_tasks)))
+        log(f"submit: {n} tasks x {settings.submit_repeats} rounds")
+        cases = {name: timed(functools.partial(run, n)) for name, run in runners.items()}
+        samples = round_robin(cases, settings.submit_repeats, clock)
+        state_ms = _state_cost_ms(watched)
+    finally:
+        poller.stop()
+        for pool in (plain, watched, profiled):
+            pool.shutdown()
+        mp_pool.terminate()
+        mp_pool.join()
+        shutdown_shared()
+    section = Section(
+        key="submit",
+        title=f"1. submit {n:,} trivial tasks, then gather (warm pools, {WORKERS} workers)",
+        unit="tasks/s",
+        higher_is_better=True,
+        statistic="best",
+        reference=OFF,
+        params={"tasks": n, "repeats": settings.submit_repeats, "poll_seconds": POLL_SECONDS},
+        notes=[
+            f"the dashboard's state was fetched {poller.fetches} times during the section",
+            f"building it costs {state_ms:.2f} ms of the caller's CPU (a full timeline), a "
+            f"tick {_tick_ms:.3f} ms: at the page's 1 fetch/s, "
+            f"{(state_ms + _tick_ms) / 10:.2f}% of one core",
+        ],
+    )
+    for name, runs in samples.items():
+        for _, value in runs:
+            check_equal(name, value, expected)
+        rates = [n / seconds for seconds, _ in runs]
+        section.rows.append(Row(
+            name, max(rates), rates, f"median {statistics.median(rates):,.0f}/s",
+            compared=name != OFF,
+        ))  # fmt: skip
+    return section
+
+
+def bench_cpu(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
+    import multiprocessing
+
+    import forkjoin as fj
+
+    steps = calibrate_spin(settings.cpu_task_seconds)
+    tasks = [steps] * settings.cpu_tasks
+    log(f"cpu: {settings.cpu_tasks} tasks of {steps:,} steps (~{settings.cpu_task_seconds} s)")
+    mp_pool = multiprocessing.Pool(WORKERS)
+    folder = tempfile.TemporaryDirectory(prefix="fj-bench-observe-")
+    target = str(Path(folder.name) / "cpu.speedscope.json")
+    try:
+        fj.map(spin, [1_000] * settings.warmup_tasks, workers=WORKERS)  # start, ship spin
+        mp_pool.map(spin, [1_000] * settings.warmup_tasks)
+        cases = {
+            MAP_OFF: timed(lambda: fj.map(spin, tasks, workers=WORKERS)),
+            MAP_ON: timed(lambda: fj.map(spin, tasks, workers=WORKERS, profile=target)),
+            f"{mp_label()}.map": timed(lambda: mp_pool.map(spin, tasks)),
+        }
+        log(f"cpu: {len(cases)} cases x {settings.cpu_repeats} rounds")
+        samples = round_robin(cases, settings.cpu_repeats, clock)
+        from forkjoin.observe.runs import last_profile
+
+        profile = last_profile()
+        share = profile.share("spin", of="user") if profile else 0.0
+        cost = profile.sampler_cpu_seconds / profile.total_seconds if profile else 0.0
+    finally:
+        mp_pool.terminate()
+        mp_pool.join()
+        shutdown_shared()
+        folder.cleanup()
+    section = Section(
+        key="cpu",
+        title=f"2. CPU-bound fj.map: {settings.cpu_tasks} tasks of ~{settings.cpu_task_seconds} s",
+        unit="s",
+        higher_is_better=False,
+        statistic="best",
+        reference=MAP_OFF,
+        params={"tasks": settings.cpu_tasks, "steps": steps, "repeats": settings.cpu_repeats},
+        notes=[
+            f"the last profile put {100 * share:.0f}% of user time in spin()",
+            f"its samplers used {100 * cost:.2f}% of the sampled worker time as CPU (steadier "
+            f"than the wall-time ratio on a loaded machine)",
+        ],
+    )
+    for name, runs in samples.items():
+        seconds = [s for s, _ in runs]
+        section.rows.append(Row(
+            name, min(seconds), seconds, f"median {statistics.median(seconds):.3f} s",
+            compared=name != MAP_OFF,
+        ))  # fmt: skip
+    return section
+
+
+def _paired(on: Row, off: Row) -> float:
+    """The median of the round-by-round ratios on/off: each pair ran back to back, so load
+    elsewhere on the machine moves both alike (the ratio of bests is shown beside it)."""
+    return statistics.median(a / b for a, b in zip(on.runs, off.runs, strict=True))
+
+
+def evaluate_goals(sections: dict[str, Section]) -> list[Goal]:
+    goals = []
+    if "submit" in sections:
+        s = sections["submit"]
+        off, on = s.row(OFF), s.row(ON)
+        text = "Pool.submit throughput, dashboard on / off (paired by round)"
+        goals.append(
+            Goal("submit", text, DASHBOARD_GOAL, True, "x", "median", on.value / off.value,
+                 _paired(on, off))
+        )  # fmt: skip
+    if "cpu" in sections:
+        s = sections["cpu"]
+        off, on = s.row(MAP_OFF), s.row(MAP_ON)
+        text = "CPU-bound fj.map time, profile=True / off (paired by round)"
+        goals.append(
+            Goal("cpu", text, PROFILE_GOAL, False, "x", "median", on.value / off.value,
+                 _paired(on, off))
+        )  # fmt: skip
+    return goals
+
+
+SECTIONS = {"submit": bench_submit, "cpu": bench_cpu}
+
+
+def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs, ~1 minute")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="submit,cpu")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a goal is missed")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    console = console or make_console()
+    clock = time.perf_counter
+    started = clock()
+
+    def log(message: str) -> None:
+        console.print(f"[{clock() - started:6.1f}s] {message}", style="dim")
+
+    meta = metadata(settings, args.quick)  # type: ignore[arg-type]  (any dataclass will do)
+    only = [key.strip() for key in args.only.split(",") if key.strip()]
+    sections = [SECTIONS[key](settings, clock, log) for key in SECTIONS if key in only]
+    goals = evaluate_goals({s.key: s for s in sections})
+    meta["seconds_total"] = clock() - started
+    meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return publish(meta, sections, goals, console, args.json, args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
