@@ -30,7 +30,7 @@ from .api import (
 from .events import EventLog, Stats
 from .options import RunOptions, options_from
 from .reports import write_run_report
-from .scheduler import Job, should_retry
+from .scheduler import Job, retries_left
 from .task import CallKind, FunctionRefCache, ItemFailure, Status, Task, TaskOutcome
 
 T = TypeVar("T")
@@ -243,18 +243,17 @@ class Pool(Executor):
         assert future is not None
         status = outcome.status
         self._events.task_finished(task, status)
-        retries = self.options.retries
         if status is Status.DONE:
             value = outcome.values[0]
             if not isinstance(value, ItemFailure):
                 _settle(future, value)
                 return
-            if should_retry(value.error, self.options) and task.attempt < retries:
+            if retries_left(task, self.options, value.error):
                 self._events.task_retried()
                 self._submit_task(task.retry())
                 return
             error: BaseException = value.error
-        elif status is Status.CRASHED and task.attempt < retries:
+        elif status is Status.CRASHED and retries_left(task, self.options):
             self._events.task_retried()
             self._submit_task(task.retry())
             return

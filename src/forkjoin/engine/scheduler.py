@@ -59,8 +59,14 @@ def _length(items: Iterable[Any]) -> int | None:
         return None
 
 
-def should_retry(error: BaseException, options: RunOptions) -> bool:
-    """True if a task's exception is one the caller asked to retry (``retry_on=``)."""
+def retries_left(task: Task, options: RunOptions, error: BaseException | None = None) -> bool:
+    """The retry policy, in one place: whether ``task`` runs again. A task whose worker died
+    (``error`` None) runs again while attempts remain; one whose item raised, only if the caller
+    named that exception in ``retry_on=``."""
+    if task.attempt >= options.retries:
+        return False
+    if error is None:
+        return True
     retry_on = options.retry_on
     if not retry_on:
         return False
@@ -237,7 +243,7 @@ class Job:
             return self._emit(task.first_index, outcome.values)
         if status in _ISOLATE and len(task) > 1:
             return self._isolate(task, status)
-        if status is Status.CRASHED and task.attempt < options.retries:
+        if status is Status.CRASHED and retries_left(task, options):
             self.events.task_retried()
             self._submit(task.retry())
             return []
@@ -271,7 +277,7 @@ class Job:
         for position, value in enumerate(values):
             if not isinstance(value, ItemFailure):
                 continue
-            if should_retry(value.error, self.options) and task.attempt < self.options.retries:
+            if retries_left(task, self.options, value.error):
                 out += self._emit(task.first_index + run_start, values[run_start:position])
                 run_start = position + 1
                 retry = (task.single(position) if len(task) > 1 else task).retry()
