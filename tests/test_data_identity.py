@@ -258,15 +258,26 @@ PROBE = textwrap.dedent(
     {pad}import sys
     sys.path.insert(0, {tests!r})
     from forkjoin.data.identity import fingerprint
+    import dataclasses
+    import pandas as pd
+    import torch
     from test_data_identity import Scaler
     WORDS = {{"alpha", "beta", "gamma", "delta"}}
     TABLE = {{"b": 2, "a": 1}}
+    FRAME = pd.DataFrame({{"s": ["a", None], "c": pd.Categorical(["u", "v"])}})
+    torch.manual_seed(0)
+    MODEL = torch.nn.Linear(3, 2)  # a tensor's own pickle differs between runs
+
+    @dataclasses.dataclass
+    class Config:
+        tags: frozenset = frozenset({{"p", "q"}})
 
     def clean(batch, *, keep=frozenset({{"x", "y", "z"}})):
         names = [n for n in batch if n in keep and n not in WORDS]
         return {{n: TABLE.get(n) for n in names}}
 
-    print(fingerprint([clean, Scaler(3), WORDS]).digest)
+    found = fingerprint([clean, Scaler(3), WORDS, FRAME, MODEL, Config()])
+    print(found.digest, found.unsure)
     """
 )
 
@@ -285,6 +296,7 @@ def test_same_code_same_identity_in_other_processes(tmp_path):
         assert done.returncode == 0, done.stderr
         digests.add(done.stdout.strip())
     assert len(digests) == 1, digests
+    assert digests.pop().endswith(" ()")  # and sure of it
 
 
 def test_unchanged_plan_resumes(tmp_path):

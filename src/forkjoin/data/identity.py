@@ -132,6 +132,8 @@ class _Walker:
             return self.many(kind.__name__, obj, where, depth)
         if kind is dict:
             return self.many("dict", (pair for item in obj.items() for pair in item), where, depth)
+        if kind is types.MappingProxyType:  # a class's namespace, a dataclass field's metadata
+            return self.many("dict", (pair for item in obj.items() for pair in item), where, depth)
         if kind in (set, frozenset):
             return _hash(kind.__name__, *sorted(self.value(item, where, depth) for item in obj))
         if isinstance(obj, types.FunctionType):
@@ -302,6 +304,9 @@ class _Walker:
             )
         if module.startswith("pyarrow") and hasattr(obj, "schema") and hasattr(obj, "num_rows"):
             return _hash("arrow", arrow_digest(obj))
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(obj, torch.Tensor):
+            return self.tensor(obj, where)
         try:  # as pickle does: a reducer registered with copyreg first (numpy's ufuncs)
             reducer = copyreg.dispatch_table.get(kind)
             reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
@@ -324,6 +329,18 @@ class _Walker:
         if pairs is not None:
             parts.append(self.many("pairs", (v for pair in pairs for v in pair), where, depth))
         return _hash("object", *parts)
+
+    def tensor(self, obj: Any, where: str) -> bytes:
+        """A tensor by dtype, shape and bytes: its pickle is not the same in two runs."""
+        import torch
+
+        try:
+            flat = obj.detach().cpu().contiguous().reshape(-1)
+            raw = flat.view(torch.uint8).numpy().tobytes()
+        except (RuntimeError, TypeError) as exc:  # sparse, quantized, meta tensors
+            return self.doubt(where, f"a {obj.dtype} tensor cannot be fingerprinted ({exc})")
+        meta = (type(obj).__qualname__, str(obj.dtype), tuple(obj.shape), obj.requires_grad)
+        return _hash("tensor", repr(meta).encode(), raw)
 
 
 def arrow_digest(table: Any) -> bytes:
