@@ -10,8 +10,8 @@ that can change what it returns::
        ▼                                          │   another user function: walked the same way
     values: None/bool/int/float/str/bytes, lists, │   a user module: the attributes the code names
     tuples, dicts (in order), sets (sorted by     │   a user class: its methods and attributes
-    digest), numpy and Arrow data (their bytes),  │   a library (stdlib, site-packages): its name
-    partial(func, args, keywords), bound methods  │       and version, not its code
+    digest), numpy and Arrow data (their bytes),  │   a library (stdlib, site-packages,
+    partial(func, args, keywords), bound methods  │       forkjoin): name and version, not code
     (function + instance), other objects through ◄┘   an instance: class + pickle state
     ``__reduce_ex__`` (class + state), or ``__forkjoin_token__()`` when a class defines it
 
@@ -399,11 +399,14 @@ def _library_dirs() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=4096)
 def _is_library(module_name: str | None) -> bool:
-    """Installed code (the standard library, site-packages): identified by name and version.
-    Everything else (``__main__``, the user's own modules and editable checkouts) is walked."""
+    """Installed code (the standard library, site-packages, forkjoin itself): identified by
+    name and version. Everything else (``__main__``, the user's own modules, editable
+    checkouts) is walked."""
     if not module_name:
         return False
     top = module_name.partition(".")[0]
+    if top == "forkjoin":  # itself, even from a checkout: its version names its behaviour
+        return True
     if top in sys.builtin_module_names or top in getattr(sys, "stdlib_module_names", ()):
         return top != "__main__"
     module = sys.modules.get(module_name) or sys.modules.get(top)
