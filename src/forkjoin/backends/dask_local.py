@@ -27,6 +27,7 @@ workers (distributed's ``AsyncProcess`` watches its parent the same way) with it
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import dask
@@ -46,7 +48,7 @@ from .cluster import with_descendants
 # How long the local workers may take to start and join (cold imports on a busy 2-core machine
 # take ~5-10 s; a child that exits is noticed within a second, not at this bound).
 START_TIMEOUT_S = 90
-# How long a graceful close may take before the workers are killed.
+# How long the worker process may take to close its workers before it is killed.
 CLOSE_TIMEOUT_S = 10
 
 
@@ -69,6 +71,8 @@ class LocalCluster:
             )
         self.process: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
+        self._closed = False
+        _live.add(self)
         read_end, self._lifeline = os.pipe()  # both not inheritable by default
         try:
             self.process = subprocess.Popen(
@@ -133,12 +137,17 @@ class LocalCluster:
         return {self.process.pid} if self.process is not None else set()
 
     def close(self) -> None:
-        """The scheduler first (it tells the workers to close), then make sure they did."""
+        """The workers first: SIGTERM makes ``dask worker`` close its nannies and workers
+        cleanly (the lifeline's abrupt exit would leave Dask's and multiprocessing's warnings
+        on stderr); the lifeline and then SIGKILL if that takes too long. Then the scheduler,
+        which has no worker left to wait for."""
+        if self._closed:
+            return
+        self._closed = True
         pids = with_descendants(self.pids)
         try:
-            self.scheduler.close()
-        finally:
-            if self.process is not None:
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()
                 try:
                     self.process.wait(timeout=CLOSE_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
@@ -147,9 +156,26 @@ class LocalCluster:
             if self._lifeline is not None:
                 os.close(self._lifeline)
                 self._lifeline = None
-            for pid in pids:  # workers exit with their nanny; make sure of it
+            for pid in pids:  # workers exit with their nanny process; make sure of it
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).kill()
+        finally:
+            self.scheduler.close()
+
+
+# Clusters not closed yet. At exit (a pool never shut down, fj.map's cached pool) they close
+# before distributed's own exit hook (registered earlier, so run later) closes the scheduler:
+# the other order leaves workers logging failed heartbeats to a scheduler that is gone.
+_live: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for cluster in list(_live):
+        with contextlib.suppress(Exception):
+            cluster.close()
+
+
+atexit.register(_close_all_at_exit)
 
 
 def _exit_when_closed(fd: int) -> None:
