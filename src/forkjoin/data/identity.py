@@ -298,10 +298,8 @@ class _Walker:
         if module == "numpy" and kind.__name__ == "ndarray" and obj.dtype.hasobject is False:
             import numpy as np
 
-            raw = np.ascontiguousarray(obj)
-            return _hash(
-                "ndarray", str(obj.dtype).encode(), repr(obj.shape).encode(), raw.tobytes()
-            )
+            raw = np.ascontiguousarray(obj).reshape(-1).view(np.uint8)  # copies only if strided
+            return _hash("ndarray", str(obj.dtype).encode(), repr(obj.shape).encode(), raw.data)
         if module.startswith("pyarrow") and hasattr(obj, "schema") and hasattr(obj, "num_rows"):
             return _hash("arrow", arrow_digest(obj))
         torch = sys.modules.get("torch")
@@ -336,7 +334,7 @@ class _Walker:
 
         try:
             flat = obj.detach().cpu().contiguous().reshape(-1)
-            raw = flat.view(torch.uint8).numpy().tobytes()
+            raw = flat.view(torch.uint8).numpy().data
         except (RuntimeError, TypeError) as exc:  # sparse, quantized, meta tensors
             return self.doubt(where, f"a {obj.dtype} tensor cannot be fingerprinted ({exc})")
         meta = (type(obj).__qualname__, str(obj.dtype), tuple(obj.shape), obj.requires_grad)
@@ -367,10 +365,10 @@ class _HashingFile(io.RawIOBase):
         return memoryview(data).nbytes
 
 
-def _hash(tag: str, *parts: bytes) -> bytes:
+def _hash(tag: str, *parts: bytes | memoryview) -> bytes:
     digest = hashlib.blake2b(tag.encode(), digest_size=16)
     for part in parts:
-        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(memoryview(part).nbytes.to_bytes(8, "little"))
         digest.update(part)
     return digest.digest()
 
