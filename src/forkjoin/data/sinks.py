@@ -12,8 +12,11 @@
                       ({"complete": false}), and a last time with {"complete": true}
 
 ``_manifest.json`` lists each committed file with its partition, rows and bytes, and the plan's
-hash (input files with sizes and mtimes, operations with a hash of each function's code, the
-output format). A rerun of the same plan skips the partitions the manifest lists.
+hash (input files with sizes and mtimes or in-memory data by content, each operation with a
+fingerprint of everything its function's output depends on: ``identity.py``, and the output
+format), with a digest per part so a refusal can name what changed. A rerun of the same plan
+skips the partitions the manifest lists; where a fingerprint is unsure (``unsure`` in the
+manifest: a lock, a file, a generator the function reads), the sink refuses to resume at all.
 """
 
 from __future__ import annotations
