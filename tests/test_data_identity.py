@@ -244,6 +244,16 @@ class Tokened:
         return self.version
 
 
+class BrokenToken:
+    def __forkjoin_token__(self):
+        raise RuntimeError("no token today")
+
+
+def test_a_value_whose_own_code_fails_makes_the_plan_unsure_not_the_write_fail():
+    (reason,) = fingerprint({"k": BrokenToken()}, "config").unsure
+    assert reason.startswith("config: fingerprinting a BrokenToken failed") and "no token" in reason
+
+
 def test_forkjoin_token_vouches_for_an_unwalkable_value():
     assert fingerprint(Tokened(1)).unsure == ()
     assert fingerprint(Tokened(1)).digest == fingerprint(Tokened(1)).digest

@@ -115,6 +115,8 @@ class _Walker:
             digest = self._dispatch(obj, where, depth + 1)
         except RecursionError:
             digest = self.doubt(where, "nested too deeply to walk")
+        except Exception as exc:  # noqa: BLE001 - a value's own code failed: cannot be sure
+            digest = self.doubt(where, f"fingerprinting a {kind.__qualname__} failed: {exc!r}")
         finally:
             del self._open[key]
         self._done[key] = digest
