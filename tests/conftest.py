@@ -159,14 +159,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[fj.Pool]:
     """A local Ray (127.0.0.1, 2 CPUs) that forkjoin starts; the last pool stops it."""
-    pytest.importorskip("ray")
     yield from long_lived_pool(2, "ray")
 
 
 @pytest.fixture(scope="session")
 def dask_cluster() -> Iterator[fj.Pool]:
     """A local Dask cluster (127.0.0.1, 2 single-threaded worker processes)."""
-    pytest.importorskip("distributed")
     yield from long_lived_pool(2, "dask")
 
 

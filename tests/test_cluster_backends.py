@@ -26,9 +26,6 @@ from helpers import pid_gone, wait_until
 import forkjoin as fj
 from forkjoin.errors import ResourceError, TaskTimeoutError, WorkerCrashedError
 
-pytest.importorskip("ray")
-pytest.importorskip("distributed")
-
 pytestmark = pytest.mark.timeout(180)
 
 TESTS = Path(__file__).resolve().parent

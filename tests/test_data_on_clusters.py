@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-import forkjoin as fj  # noqa: E402
+import forkjoin as fj
 
 pytestmark = pytest.mark.timeout(180)
 

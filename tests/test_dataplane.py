@@ -292,7 +292,8 @@ _MEMORYVIEW_CASES: dict[str, Callable[[], Any]] = {
 
 def _arrow_cases() -> dict[str, Callable[[], Any]]:
     def table() -> Any:
-        pa = pytest.importorskip("pyarrow")
+        import pyarrow as pa
+
         n = LARGE // 8
         return pa.table(
             {
@@ -304,11 +305,13 @@ def _arrow_cases() -> dict[str, Callable[[], Any]]:
         )
 
     def array() -> Any:
-        pa = pytest.importorskip("pyarrow")
+        import pyarrow as pa
+
         return pa.array(np.arange(LARGE // 8))
 
     def string_array() -> Any:
-        pa = pytest.importorskip("pyarrow")
+        import pyarrow as pa
+
         return pa.array([f"value {i}" for i in range(LARGE // 16)])
 
     def record_batch() -> Any:
@@ -328,7 +331,8 @@ def _arrow_cases() -> dict[str, Callable[[], Any]]:
 
 def _pandas_cases() -> dict[str, Callable[[], Any]]:
     def frame() -> Any:
-        pd = pytest.importorskip("pandas")
+        import pandas as pd
+
         n = LARGE // 8
         return pd.DataFrame(
             {
@@ -340,7 +344,8 @@ def _pandas_cases() -> dict[str, Callable[[], Any]]:
         )
 
     def series() -> Any:
-        pd = pytest.importorskip("pandas")
+        import pandas as pd
+
         return pd.Series(_rng().random(LARGE // 8), name="values")
 
     return {"pandas-frame": frame, "pandas-series": series}
@@ -348,7 +353,9 @@ def _pandas_cases() -> dict[str, Callable[[], Any]]:
 
 def _torch_cases() -> dict[str, Callable[[], Any]]:
     def t() -> Any:
-        return pytest.importorskip("torch")
+        import torch
+
+        return torch
 
     return {
         "torch-float32-large": lambda: t().arange(LARGE // 4, dtype=t().float32),
@@ -470,7 +477,8 @@ def test_the_same_object_twice_in_one_item_stays_one_object(pool: fj.Pool) -> No
 
 
 def test_the_same_tensor_twice_in_one_item_stays_one_object(pool: fj.Pool) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     tensor = torch.arange(LARGE // 4, dtype=torch.float32)
     out = roundtrip(pool, (tensor, tensor))
     assert out[0] is out[1]

@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
-
-joblib = pytest.importorskip("joblib")
-from joblib import Parallel, delayed  # noqa: E402
+from joblib import Parallel, delayed
 
 import forkjoin as fj  # noqa: E402
 import forkjoin.integrations.joblib  # noqa: E402, F401  (registers the backend)
@@ -72,8 +71,6 @@ def record_pid_then_score(directory: str, estimator: object, X: np.ndarray, y: n
 
 
 def test_grid_search_with_n_jobs_runs_on_forkjoin_and_matches_sequential(tmp_path: Path) -> None:
-    sklearn = pytest.importorskip("sklearn")
-    assert sklearn
     from functools import partial
 
     from sklearn.datasets import make_classification

@@ -9,8 +9,6 @@ import pytest
 
 import forkjoin as fj
 
-pytest.importorskip("matplotlib")
-
 
 def test_map_report_covers_exactly_that_call(tmp_path):
     fj.map(_tasks.square, range(50), workers=2, chunksize=5)  # an earlier call on the same pool

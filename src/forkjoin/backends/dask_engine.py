@@ -6,8 +6,10 @@ Where it runs:
   ``cluster_options`` passed to ``distributed.Client`` (``security=Security(...)`` for TLS;
   forkjoin never turns it off). ``$DASK_SCHEDULER_ADDRESS`` works as ``address=``.
 - Otherwise the Client already current in this process, if the user made one.
-- Otherwise a ``LocalCluster`` started on first use: one single-threaded worker process per
-  ``workers`` (default: usable CPUs), bound to 127.0.0.1, dashboards off.
+- Otherwise a local cluster started on first use: the scheduler in this process, one
+  single-threaded worker process per ``workers`` (default: usable CPUs) started by a
+  ``dask worker`` process (so a script needs no ``if __name__ == "__main__":`` guard), bound to
+  127.0.0.1, dashboards off.
 
 Pools share a connection per address; the last pool to close it closes what forkjoin opened.
 
@@ -23,7 +25,6 @@ tasks on worker threads, which nothing can interrupt, so ``timeout=`` is refused
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -31,16 +32,15 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
-import dask
 import distributed
-import psutil
 from distributed.scheduler import KilledWorker
 
 from ..engine.task import Task
 from ..errors import ResourceError
 from ..machine import parse_memory, usable_cpu_count
 from .base import Capabilities
-from .cluster import CRASHED, UNREADABLE, ClusterBackend, started_processes, with_descendants
+from .cluster import CRASHED, UNREADABLE, ClusterBackend, with_descendants
+from .dask_local import LocalCluster
 from .remote_task import TaskSpec, run_remote
 
 # Functions and initializers a worker process keeps unpickled, by key.
@@ -78,14 +78,14 @@ def _entry(
 
 
 class _Connection:
-    """A Client (and maybe the LocalCluster behind it) shared by the pools that use it."""
+    """A Client (and maybe the local cluster behind it) shared by the pools that use it."""
 
-    def __init__(self, client: Any, cluster: Any, owned: bool, processes: set[int]) -> None:
+    def __init__(self, client: Any, cluster: Any, owned: bool, size: int = 0) -> None:
         self.client = client
-        self.cluster = cluster
+        self.cluster = cluster  # a dask_local.LocalCluster forkjoin started, else None
         self.owned = owned  # forkjoin opened it, so forkjoin closes it
         self.users = 0
-        self.processes = processes
+        self.size = size  # worker threads of forkjoin's local cluster (0: ask the scheduler)
 
 
 _connections_lock = threading.Lock()
@@ -93,7 +93,7 @@ _connections: dict[Any, _Connection] = {}
 
 
 def _start_local(workers: int) -> _Connection:
-    before = {child.pid for child in psutil.Process().children()}
+    workers = workers or usable_cpu_count()
     settings = {
         # Worker deaths are retried by forkjoin's scheduler, not by Dask's.
         "distributed.scheduler.allowed-failures": 0,
@@ -101,19 +101,17 @@ def _start_local(workers: int) -> _Connection:
         # one on a busy worker while another worker idles (forkjoin already bounds in-flight).
         "distributed.scheduler.worker-saturation": 1.0,
     }
-    with dask.config.set(settings):
-        cluster = distributed.LocalCluster(
-            n_workers=workers or usable_cpu_count(),
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            worker_dashboard_address=None,
-            resources={"CPU": 1},
-            silence_logs=logging.ERROR,
-        )
-        client = distributed.Client(cluster, set_as_default=False)
-    return _Connection(client, cluster, True, started_processes(before))
+    cluster = LocalCluster(workers, settings)
+    client = None
+    try:
+        client = distributed.Client(cluster.scheduler, set_as_default=False)
+        cluster.wait_for_workers(client)
+    except BaseException:
+        if client is not None:
+            client.close()
+        cluster.close()
+        raise
+    return _Connection(client, cluster, True, workers)
 
 
 def acquire(workers: int = 0, address: Any = None, options: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
@@ -133,9 +131,9 @@ def acquire(workers: int = 0, address: Any = None, options: dict[str, Any] | Non
                 connection = _start_local(workers)
             elif isinstance(address, str):
                 client = distributed.Client(address, set_as_default=False, **(options or {}))
-                connection = _Connection(client, None, True, set())
+                connection = _Connection(client, None, True)
             else:
-                connection = _Connection(address, None, False, set())
+                connection = _Connection(address, None, False)
             _connections[key] = connection
         connection.users += 1
         return key, connection
@@ -174,9 +172,8 @@ class DaskBackend(ClusterBackend):
         self._client = self._connection.client
         self._scattered: list[Any] = []  # our handles, to check after a worker is lost
         if self.workers == 0:  # the cluster decides: one task in flight per worker thread
-            spec = getattr(self._connection.cluster, "worker_spec", None)
-            if spec:  # our local cluster: its size, even while a dead worker restarts
-                self.workers = len(spec)
+            if self._connection.size:  # our local cluster: its size, even while one restarts
+                self.workers = self._connection.size
             else:
                 info = self._client.scheduler_info()
                 threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
@@ -220,7 +217,7 @@ class DaskBackend(ClusterBackend):
         if not any(all(o.get(k, 0) >= v for k, v in wanted.items()) for o in offered):
             raise ResourceError(
                 f"no Dask worker declares resources {wanted} (workers offer {offered}); start "
-                f"workers with --resources \"GPU=1\" (or ask for less): Dask would otherwise "
+                f'workers with --resources "GPU=1" (or ask for less): Dask would otherwise '
                 f"keep the task waiting for ever"
             )
         return wanted
@@ -260,12 +257,7 @@ class DaskBackend(ClusterBackend):
             release(self._key)
 
     def worker_pids(self) -> list[int]:
-        """The local cluster's worker processes (a nanny restarts a dead one under a new pid)."""
+        """The local cluster's processes: the ``dask worker`` process and its workers (a
+        nanny restarts a dead worker under a new pid)."""
         cluster = self._connection.cluster
-        pids = set(self._connection.processes)
-        if cluster is not None:
-            for nanny in list(getattr(cluster, "workers", {}).values()):
-                pid = getattr(nanny, "pid", None)
-                if pid:
-                    pids.add(pid)
-        return with_descendants(pids)
+        return with_descendants(cluster.pids) if cluster is not None else []

@@ -31,7 +31,7 @@ from .plan import (
     Repartition,
     SelectColumns,
     Sort,
-    plan_hash,
+    plan_identity,
     to_format,
 )
 from .sources import SourcePlan
@@ -260,9 +260,10 @@ class Dataset:
         from .sinks import Committer
 
         keys = [p.key() for p in self._source.partitions]
-        digest = plan_hash([self._source.spec.key(), *keys], self._ops, f"{fmt},{compression}")
-        committer = Committer(path, fmt, digest, mode=mode, resume=resume,
-                              inputs=list(self._inputs), compression=compression)  # fmt: skip
+        plan = plan_identity([self._source.spec.key(), *keys], self._ops, f"{fmt},{compression}")
+        committer = Committer(path, fmt, plan.digest, mode=mode, resume=resume,
+                              inputs=list(self._inputs), compression=compression,
+                              plan_parts=plan.parts, unsure=plan.unsure)  # fmt: skip
         terminal = Terminal("write", sink=committer.spec)
         for result in self._run(terminal, run, ordered=False, skip=committer.committed):
             committer.commit(result.extra)

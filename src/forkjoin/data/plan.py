@@ -17,40 +17,33 @@ function returns and names itself and what it expected when that is wrong.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from .identity import fingerprint
+
 BATCH_FORMATS = ("pyarrow", "pandas", "numpy")
+# Marks, inside an operation's key, a reason its identity is unsure ("\0unsure:why\0").
+_UNSURE = "\0unsure:"
+_UNSURE_REASONS = re.compile("\0unsure:([^\0]*)\0")
 
 
 def describe_function(fn: Any) -> str:
-    """A stable text for a function, for plan hashes: its qualified name and a hash of its code
-    (the same across processes and runs, unlike a pickle)."""
-    if isinstance(fn, type):
-        return f"{fn.__module__}.{fn.__qualname__}"
-    code = getattr(fn, "__code__", None)
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-    if code is None:
-        inner = getattr(fn, "func", None)  # functools.partial
-        if inner is not None:
-            return (
-                f"partial({describe_function(inner)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
-            )
-        return name
-    digest = hashlib.sha256(_code_bytes(code)).hexdigest()[:12]
-    return f"{name}#{digest}#{getattr(fn, '__defaults__', None)!r}"
+    """A stable text for a function (or callable object, class, partial), for plan hashes: its
+    name and a fingerprint of everything its output depends on (code, defaults, closure,
+    globals, helpers, instance state; see ``identity``). Where the fingerprint cannot be sure,
+    the text carries the reasons, which ``plan_identity`` collects."""
+    return describe_value(fn, function_name(fn))
 
 
-def _code_bytes(code: Any) -> bytes:
-    """A code object's bytecode and constants, nested code objects (comprehensions, inner
-    functions) included by content: their repr carries a memory address that changes per run."""
-    parts = [code.co_code, repr(code.co_names).encode()]
-    for const in code.co_consts:
-        parts.append(_code_bytes(const) if hasattr(const, "co_code") else repr(const).encode())
-    return b"\0".join(parts)
+def describe_value(value: Any, name: str) -> str:
+    """``describe_function`` for any value a plan holds (keyword arguments, constructor args)."""
+    found = fingerprint(value, name)
+    return f"{name}#{found.digest}" + "".join(f"{_UNSURE}{why}\0" for why in found.unsure)
 
 
 def function_name(fn: Any) -> str:
@@ -171,9 +164,9 @@ class MapBatches(Op):
         return concat(outputs)
 
     def key(self) -> str:
-        kwargs = sorted(self.fn_kwargs.items())
+        kwargs = describe_value(dict(sorted(self.fn_kwargs.items())), "fn_kwargs")
         fn = describe_function(self.fn)
-        return f"map_batches({fn},{self.batch_size},{self.batch_format},{kwargs!r})"
+        return f"map_batches({fn},{self.batch_size},{self.batch_format},{kwargs})"
 
 
 @dataclass
@@ -365,11 +358,34 @@ def split_stages(ops: Sequence[Op]) -> Iterator[Stage]:
     yield Stage(current, None)
 
 
-def plan_hash(source_keys: Iterable[Any], ops: Sequence[Op], extra: str = "") -> str:
-    digest = hashlib.sha256()
+@dataclass(frozen=True)
+class PlanIdentity:
+    """What a sink's output depends on: ``digest`` changes whenever the output may change;
+    ``parts`` names each piece (the input, each operation) with its own digest, so a refusal
+    can say which one changed; ``unsure`` says why the digest cannot be trusted, if it cannot."""
+
+    digest: str
+    parts: tuple[tuple[str, str], ...] = ()
+    unsure: tuple[str, ...] = ()
+
+
+def plan_identity(source_keys: Iterable[Any], ops: Sequence[Op], extra: str = "") -> PlanIdentity:
+    source = hashlib.sha256()
     for key in source_keys:
-        digest.update(repr(key).encode())
-    for op in ops:
-        digest.update(op.key().encode())
-    digest.update(extra.encode())
-    return digest.hexdigest()[:16]
+        source.update(repr(key).encode())
+    parts = [("input", source.hexdigest()[:16])]
+    unsure: list[str] = []
+    for number, op in enumerate(ops, 1):
+        key = op.key()
+        unsure += _UNSURE_REASONS.findall(key)
+        shown = _UNSURE_REASONS.sub("", key)
+        shown = f"{shown.split('#')[0]})" if "#" in shown else shown
+        label = f"operation {number}: {shown[:80]}"
+        parts.append((label, hashlib.sha256(key.encode()).hexdigest()[:16]))
+    parts.append(("output options", hashlib.sha256(extra.encode()).hexdigest()[:16]))
+    digest = hashlib.sha256("".join(f"{k}={v};" for k, v in parts).encode()).hexdigest()[:16]
+    return PlanIdentity(digest, tuple(parts), tuple(dict.fromkeys(unsure)))
+
+
+def plan_hash(source_keys: Iterable[Any], ops: Sequence[Op], extra: str = "") -> str:
+    return plan_identity(source_keys, ops, extra).digest

@@ -12,8 +12,11 @@
                       ({"complete": false}), and a last time with {"complete": true}
 
 ``_manifest.json`` lists each committed file with its partition, rows and bytes, and the plan's
-hash (input files with sizes and mtimes, operations with a hash of each function's code, the
-output format). A rerun of the same plan skips the partitions the manifest lists.
+hash (input files with sizes and mtimes or in-memory data by content, each operation with a
+fingerprint of everything its function's output depends on: ``identity.py``, and the output
+format), with a digest per part so a refusal can name what changed. A rerun of the same plan
+skips the partitions the manifest lists; where a fingerprint is unsure (``unsure`` in the
+manifest: a lock, a file, a generator the function reads), the sink refuses to resume at all.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -119,7 +123,9 @@ class Committer:
     """The caller's record of a write: which partitions are committed, in ``_manifest.json``."""
 
     def __init__(self, directory: str, fmt: str, plan_hash: str, *, mode: str, resume: bool,
-                 inputs: list[str], compression: str | None = None) -> None:  # fmt: skip
+                 inputs: list[str], compression: str | None = None,
+                 plan_parts: Sequence[tuple[str, str]] = (),
+                 unsure: Sequence[str] = ()) -> None:  # fmt: skip
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
         if mode not in ("create", "overwrite"):
@@ -129,6 +135,8 @@ class Committer:
         self.directory = os.path.abspath(directory.removeprefix("file://"))
         self.format = fmt
         self.plan_hash = plan_hash
+        self.plan_parts = [list(part) for part in plan_parts]  # (what, digest): say what changed
+        self.unsure = list(unsure)  # why this plan's hash cannot be trusted (then: no resume)
         self.files: dict[int, FileInfo] = {}
         for source in inputs:
             if _inside(source, self.directory):
@@ -165,12 +173,21 @@ class Committer:
                     f"write to a new directory"
                 )
             return
+        if self.unsure or manifest.get("unsure"):
+            why = "; ".join(self.unsure or manifest["unsure"])
+            raise DataError(
+                f"refusing to resume into {directory}: forkjoin cannot tell whether the output "
+                f"there was computed by this same code and data ({why}). Use mode='overwrite' "
+                f"to compute it again, or a new directory; or pass a value forkjoin can "
+                f"fingerprint (plain data, or an object whose class defines "
+                f"__forkjoin_token__() returning what identifies its state)"
+            )
         if manifest.get("plan_hash") != self.plan_hash or manifest.get("format") != self.format:
             raise DataError(
                 f"{directory} holds the output of a different plan (plan hash "
                 f"{manifest.get('plan_hash')}, format {manifest.get('format')}; this plan is "
-                f"{self.plan_hash}, {self.format}); refusing to mix outputs: use "
-                f"mode='overwrite' or a new directory"
+                f"{self.plan_hash}, {self.format}{self._changed(manifest)}); refusing to mix "
+                f"outputs: use mode='overwrite' or a new directory"
             )
         if not resume:
             raise DataError(
@@ -182,6 +199,15 @@ class Committer:
             path = os.path.join(directory, info.name)
             if os.path.exists(path) and os.path.getsize(path) == info.bytes:
                 self.files[info.partition] = info
+
+    def _changed(self, manifest: dict[str, Any]) -> str:
+        """What differs from the plan that wrote ``manifest``, e.g. ", changed: operation 1:
+        map_batches(scale)" (a function's code, closure, defaults or globals)."""
+        before = manifest.get("plan_parts")
+        if not isinstance(before, list) or len(before) != len(self.plan_parts):
+            return ""
+        changed = [now[0] for now, was in zip(self.plan_parts, before, strict=True) if now != was]
+        return f"; changed: {', '.join(changed)}" if changed else ""
 
     @property
     def committed(self) -> frozenset[int]:
@@ -201,6 +227,8 @@ class Committer:
             "version": MANIFEST_VERSION,
             "format": self.format,
             "plan_hash": self.plan_hash,
+            "plan_parts": self.plan_parts,
+            "unsure": self.unsure,
             "complete": complete,
             "partitions": len(files),
             "rows": sum(f["rows"] for f in files),

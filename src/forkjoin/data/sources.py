@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from ..errors import DataError
 from .files import _open, _stat, discover
+from .identity import arrow_digest
 
 # Uncompressed bytes per partition: large enough that per-task overhead (~1 ms) is noise next
 # to reading and a Python UDF, small enough that workers x in-flight partitions stay well under
@@ -75,10 +76,11 @@ class Partition:
         return self.path
 
     def key(self) -> tuple[Any, ...]:
-        """What identifies this input for a plan hash (not the data of an in-memory table)."""
+        """What identifies this input for a plan hash: a file's path, range and mtime; an
+        in-memory table's content (hashed: the same rows give the same key in every run)."""
         if self.kind == "table":
             assert self.table is not None
-            return ("table", self.index, self.table.num_rows, self.table.nbytes)
+            return ("table", self.index, self.table.num_rows, arrow_digest(self.table).hex())
         return (self.kind, self.path, self.row_groups, self.start, self.end, self.mtime_ns)
 
 
