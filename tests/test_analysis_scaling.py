@@ -225,7 +225,13 @@ def test_run_report_of_a_pool(tmp_path: Path) -> None:
     # lanes cannot compute for longer than twice that
     assert 0 < data["wall_seconds"] <= outside + 0.05
     assert 0 < data["phases"]["compute"] <= 2 * (outside + 0.05)
-    assert data["phases"]["compute"] >= 0.5 * outside  # the job is CPU-bound on 2 workers
+    # and the work itself, timed here serially, shows up as compute (the same machine, so a
+    # loaded one slows both)
+    start = time.process_time()
+    for x in range(60):
+        cpu_task(x)
+    serial_cpu = time.process_time() - start
+    assert data["phases"]["compute"] >= 0.3 * serial_cpu, (data["phases"], serial_cpu)
 
 
 def test_bench_command(tmp_path: Path) -> None:
