@@ -71,8 +71,9 @@ def test_worker_killed_on_the_map_side_recomputes_one_partition(spill_root, tmp_
     source = write_source(tmp_path / "src")
     log = tmp_path / "calls.log"
     kill = KillOnce(str(tmp_path / "killed"), str(log), "n", trigger=700)
-    left = fj.data.read_parquet(str(source)).map_batches(kill, batch_size=None,
-                                                          batch_format="pandas")  # fmt: skip
+    left = fj.data.read_parquet(str(source)).map_batches(
+        kill, batch_size=None, batch_format="pandas"
+    )
     right = fj.data.from_pandas(pd.DataFrame({"k": range(0, 37, 2), "tag": range(19)}))
     got = left.join(right, on="k", broadcast=False).to_pandas(workers=2, backend="process")
     assert (tmp_path / "killed").exists()  # the kill happened
@@ -93,8 +94,12 @@ def test_worker_killed_on_the_reduce_side_loses_no_row(spill_root, tmp_path):
         kill(group)
         return pd.DataFrame({"k": [group.k.iloc[0]], "rows": [len(group)], "s": [group.n.sum()]})
 
-    got = (fj.data.read_parquet(str(source)).groupby("k").map_groups(count_group)
-           .to_pandas(workers=2, backend="process"))  # fmt: skip
+    got = (
+        fj.data.read_parquet(str(source))
+        .groupby("k")
+        .map_groups(count_group)
+        .to_pandas(workers=2, backend="process")
+    )
     assert (tmp_path / "killed").exists()
     frame = pq.read_table(source).to_pandas()
     expected = frame.groupby("k").agg(rows=("n", "size"), s=("n", "sum")).reset_index()
@@ -105,8 +110,9 @@ def test_disk_full_while_spilling_is_a_data_error_naming_the_directory(tmp_path,
     """A real full filesystem: a 1 MiB tmpfs (needs root to mount; skipped otherwise)."""
     full = tmp_path / "tiny"
     full.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)],
-                             capture_output=True)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -147,8 +153,9 @@ def test_caller_killed_mid_exchange_then_resume_gives_identical_output(spill_roo
     script.write_text(CALLER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, str(script), str(source), str(reference)], env=env,
-                   check=True, timeout=90)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(script), str(source), str(reference)], env=env, check=True, timeout=90
+    )
     out = tmp_path / "out"
     caller = subprocess.Popen([sys.executable, str(script), str(source), str(out)], env=env)
     deadline = time.monotonic() + 60
@@ -160,8 +167,9 @@ def test_caller_killed_mid_exchange_then_resume_gives_identical_output(spill_roo
     caller.wait(timeout=10)
     stale = os.listdir(spill_root)
     assert len(stale) == 1 and stale[0].startswith(spill.SPILL_PREFIX)  # left by the dead caller
-    resumed = subprocess.run([sys.executable, str(script), str(source), str(out)], env=env,
-                             timeout=90)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(source), str(out)], env=env, timeout=90
+    )
     assert resumed.returncode == 0
     names = sorted(n for n in os.listdir(reference) if n.startswith("part-"))
     assert names == sorted(n for n in os.listdir(out) if n.startswith("part-"))
@@ -181,14 +189,17 @@ def write_payload(folder: Any, megabytes: int) -> int:
     rng = np.random.default_rng(0)
     for i in range(files):
         payload = rng.integers(0, 255, size=(rows_per_file, 240), dtype=np.uint8)
-        table = pa.table({
-            "key": rng.random(rows_per_file),
-            "payload": pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(240), rows_per_file, [None, pa.py_buffer(payload.tobytes())]
-            ),
-        })  # fmt: skip
-        pq.write_table(table, folder / f"part-{i:03d}.parquet", compression="none",
-                       row_group_size=50_000)  # fmt: skip
+        table = pa.table(
+            {
+                "key": rng.random(rows_per_file),
+                "payload": pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(240), rows_per_file, [None, pa.py_buffer(payload.tobytes())]
+                ),
+            }
+        )
+        pq.write_table(
+            table, folder / f"part-{i:03d}.parquet", compression="none", row_group_size=50_000
+        )
     return files * rows_per_file
 
 
@@ -261,8 +272,9 @@ def group_sizes(group: Any) -> Any:
 @pytest.mark.cluster
 @pytest.mark.parametrize("engine", ["ray", "dask"])
 @pytest.mark.parametrize("spilled", [False, True])
-def test_exchanges_on_a_cluster_engine_match_local_processes(engine, spilled, tmp_path, request,
-                                                             monkeypatch):  # fmt: skip
+def test_exchanges_on_a_cluster_engine_match_local_processes(
+    engine, spilled, tmp_path, request, monkeypatch
+):
     """On Ray and Dask the small exchange moves buckets through the engine (its object store
     or its result path); the large one through a spill directory the workers share (here a
     local one: the cluster runs on this machine)."""
@@ -291,8 +303,10 @@ def test_exchanges_on_a_cluster_engine_match_local_processes(engine, spilled, tm
         assert remote[name].values.tolist() == local[name].values.tolist(), name
     for name in ("join", "broadcast"):  # join order is not defined: the same rows
         key = ["n", "k"]
-        pd.testing.assert_frame_equal(remote[name].sort_values(key).reset_index(drop=True),
-                                      local[name].sort_values(key).reset_index(drop=True))  # fmt: skip
+        pd.testing.assert_frame_equal(
+            remote[name].sort_values(key).reset_index(drop=True),
+            local[name].sort_values(key).reset_index(drop=True),
+        )
     out = tmp_path / "out"
     pipelines()["sort"].write_parquet(str(out), pool=pool)
     assert pq.read_table(out).to_pandas().values.tolist() == local["sort"].values.tolist()
