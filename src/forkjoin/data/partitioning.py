@@ -165,3 +165,41 @@ def choose_boundaries(
         min(ordered.num_rows - 1, (i * ordered.num_rows) // buckets) for i in range(1, buckets)
     ]
     return ordered.take(pa.array(picks, type=pa.int64()))
+
+
+def searchsorted_buckets(
+    column: pa.ChunkedArray, direction: str, bounds: pa.Array
+) -> np.ndarray | None:
+    """Each row's range by a binary search over the boundaries of the first sort key, when that
+    key is numeric and its boundary values are strictly ordered (no sort needed on the map
+    side); None otherwise (split_by_ranges then sorts). Every row of one key value lands in one
+    bucket, which is all a global sort or a group-apply needs; the position tie-breaker in
+    split_by_ranges is only there to cut a key that fills several buckets."""
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_date(kind)):
+        return None
+    if bounds.null_count or len(bounds) == 0:
+        return None
+    physical = pa.int64() if pa.types.is_date(kind) else kind
+    if pa.types.is_date(kind):
+        column = column.cast(pa.date32()).cast(pa.int32())
+        bounds = bounds.cast(pa.date32()).cast(pa.int32())
+    edges = bounds.cast(physical if not pa.types.is_date(kind) else pa.int32()).to_numpy()
+    steps = np.diff(edges)
+    descending = direction == "descending"
+    if not (np.all(steps < 0) if descending else np.all(steps > 0)):
+        return None
+    array = column.combine_chunks()
+    nulls = array.is_null().to_numpy(zero_copy_only=False) if array.null_count else None
+    values = pc.fill_null(array, 0).to_numpy() if nulls is not None else array.to_numpy()
+    if descending:  # bucket i holds values >= edges[i]: count the edges above each value
+        ascending_edges = edges[::-1]
+        out = len(edges) - np.searchsorted(ascending_edges, values, side="right")
+    else:  # bucket i holds values <= edges[i]
+        out = np.searchsorted(edges, values, side="left")
+    out = out.astype(np.int64)
+    if pa.types.is_floating(kind):
+        out[np.isnan(values)] = len(edges)  # NaN sorts after every number, either direction
+    if nulls is not None:
+        out[nulls] = len(edges)  # nulls last
+    return out

@@ -44,7 +44,13 @@ from .exchange import (
     estimate_bytes,
     with_positions,
 )
-from .partitioning import choose_boundaries, key_nulls, split_by_ranges
+from .partitioning import (
+    choose_boundaries,
+    key_nulls,
+    searchsorted_buckets,
+    split_by_bucket,
+    split_by_ranges,
+)
 from .plan import BATCH_FORMATS, Op, concat, describe_function, from_batch, function_name
 from .plan import to_format as _to_format
 from .shuffle import check_columns, concat_reduce
@@ -113,6 +119,12 @@ class RangeSplit:
             nulls = key_nulls(table, [k for k, _ in self.sort_keys])
             if nulls.any():
                 table = table.filter(pa.array(~nulls))
+        first, direction = self.sort_keys[0]
+        if self.boundaries.num_rows == 0:
+            return [table]
+        fast = searchsorted_buckets(table.column(first), direction, self.boundaries.column(first))
+        if fast is not None:
+            return split_by_bucket(table, fast, self.boundaries.num_rows + 1)
         keys = [*self.sort_keys, *(_POSITIONS if self.positions else [])]
         return split_by_ranges(table, keys, self.boundaries)
 
