@@ -57,7 +57,7 @@ TOLERANCE = 1e-6
 CONTENDER_TIMEOUT_SECONDS = 900
 
 
-def run_contender_command(command: list[str]) -> dict[str, Any]:
+def run_contender_command(command: list[str], timeout: float) -> dict[str, Any]:
     """One contender in a fresh interpreter (its own session, killed whole at the end): its
     JSON line plus the peak RSS of its process tree; ``error`` when it failed."""
     import json
@@ -85,9 +85,9 @@ def run_contender_command(command: list[str]) -> dict[str, Any]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        stdout, stderr = proc.communicate(timeout=CONTENDER_TIMEOUT_SECONDS)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        stdout, stderr = "", f"timed out after {CONTENDER_TIMEOUT_SECONDS} s"
+        stdout, stderr = "", f"timed out after {timeout:.0f} s"
     finally:
         done.set()
         sampler.join()
@@ -169,7 +169,7 @@ def bench(
             os.path.join(out, "o"),
             str(WORKERS),
         ]
-        result = run_contender_command(command)
+        result = run_contender_command(command, info["timeout"])
         if "error" not in result and workload == "sort":
             result["problem"] = check_sort(os.path.join(out, "o"), *info["truth"])
         shutil.rmtree(out, ignore_errors=True)
@@ -337,6 +337,12 @@ def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
     parser.add_argument("--data", default=None, help="dataset directory (generated, reused)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--check", action="store_true", help="exit 1 if a goal is missed")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=CONTENDER_TIMEOUT_SECONDS,
+        help="seconds a contender may take for one workload before it is a failed row",
+    )
     args = parser.parse_args(argv)
     args.rows = args.rows or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -356,6 +362,7 @@ def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
     log(f"generating {args.rows:,} lineitem rows in {data} (reused when present)")
     info = generate(data, args.rows)
     info["truth"] = lineitem_truth(data)
+    info["timeout"] = args.timeout
     meta = metadata(args, info)
     sections = [bench(w, names, data, info, log) for w in workloads]
     goals = goals_of(sections)

@@ -297,6 +297,11 @@ def test_broadcast_is_chosen_for_a_small_side_and_matches_the_hash_join(spill_ro
     by_hash = hashed.to_pandas(workers=2, backend="threads")
     assert hashed.stats().bytes_spilled > 0
     same_rows(broadcast, by_hash)
+    # A right side as large as the left one: broadcasting it to every partition would build
+    # its hash table once per partition, so the hash join is chosen.
+    self_join = dataset(left, 4).join(dataset(left), on="n")
+    assert len(self_join.to_pandas(workers=2, backend="threads")) == 600
+    assert self_join.stats().bytes_spilled > 0
     with pytest.raises(ValueError, match="broadcast=True"):
         dataset(left).join(dataset(right), on="k", how="outer", broadcast=True).count()
 

@@ -82,6 +82,27 @@ def drop_positions(table: pa.Table) -> pa.Table:
     return table.select(names)
 
 
+@dataclass(frozen=True)
+class InlineBucket:
+    """A bucket that travels with the task results instead of through a file: an Arrow IPC
+    stream in a buffer. Not the table itself: a bucket is a slice of its partition, and a
+    pickled slice can carry the whole partition's buffers (at 1 M rows a sort's caller held
+    1.7 GB instead of 0.6 GB), where IPC writes only the slice's rows."""
+
+    buffer: Any  # pyarrow.Buffer
+    rows: int
+
+    @classmethod
+    def of(cls, table: pa.Table) -> InlineBucket:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return cls(sink.getvalue(), table.num_rows)
+
+    def read(self) -> pa.Table:
+        return pa.ipc.open_stream(self.buffer).read_all()
+
+
 # -- map side (in a worker) ----------------------------------------------------------------------
 
 
@@ -91,7 +112,7 @@ class MapOutput:
 
     index: int
     schema: pa.Schema
-    pieces: list[Any]  # per bucket: Segment | pa.Table | None (empty)
+    pieces: list[Any]  # per bucket: Segment | InlineBucket | None (empty)
     rows: int
     bytes: int
     spilled: int = 0
@@ -112,7 +133,7 @@ class MapTask:
         schema = buckets[0].schema if buckets else table.schema
         nbytes = sum(b.nbytes for b in buckets)
         if self.spill_dir is None:
-            pieces: list[Any] = [b if b.num_rows else None for b in buckets]
+            pieces: list[Any] = [InlineBucket.of(b) if b.num_rows else None for b in buckets]
             return MapOutput(index, schema, pieces, table.num_rows, nbytes)
         path = os.path.join(self.spill_dir, f"map-{self.side}-{index:05d}.arrow")
         segments = write_buckets(path, buckets)
@@ -128,14 +149,17 @@ class BucketInput:
     """Bucket i of one side: its pieces from every map task, in map order."""
 
     schema: pa.Schema
-    pieces: tuple[Any, ...]  # Segment | pa.Table
+    pieces: tuple[Any, ...]  # Segment | InlineBucket
 
     def read(self) -> pa.Table:
         tables: list[pa.Table] = []
         segments = [p for p in self.pieces if isinstance(p, Segment)]
         spilled = iter(read_segments(segments))
         for piece in self.pieces:  # keep map order, whatever mix of memory and disk
-            tables.append(next(spilled) if isinstance(piece, Segment) else piece)
+            if isinstance(piece, Segment):
+                tables.append(next(spilled))
+            else:
+                tables.append(piece.read() if isinstance(piece, InlineBucket) else piece)
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return self.schema.empty_table()
@@ -197,7 +221,7 @@ class FusedPartition(Partition):
         return self.finish(apply_ops(table, self.ops)), counts
 
 
-EXCHANGE_SPEC = ReadSpec("exchange")
+EXCHANGE_SPEC = ReadSpec("exchange")  # the stage after an exchange reads its buckets
 
 
 def bucket_partitions(
@@ -215,11 +239,13 @@ def bucket_partitions(
 
 
 def _piece_rows(piece: Any) -> int:
-    return piece.rows if isinstance(piece, Segment) else piece.num_rows
+    return piece.rows if isinstance(piece, (Segment, InlineBucket)) else piece.num_rows
 
 
 def _piece_bytes(piece: Any) -> int:
-    return piece.length if isinstance(piece, Segment) else piece.nbytes
+    if isinstance(piece, Segment):
+        return piece.length
+    return piece.buffer.size if isinstance(piece, InlineBucket) else piece.nbytes
 
 
 # -- the caller's side ---------------------------------------------------------------------------

@@ -40,11 +40,16 @@ from .plan import Op, plan_hash
 from .shuffle import HashSplit, check_columns
 from .sources import Partition, ReadSpec
 
-# A side estimated (from file metadata, before running anything) at or below this many bytes is
-# broadcast: collected once and shipped with each task of the other side, which then needs no
-# exchange. Spark's default is 10 MiB; 32 MiB still costs less to ship per task than to shuffle
-# the large side on a local machine (benchmarks/bench_shuffle.py, the broadcast figure).
+# A side estimated (from file metadata, before running anything) at or below this many bytes may
+# be broadcast: collected once and shipped with each task of the other side, which then needs
+# no exchange. Spark's default is 10 MiB; a bigger bound is fine here because of the second rule
+# below (BROADCAST_MAX_REBUILD).
 BROADCAST_BYTES = 32 * 1024 * 1024
+# ...but only while the copies of it that tasks build hash tables from (one per left partition)
+# add up to no more than this fraction of the left side's bytes: Acero rebuilds the hash table
+# in every task, and in bench_shuffle.py (10 M lineitem rows) broadcasting the 2.5 M orders to
+# ~40 partitions took 48 s where the hash join's exchange takes a fraction of it.
+BROADCAST_MAX_REBUILD = 1.0
 
 HOWS = {
     "inner": "inner",
@@ -171,7 +176,7 @@ class Join(ExchangeOp):
     ) -> list[Partition]:
         right_bytes = estimate_bytes(self.other._source.partitions)
         left_bytes = estimate_bytes(parts)
-        if self._use_broadcast(right_bytes):
+        if self._use_broadcast(right_bytes, left_bytes, len(parts)):
             right = scope.collect(self.other)
             finish = BroadcastFinish(self.spec, right)
             return [
@@ -210,7 +215,7 @@ class Join(ExchangeOp):
         right = scope.run_map_of(self.other, MapTask("R", right_split, spill))
         return bucket_partitions(self.spec, [left, right], buckets)
 
-    def _use_broadcast(self, right_bytes: int) -> bool:
+    def _use_broadcast(self, right_bytes: int, left_bytes: int, left_parts: int) -> bool:
         if self.spec.how not in _BROADCASTABLE:
             if self.broadcast:
                 raise ValueError(
@@ -220,8 +225,11 @@ class Join(ExchangeOp):
             return False
         if self.broadcast is not None:
             return self.broadcast
-        return right_bytes <= BROADCAST_BYTES and all(
-            p.kind != "exchange" for p in self.other._source.partitions
+        rebuilt = right_bytes * max(1, left_parts)
+        return (
+            right_bytes <= BROADCAST_BYTES
+            and rebuilt <= BROADCAST_MAX_REBUILD * max(left_bytes, 1)
+            and all(p.kind != "exchange" for p in self.other._source.partitions)
         )
 
 

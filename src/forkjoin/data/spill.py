@@ -18,9 +18,9 @@ Lifetime (the no-leak rule that shared memory follows too):
   drops a dead process's flock, so this cannot mistake a live run for a dead one (a pid check
   could, after pid reuse).
 
-Files are written uncompressed: the reduce side memory-maps them and reads buckets without a
-copy, and on the local disks spilling is for, LZ4 cost more CPU than it saved in I/O
-(benchmarks/bench_shuffle.py, spill bytes column).
+Files are written uncompressed, so the reduce side memory-maps them and reads buckets without
+a copy. Compression (LZ4 / ZSTD IPC) was not measured yet: worth trying where the spill
+directory is on a slow or shared disk (benchmarks/bench_shuffle.py reports spill bytes).
 """
 
 from __future__ import annotations
