@@ -126,7 +126,7 @@ def dataset(table: Any, partitions: int = 3) -> Any:
 
 RUN = {"workers": 2, "backend": "threads"}
 FAST = settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
