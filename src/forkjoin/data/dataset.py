@@ -30,7 +30,6 @@ from .plan import (
     RenameColumns,
     Repartition,
     SelectColumns,
-    Sort,
     plan_identity,
     to_format,
 )
@@ -117,21 +116,72 @@ class Dataset:
             raise ValueError(f"limit must be >= 0, got {n}")
         return self._with(Limit(n))
 
-    def repartition(self, partitions: int) -> Dataset:
-        """``partitions`` partitions of equal rows (runs what comes before it to completion)."""
+    def repartition(self, partitions: int, *, keys: str | Sequence[str] | None = None) -> Dataset:
+        """``partitions`` partitions of equal rows (runs what comes before it to completion);
+        with ``keys``, by a hash of the key columns (every row of a key in one partition),
+        through an exchange that spills instead of collecting."""
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
+        if keys is not None:
+            from .shuffle import HashRepartition
+
+            return self._with(HashRepartition(partitions, [keys] if isinstance(keys, str)
+                                              else list(keys)))  # fmt: skip
         return self._with(Repartition(partitions))
 
     def sort(self, key: str | Sequence[str], descending: bool | Sequence[bool] = False) -> Dataset:
-        """Sorted by ``key`` (stable; nulls last). Collects the data: for moderate sizes."""
+        """Sorted by ``key`` (stable; nulls last), in bounded memory: sampled range boundaries,
+        each range sorted in a worker, partitions in order (sort.py). Never collects."""
+        from .sort import GlobalSort
+
         keys = [key] if isinstance(key, str) else list(key)
         flags = [descending] * len(keys) if isinstance(descending, bool) else list(descending)
-        return self._with(
-            Sort(
-                [(k, "descending" if d else "ascending") for k, d in zip(keys, flags, strict=True)]
-            )
-        )
+        if len(flags) != len(keys):
+            raise ValueError(f"descending has {len(flags)} flags for {len(keys)} keys")
+        return self._with(GlobalSort(
+            [(k, "descending" if d else "ascending") for k, d in zip(keys, flags, strict=True)]
+        ))  # fmt: skip
+
+    def join(
+        self,
+        other: Dataset,
+        on: str | Sequence[str] | None = None,
+        how: str = "inner",
+        *,
+        left_on: str | Sequence[str] | None = None,
+        right_on: str | Sequence[str] | None = None,
+        suffixes: Sequence[str] = ("_x", "_y"),
+        broadcast: bool | None = None,
+    ) -> Dataset:
+        """Join with ``other`` on key columns: ``how`` is inner, left, right, outer, semi or
+        anti; a null key matches nothing (SQL). ``other`` is broadcast when small (decided
+        from metadata; ``broadcast=True/False`` overrides), else both sides are hash
+        partitioned (join.py). Columns as ``pandas.merge``; row order undefined."""
+        from .join import make_join
+
+        return self._with(make_join(other, on, how, left_on, right_on, suffixes, broadcast))
+
+    def random_shuffle(self, seed: int | None = None) -> Dataset:
+        """The rows in a random order: the same order for the same ``seed`` and input,
+        whatever the workers or backend."""
+        from .shuffle import RandomShuffle, new_seed
+
+        return self._with(RandomShuffle(new_seed() if seed is None else seed))
+
+    def distinct(self, columns: str | Sequence[str] | None = None) -> Dataset:
+        """One row per distinct value of ``columns`` (default: all), sorted within each
+        output partition; nulls count as a value."""
+        from .shuffle import Distinct
+
+        cols = None if columns is None else [columns] if isinstance(columns, str) else list(columns)
+        return self._with(Distinct(cols))
+
+    def unique(self, column: str, **run: Any) -> list[Any]:
+        """The distinct values of ``column``, sorted (None last)."""
+        table = self.distinct(column).to_arrow(**run)
+        if not table.num_rows:
+            return []
+        return table.sort_by([(column, "ascending")]).column(column).to_pylist()
 
     def groupby(self, keys: str | Sequence[str]) -> GroupedDataset:
         return GroupedDataset(self, [keys] if isinstance(keys, str) else list(keys))
@@ -288,6 +338,16 @@ class GroupedDataset:
         from .aggregate import AggSpec
 
         return self._dataset._with(GroupByAgg(self._keys, AggSpec.parse(spec, named)))
+
+    def map_groups(self, fn: Callable[..., Any], *, batch_format: str = "pandas",
+                   fn_kwargs: Mapping[str, Any] | None = None) -> Dataset:  # fmt: skip
+        """``fn(group)`` on all rows of each group (rows in input order; a DataFrame by
+        default), like pandas' ``groupby().apply`` and Ray Data's ``map_groups``; ``fn``
+        returns a batch (any number of rows). Groups come out in key order; null keys are
+        dropped. One group must fit in a worker's memory."""
+        from .sort import MapGroups
+
+        return self._dataset._with(MapGroups(self._keys, fn, batch_format, dict(fn_kwargs or {})))
 
     def count(self) -> Dataset:
         """Rows per group, in a column named ``count``."""

@@ -36,6 +36,8 @@ from .plan import GroupByAgg, Limit, Op, Repartition, Sort, apply_ops, concat, s
 from .readers import read_partition
 from .sources import Partition, ReadCounts, ReadSpec, SourcePlan, plan_table
 
+EXCHANGE_SPEC = ReadSpec("exchange")  # the stage after an exchange reads its buckets
+
 # Partitions in flight per worker (submitted and not yet merged): 2 keeps each worker busy while
 # the previous result travels back; more only adds memory (benchmarks/bench_data.py).
 IN_FLIGHT_PER_WORKER = 2
@@ -80,7 +82,7 @@ class RunConfig:
 class Terminal:
     """What a worker does with a processed partition."""
 
-    kind: str  # "collect" | "count" | "partial" | "write"
+    kind: str  # "collect" | "count" | "partial" | "write" | "exchange"
     keys: tuple[str, ...] = ()
     aggs: Any = None  # aggregate.AggSpec
     sink: Any = None  # sinks.SinkSpec
@@ -114,6 +116,7 @@ class DataStats:
     bytes_written: int = 0
     seconds: float = 0.0
     busy_seconds: float = 0.0
+    bytes_spilled: int = 0  # written to spill files by exchanges (join, sort, ...)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -160,6 +163,8 @@ def process_partition(
         from .sinks import write_partition
 
         extra = write_partition(table, part.index, terminal.sink)
+    elif terminal.kind == "exchange":  # the map side of an exchange: split into buckets
+        extra = terminal.sink.run(table, part.index)
     return PartResult(part.index, out, table.num_rows, counts, time.perf_counter() - start, extra)
 
 
@@ -252,11 +257,27 @@ def execute(
 ) -> Iterator[PartResult]:
     """Run every stage of ``ops`` over ``plan``; yields the last stage's results. ``skip``:
     partition indexes of the last stage not to run (already committed by a previous run)."""
+    from .exchange import ExchangeScope
+
+    scope = ExchangeScope(config, stats)  # its spill directory is made only if one spills
+    try:
+        yield from _execute_stages(plan, ops, terminal, config, stats, scope, ordered, skip)
+    finally:
+        scope.close()  # no spill file outlives the run: success, error, or the consumer stopped
+
+
+def _execute_stages(plan: SourcePlan, ops: Sequence[Op], terminal: Terminal, config: RunConfig,
+                    stats: DataStats, scope: Any, ordered: bool,
+                    skip: frozenset[int]) -> Iterator[PartResult]:  # fmt: skip
     stats.add_counts(plan.counts)
     parts, spec = plan.partitions, plan.spec
     stages = list(split_stages(ops))
     for stage in stages[:-1]:
         assert stage.barrier is not None
+        if hasattr(stage.barrier, "exchange"):  # exchange.ExchangeOp: join, sort, shuffle...
+            parts = stage.barrier.exchange(scope, parts, spec, stage.ops)
+            spec = EXCHANGE_SPEC
+            continue
         table = _run_barrier(parts, spec, stage.ops, stage.barrier, config, stats)
         partitions = stage.barrier.partitions if isinstance(stage.barrier, Repartition) else None
         staged = plan_table(table, partitions, _target_bytes())
