@@ -12,14 +12,20 @@ its front matter::
       needs: [torch]         # skipped (outside CI) when one of these cannot be imported
       marks: [train]         # pytest markers for its test
       timeout: 120           # seconds (default EXAMPLE_TIMEOUT)
+      shell: true            # also run its ```bash blocks, in order, after the Python ones
     ---
+
+Other pages' ```bash blocks (``pip install ...``) are shown, not run.
 """
 
 from __future__ import annotations
 
+import doctest
 import html.parser
 import importlib
 import importlib.util
+import inspect
+import io
 import os
 import re
 import subprocess
@@ -70,12 +76,12 @@ def code_blocks(text: str) -> list[tuple[str, int, list[str]]]:
     return blocks
 
 
-def example_script(page: Path) -> str:
-    """The page's ```python blocks as one script that keeps the page's line numbers."""
+def example_script(page: Path, language: str = "python") -> str:
+    """The page's blocks in ``language`` as one script that keeps the page's line numbers."""
     text = page.read_text()
     script = [""] * (text.count("\n") + 1)
-    for language, first, body in code_blocks(text):
-        if language == "python":
+    for block_language, first, body in code_blocks(text):
+        if block_language == language:
             script[first - 1 : first - 1 + len(body)] = body
     return "\n".join(script)
 
@@ -100,31 +106,56 @@ def require(module: str) -> None:
 @pytest.mark.parametrize(("page", "settings"), page_params())
 def test_page_examples_run(page: Path, settings: dict, tmp_path: Path) -> None:
     script = example_script(page)
-    if not script.strip():
-        pytest.skip("no Python examples on this page")
+    shell = example_script(page, "bash") if settings.get("shell") else ""
+    if not (script.strip() or shell.strip()):
+        pytest.skip("no examples to run on this page")
     for module in settings.get("needs", []):
         require(module)
     compile(script, str(page), "exec")  # a syntax error names the page and line at once
-    # run as a script would, but compiled under the page's name: tracebacks say "page.md", line N
-    runner = (
-        "import sys; page = sys.argv[1]; "
-        "exec(compile(open(page).read(), page, 'exec'), {'__name__': '__main__'})"
-    )
-    path = tmp_path / page.name
-    path.write_text(script)
-    done = subprocess.run(
-        [sys.executable, "-c", runner, str(path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=settings.get("timeout", EXAMPLE_TIMEOUT),
-    )
+    deadline = time.monotonic() + settings.get("timeout", EXAMPLE_TIMEOUT)
     where = f"{page.relative_to(ROOT)} (line numbers are the page's)"
-    assert done.returncode == 0, f"an example in {where} failed:\n{done.stderr[-4000:]}"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if script.strip():
+        # run as a script would, compiled under the page's name: tracebacks say "page.md", line N
+        runner = (
+            "import sys; page = sys.argv[1]; "
+            "exec(compile(open(page).read(), page, 'exec'), {'__name__': '__main__'})"
+        )
+        path = tmp_path / page.name
+        path.write_text(script)
+        done = subprocess.run(
+            [sys.executable, "-c", runner, str(path)], cwd=run_dir, capture_output=True,
+            text=True, timeout=deadline - time.monotonic(),
+        )
+        assert done.returncode == 0, f"an example in {where} failed:\n{done.stderr[-4000:]}"
+    if shell.strip():
+        path = tmp_path / f"{page.stem}.sh"
+        path.write_text(shell)
+        # `forkjoin` is the console script of the interpreter running the tests
+        bin_dir = os.path.dirname(sys.executable)
+        env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", str(path)], cwd=run_dir, capture_output=True,
+            text=True, timeout=deadline - time.monotonic(), env=env,
+        )
+        assert done.returncode == 0, (
+            f"a shell example in {where} failed (line {_last_line(done)}):\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        )
+
+
+def _last_line(done: subprocess.CompletedProcess) -> str:
+    """bash reports '<file>: line N:' for some errors; else the page's last command ran."""
+    match = re.search(r"line (\d+):", done.stderr)
+    return match[1] if match else "?"
 
 
 def test_example_extraction_keeps_line_numbers() -> None:
-    page = "# Title\n\nText.\n\n```python\nx = 1\n```\n\n```text\nnot code\n```\n\n```python\ny = x\n```\n"
+    page = (
+        "# Title\n\nText.\n\n```python\nx = 1\n```\n\n"
+        "```text\nnot code\n```\n\n```python\ny = x\n```\n"
+    )
     blocks = code_blocks(page)
     assert [(lang, first) for lang, first, _ in blocks] == [
         ("python", 6), ("text", 10), ("python", 14)
@@ -135,6 +166,47 @@ def test_every_page_is_reachable_and_every_python_block_compiles() -> None:
     assert PAGES, "docs/ has pages"
     for page in PAGES:
         compile(example_script(page), str(page), "exec")
+
+
+# --- examples in docstrings (the API reference shows them) --------------------------------------
+
+REFERENCE_MODULES_WITHOUT_ALL = ("forkjoin.integrations.joblib",)
+
+
+def reference_doctests() -> list[doctest.DocTest]:
+    """The ``>>>`` examples of everything the API reference renders: each API module's
+    docstring, and each public name with its methods. ``fj`` is forkjoin, as in the docs."""
+    finder = doctest.DocTestFinder()
+    found: dict[tuple[str | None, int | None, str], doctest.DocTest] = {}
+    globs = {"fj": fj}
+    for module_name, names in public_api().items():
+        module = importlib.import_module(module_name)
+        for test in doctest.DocTestFinder(recurse=False).find(module, module_name, globs=globs):
+            found[(test.filename, test.lineno, test.name)] = test
+        for name in names:
+            value = getattr(module, name)
+            if not (inspect.isclass(value) or inspect.isroutine(value)):
+                continue
+            for test in finder.find(value, f"{module_name}.{name}", module=False, globs=globs):
+                found.setdefault((test.filename, test.lineno, test.docstring or ""), test)
+    for module_name in REFERENCE_MODULES_WITHOUT_ALL:
+        module = importlib.import_module(module_name)
+        for test in finder.find(module, module_name, globs=globs):
+            found[(test.filename, test.lineno, test.name)] = test
+    return [test for test in found.values() if test.examples]
+
+
+def test_docstring_examples_in_the_reference_run() -> None:
+    require("pyarrow")
+    require("joblib")
+    tests = reference_doctests()
+    assert len(tests) >= 3, "the reference shows docstring examples (forkjoin, data, shared...)"
+    output = io.StringIO()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test, out=output.write)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"docstring examples failed:\n{output.getvalue()}"
 
 
 # --- the build ---------------------------------------------------------------------------------
