@@ -72,7 +72,8 @@ def rst_for(module: str, name: str) -> list[str]:
         directive = {"function": "function", "data": "data"}.get(kind, kind)
         role = {"function": "func", "data": "data", "exception": "exc"}.get(kind, kind)
         return [
-            f".. py:{directive}:: {full}",
+            f".. py:{directive}:: {name}",
+            f"   :module: {module}",
             "",
             f"   The same object as :py:{role}:`{canonical}`, re-exported here.",
             "",
