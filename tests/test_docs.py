@@ -145,16 +145,24 @@ def _run_examples(script: str, shell: str, page: Path, tmp_path: Path, run_dir: 
         path = tmp_path / page.name
         path.write_text(script)
         done = subprocess.run(
-            [sys.executable, "-c", runner, str(path)], cwd=run_dir, capture_output=True,
-            text=True, timeout=deadline - time.monotonic(), env=env,
+            [sys.executable, "-c", runner, str(path)],
+            cwd=run_dir,
+            capture_output=True,
+            text=True,
+            timeout=deadline - time.monotonic(),
+            env=env,
         )
         assert done.returncode == 0, f"an example in {where} failed:\n{done.stderr[-4000:]}"
     if shell.strip():
         path = tmp_path / f"{page.stem}.sh"
         path.write_text(shell)
         done = subprocess.run(
-            ["bash", "-euo", "pipefail", str(path)], cwd=run_dir, capture_output=True,
-            text=True, timeout=deadline - time.monotonic(), env=env,
+            ["bash", "-euo", "pipefail", str(path)],
+            cwd=run_dir,
+            capture_output=True,
+            text=True,
+            timeout=deadline - time.monotonic(),
+            env=env,
         )
         assert done.returncode == 0, (
             f"a shell example in {where} failed (line {_last_line(done)}):\n"
@@ -175,7 +183,9 @@ def test_example_extraction_keeps_line_numbers() -> None:
     )
     blocks = code_blocks(page)
     assert [(lang, first) for lang, first, _ in blocks] == [
-        ("python", 6), ("text", 10), ("python", 14)
+        ("python", 6),
+        ("text", 10),
+        ("python", 14),
     ]
 
 
@@ -240,9 +250,23 @@ def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-E", "-q", "-b", "html",
-         str(DOCS), str(out)],
-        capture_output=True, text=True, timeout=240, env=env,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-E",
+            "-q",
+            "-b",
+            "html",
+            str(DOCS),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert done.returncode == 0, f"docs build failed (warnings are errors):\n{done.stderr}"
     print(f"docs built in {time.monotonic() - started:.1f} s")
@@ -270,19 +294,27 @@ def test_every_public_name_is_in_the_reference(built_docs: Path) -> None:
     with open(built_docs / "objects.inv", "rb") as stream:
         inventory = InventoryFile.load(stream, "", os.path.join)
     documented = {
-        name for kind, entries in _inventory_items(inventory) if kind.startswith("py:")
+        name
+        for kind, entries in _inventory_items(inventory)
+        if kind.startswith("py:")
         for name in entries
     }
     missing = [
-        f"{module}.{name}" for module, names in public_api().items() for name in names
+        f"{module}.{name}"
+        for module, names in public_api().items()
+        for name in names
         if f"{module}.{name}" not in documented
     ]
     assert not missing, (
         f"public names missing from the API reference: {missing}; a new layer needs a page "
         "docs/reference/<layer>.rst with '.. forkjoin-api:: forkjoin.<layer>' in its toctree"
     )
-    modules = {name for kind, entries in _inventory_items(inventory) if kind == "py:module"
-               for name in entries}
+    modules = {
+        name
+        for kind, entries in _inventory_items(inventory)
+        if kind == "py:module"
+        for name in entries
+    }
     assert set(public_api()) <= modules
 
 

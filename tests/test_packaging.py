@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-USER_FILE = '''\
+USER_FILE = """\
 import forkjoin as fj
 
 def score(n: int) -> float:
@@ -39,7 +39,7 @@ reveal_type(results)
 with fj.Pool(workers=2) as pool:
     reveal_type(pool.submit(score, 3))
 wrong: str = fj.map(score, range(10))
-'''
+"""
 
 
 def test_license_file_matches_the_metadata() -> None:
@@ -82,9 +82,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(source)],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr
     (built,) = out.glob("forkjoin-*.whl")
@@ -116,14 +128,28 @@ def test_mypy_sees_forkjoins_types_from_a_users_file(wheel: Path, tmp_path: Path
     venv.create(env_dir, with_pip=False)  # pip runs from outside, with its cache
     python = env_dir / "bin" / "python"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install",
-         "--disable-pip-version-check", str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     installed = subprocess.run(
         [str(python), "-c", "import forkjoin, pathlib; print(pathlib.Path(forkjoin.__file__))"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env,
     )
     assert str(env_dir) in installed.stdout, done.stdout[-3000:]
 
@@ -131,9 +157,23 @@ def test_mypy_sees_forkjoins_types_from_a_users_file(wheel: Path, tmp_path: Path
     project.mkdir()
     (project / "app.py").write_text(USER_FILE)
     checked = subprocess.run(
-        [sys.executable, "-m", "mypy", "--python-executable", str(python), "--no-incremental",
-         "--config-file", "", "--strict-optional", "app.py"],
-        capture_output=True, text=True, timeout=300, cwd=project, env=clean_env,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--python-executable",
+            str(python),
+            "--no-incremental",
+            "--config-file",
+            "",
+            "--strict-optional",
+            "app.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=project,
+        env=clean_env,
     )
     out = checked.stdout + checked.stderr
     assert "missing library stubs or py.typed marker" not in out, out

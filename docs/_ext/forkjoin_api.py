@@ -34,9 +34,11 @@ def api_modules() -> list[str]:
     import forkjoin
 
     layers = [f"forkjoin.{name}" for name in forkjoin._LAYERS]
-    return ["forkjoin", *[m for m in CANONICAL_ORDER if m in layers], *sorted(
-        m for m in layers if m not in CANONICAL_ORDER
-    )]
+    return [
+        "forkjoin",
+        *[m for m in CANONICAL_ORDER if m in layers],
+        *sorted(m for m in layers if m not in CANONICAL_ORDER),
+    ]
 
 
 def kind_of(value: Any) -> str:
@@ -56,7 +58,8 @@ def canonical_name(module: str, name: str) -> str:
         owners = [module]
     else:
         owners = [
-            m for m in api_modules()
+            m
+            for m in api_modules()
             if name in getattr(importlib.import_module(m), "__all__", ())
             and getattr(importlib.import_module(m), name) is value
         ]
@@ -128,7 +131,7 @@ MIN_ALIGNED_ITEMS = 3
 
 
 def aligned_lists_to_definitions(lines: list[str]) -> list[str]:
-    """``name:   text`` lists (see ``ALIGNED_ITEM``) as definition lists; other lines as they are."""
+    """``name:   text`` lists (``ALIGNED_ITEM``) as definition lists; other lines unchanged."""
     run: list[tuple[str, list[str], list[str]]] = []  # (name, text lines, original lines)
     out: list[str] = []
 
