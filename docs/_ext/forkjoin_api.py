@@ -19,6 +19,7 @@ from typing import Any
 from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.application import Sphinx
+from sphinx.ext.autodoc.mock import mock
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
@@ -100,6 +101,11 @@ class ForkjoinApi(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
+        # the same stand-ins for missing optional engines as autodoc uses (conf.py)
+        with mock(self.config.autodoc_mock_imports):
+            return self._run()
+
+    def _run(self) -> list[nodes.Node]:
         module_name = self.arguments[0]
         module = importlib.import_module(module_name)
         public = getattr(module, "__all__", None)
