@@ -85,12 +85,11 @@ def rst_for(module: str, name: str) -> list[str]:
     if kind == "function":
         return [f".. autofunction:: {full}", ""]
     if kind in ("class", "exception"):
-        return [
-            f".. auto{kind}:: {full}",
-            "   :members:",
-            "   :show-inheritance:",
-            "",
-        ]
+        # public methods without a docstring still belong in the reference (their signature)
+        lines = [f".. auto{kind}:: {full}", "   :members:", "   :undoc-members:"]
+        if value.__bases__ != (object,):
+            lines.append("   :show-inheritance:")
+        return [*lines, ""]
     return [f".. autodata:: {full}", ""]
 
 
