@@ -94,7 +94,8 @@ def page_params() -> list:
     params = []
     for page in EXAMPLE_PAGES:
         settings = front_matter(page.read_text()).get("examples", {}) or {}
-        marks = [getattr(pytest.mark, mark) for mark in settings.get("marks", [])]
+        # each page starts an interpreter and a pool: not for the fast core
+        marks = [pytest.mark.slow, *(getattr(pytest.mark, m) for m in settings.get("marks", []))]
         params.append(pytest.param(page, settings, marks=marks, id=str(page.relative_to(ROOT))))
     return params
 
@@ -225,6 +226,7 @@ def reference_doctests() -> list[doctest.DocTest]:
     return [test for test in found.values() if test.examples]
 
 
+@pytest.mark.slow
 def test_docstring_examples_in_the_reference_run() -> None:
     require("pyarrow")
     require("joblib")
