@@ -65,3 +65,11 @@ if TYPE_CHECKING:
     from .report import run_breakdown, write_run_report
     from .scaling import ScalingReport, scaling
     from .stress import FAULT_KINDS, StressReport, stress
+
+# ``scaling`` and ``stress`` are each a function and the module that defines it. Importing a
+# submodule binds its name on the package, which would hide the lazily loaded function
+# (``import forkjoin.testing`` imports ``forkjoin.bench.stress``, after which
+# ``fj.bench.stress`` was the module). Imported here, so the name is the function from the start;
+# both modules are light (no matplotlib, no rich).
+from .scaling import scaling  # noqa: E402
+from .stress import stress  # noqa: E402

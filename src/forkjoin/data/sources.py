@@ -181,6 +181,7 @@ def plan_parquet(
     partitions: list[Partition] = []
     schema: pa.Schema | None = None
     found: list[tuple[str, int, Any]] = []  # (path, mtime, metadata) of the readable files
+    readable: list[tuple[str, int, Any, pa.Schema]] = []
     for path in files:
         _, mtime = _stat(fs, path)
         try:
@@ -190,13 +191,20 @@ def plan_parquet(
         except (pa.ArrowException, OSError) as exc:
             skip_or_raise(on_error, counts, f"{path}: not a readable Parquet file ({exc})")
             continue
-        if schema is None:
-            schema = file_schema
-        elif not file_schema.equals(schema):
+        readable.append((path, mtime, meta, file_schema))
+    # The schema is the first file's that has rows. A file without rows cannot conflict with
+    # it and is left out when its schema differs: a sink writes one for a partition that a
+    # filter emptied, with the columns from before a map_batches that never ran on it.
+    reference = ([e for e in readable if e[2].num_rows > 0] or readable)[:1]
+    schema = reference[0][3] if reference else None
+    for path, mtime, meta, file_schema in readable:
+        if not file_schema.equals(schema):
+            if meta.num_rows == 0:
+                continue
             skip_or_raise(
                 on_error,
                 counts,
-                f"{path}: schema differs from {files[0]}: "
+                f"{path}: schema differs from {reference[0][0]}: "
                 f"{_schema_difference(schema, file_schema)}",
                 meta.num_rows,
             )

@@ -103,8 +103,10 @@ def shared(obj: T) -> Shared[T]:
     """Share ``obj`` (an array, a table, a model) with every task: it is copied to the workers'
     shared memory once, not pickled into each task. Tasks call ``.get()`` on the handle.
 
-    >>> table = fj.shared(np.arange(10**8))
-    >>> fj.map(lambda i: table.get()[i], range(10))
+    >>> import numpy as np
+    >>> table = fj.shared(np.arange(10**6))
+    >>> fj.map(lambda i: int(table.get()[i]), [0, 10, 999_999], workers=2)
+    [0, 10, 999999]
     """
     if isinstance(obj, Shared):
         return obj

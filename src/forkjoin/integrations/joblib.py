@@ -1,9 +1,11 @@
 """joblib on forkjoin: scikit-learn's ``n_jobs`` (and any ``joblib.Parallel``) runs on forkjoin
 workers, with forkjoin's data plane, crash reporting and resource pinning.
 
+>>> import joblib
 >>> import forkjoin.integrations.joblib  # registers the "forkjoin" joblib backend
->>> with joblib.parallel_config(backend="forkjoin", n_jobs=-1):
-...     GridSearchCV(model, grid).fit(X, y)
+>>> with joblib.parallel_config(backend="forkjoin", n_jobs=2):  # e.g. around GridSearchCV.fit
+...     joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(4))
+[0, 1, 2, 3]
 
 Options after the backend name go to the ``fj.Pool`` behind it, e.g.
 ``parallel_config(backend="forkjoin", forkjoin_backend="threads")`` or
