@@ -18,13 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp  # noqa: E402,F401  (the dashboard extra: in the test extra)
 import psutil
 import pytest
 from _profile_tasks import hot_task
 
 import forkjoin as fj
-
-pytest.importorskip("aiohttp")
 
 
 def _chromium() -> str:
@@ -216,7 +215,6 @@ def _train_and_log(steps: int) -> int:
 def test_training_gang_live_and_profiled(tmp_path: Path) -> None:
     """One gang (rank start-up is the expensive part): its metrics on the live page, and
     every rank's stacks in the profile."""
-    pytest.importorskip("torch")
     import json
 
     import forkjoin.train as fjt
@@ -261,8 +259,9 @@ def tempfile_dir() -> str:
 
 
 def test_data_stages_on_the_page(tmp_path: Path) -> None:
-    data = pytest.importorskip("forkjoin.data")
     import json
+
+    import forkjoin.data as data
 
     board = fj.dashboard(quiet=True)
     try:

@@ -14,14 +14,13 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-pa = pytest.importorskip("pyarrow")
-pd = pytest.importorskip("pandas")
-pq = pytest.importorskip("pyarrow.parquet")
-np = pytest.importorskip("numpy")
-
-import forkjoin as fj  # noqa: E402
+import forkjoin as fj
 from forkjoin.data import spill  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)

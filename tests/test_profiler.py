@@ -103,7 +103,7 @@ def test_pool_profile_and_report(tmp_path: Path) -> None:
 
 
 def test_data_stage_functions_are_profiled(tmp_path: Path) -> None:
-    data = pytest.importorskip("forkjoin.data")
+    import forkjoin.data as data
     target = tmp_path / "stages.speedscope.json"
     ds = data.from_items([{"x": i} for i in range(128)]).repartition(8)
     out = ds.map_batches(_stage, batch_format="pandas").to_pandas(workers=2, profile=str(target))
