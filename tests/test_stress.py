@@ -58,11 +58,14 @@ def broken_backends():
 
 
 def test_stress_command_with_every_fault_kind_loses_nothing(tmp_path: Path) -> None:
+    # timeout 1 s, not less: the memory fault writes ~360 MB, which on a busy 2-core machine
+    # takes ~0.5 s to become resident; below that, its timeout can fire before the memory
+    # watchdog sees the limit crossed, and a TaskTimeoutError is then the right answer
     out, err = io.StringIO(), io.StringIO()
     report_path = tmp_path / "stress.json"
     code = main(
         ["stress", "--tasks", "2000", "--workers", "2", "--faults", ALL_FAULTS,
-         "--timeout", "0.5", "--memory-limit", "200MB", "--time-limit", "120",
+         "--timeout", "1.0", "--memory-limit", "200MB", "--time-limit", "120",
          "--json", str(report_path)],
         stdout=out, stderr=err,
     )  # fmt: skip
