@@ -165,7 +165,8 @@ def apply_expectations(item: pytest.Item) -> None:
         return
     difference = _lookup(item.nodeid, DIFFERENCES)
     if difference is not None:
-        item.add_marker(pytest.mark.xfail(reason=f"documented difference: {difference}", strict=True))
+        reason = f"documented difference: {difference}"
+        item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
         return
     finding = _lookup(item.nodeid, FINDINGS)
     if isinstance(finding, Finding):

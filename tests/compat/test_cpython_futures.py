@@ -40,8 +40,12 @@ class ForkjoinPool(fj.Pool):
         *,
         max_tasks_per_child: int | None = None,
     ) -> None:
-        extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
-        super().__init__(max_workers, "process", initializer=initializer, initargs=initargs, **extra)
+        extra = {}
+        if max_tasks_per_child is not None:
+            extra["max_tasks_per_child"] = max_tasks_per_child
+        super().__init__(
+            max_workers, "process", initializer=initializer, initargs=initargs, **extra
+        )
         _created.add(self)
 
 
@@ -104,8 +108,8 @@ def _run_script(source: str) -> subprocess.CompletedProcess[str]:
 
 
 class ForkjoinInterpreterExitTest(unittest.TestCase):
-    """``ExecutorShutdownTest.test_interpreter_shutdown``, ``test_submit_after_interpreter_shutdown``
-    and ``test_hang_gh83386`` with ``forkjoin.Pool`` in the script."""
+    """Upstream's ``test_interpreter_shutdown``, ``test_submit_after_interpreter_shutdown`` and
+    ``test_hang_gh83386`` (``ExecutorShutdownTest``) with ``forkjoin.Pool`` in the script."""
 
     def test_interpreter_shutdown(self) -> None:
         result = _run_script(
