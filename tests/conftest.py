@@ -100,9 +100,10 @@ def _live_children() -> list[psutil.Process]:
 
 
 def _is_resource_tracker(proc: psutil.Process) -> bool:
-    """multiprocessing's resource tracker (Dask's LocalCluster starts one): one per
-    interpreter, lives until the interpreter exits, holds nothing of ours."""
-    return "multiprocessing.resource_tracker" in _cmdline(proc)
+    """multiprocessing's resource tracker (Dask's LocalCluster starts one), or loky's (joblib's
+    own backend, which tests/compat runs): one per interpreter, lives until the interpreter
+    exits, holds nothing of ours."""
+    return ".resource_tracker import main" in _cmdline(proc)
 
 
 def _cmdline(proc: psutil.Process) -> str:

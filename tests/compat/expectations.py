@@ -84,7 +84,39 @@ _EXIT_IS_CRASH = (
     "the standard library re-raises SystemExit in the caller"
 )
 
+_LOKY_BY_NAME = "runs joblib's own loky backend by name; nothing in it reaches forkjoin"
+_SCRIPT = (
+    "runs a script in a fresh interpreter that names backend='forkjoin' without importing "
+    "forkjoin.integrations.joblib, which registers it (joblib discovers no backend plugins)"
+)
+NOT_APPLICABLE.update(
+    {
+        # joblib test_parallel.py
+        "test_threadpool_limitation_in_child_loky": _LOKY_BY_NAME,
+        "test_threadpool_limitation_in_child_context": _LOKY_BY_NAME,
+        "test_threadpool_limitation_in_child_override": _LOKY_BY_NAME,
+        "test_initializer_reused": _LOKY_BY_NAME,
+        "test_initializer_not_reused": _LOKY_BY_NAME,
+        "test_nested_loop_with_exception_with_loky": _LOKY_BY_NAME,
+        "test_loky_reuse_workers": _LOKY_BY_NAME,
+        "test_parallel_byteorder_corruption": _LOKY_BY_NAME,
+        "test_backend_hinting_and_constraints": (
+            "asserts that joblib's default backend is loky; here forkjoin is the default"
+        ),
+        "test_parallel_with_interactively_defined_functions": _SCRIPT,
+        "test_parallel_with_unpicklable_functions_in_args": _SCRIPT,
+    }
+)
+
+_NO_MEMMAP = (
+    "large arrays reach the workers as ndarrays through forkjoin's shared-memory data plane, "
+    "not as np.memmap files: joblib's max_nbytes memmapping belongs to its own backends"
+)
+
 DIFFERENCES: dict[str, str] = {
+    # joblib test_parallel.py
+    "test_auto_memmap_on_arrays_from_generator": _NO_MEMMAP,
+    "test_memmapping_leaks": _NO_MEMMAP,
     # CPython test_concurrent_futures
     "ForkjoinProcessPoolShutdownTest::test_cancel_futures": (
         "shutdown(cancel_futures=True) cancels every task no worker has started; the standard "
@@ -106,14 +138,26 @@ DIFFERENCES: dict[str, str] = {
     "ForkjoinExecutorDeadlockTest::test_exit_during_result_pickle_on_worker": _EXIT_IS_CRASH,
 }
 
+_MANAGER = "Manager proxies: AuthenticationError in the worker"
 _BROKEN = "a dead worker is WorkerCrashedError, not yet also a BrokenProcessPool"
 FINDINGS: dict[str, Finding] = {
+    # joblib test_parallel.py
+    "test_error_capture": _item(
+        8, "a task raising KeyboardInterrupt comes back WorkerCrashedError"
+    ),
+    "test_dispatch_multiprocessing": _item(4, _MANAGER),
+    "test_initializer_context": _item(4, _MANAGER),
+    "test_initializer_parallel": _item(4, _MANAGER),
+    "test_parallel_unordered_generator_returns_fastest_first": _item(
+        3, "head-of-line blocking: instant results wait behind the slow task (35 s)", run=False
+    ),
     # CPython test_concurrent_futures
     "ForkjoinProcessPoolExecutorTest::test_free_reference": _item(
         5, "map() keeps yielded results alive"
     ),
     "ForkjoinProcessPoolExecutorTest::test_no_stale_references": _item(
-        5, "the function cache keeps a submitted bound method's object alive (a 30 s wait)",
+        5,
+        "the function cache keeps a submitted bound method's object alive (a 30 s wait)",
         run=False,
     ),
     "ForkjoinInterpreterExitTest::test_submit_after_interpreter_shutdown": _item(
