@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -100,9 +101,10 @@ def _live_children() -> list[psutil.Process]:
 
 
 def _is_resource_tracker(proc: psutil.Process) -> bool:
-    """multiprocessing's resource tracker (Dask's LocalCluster starts one): one per
-    interpreter, lives until the interpreter exits, holds nothing of ours."""
-    return "multiprocessing.resource_tracker" in _cmdline(proc)
+    """multiprocessing's resource tracker (Dask's LocalCluster starts one), or loky's (joblib's
+    own backend, which tests/compat runs): one per interpreter, lives until the interpreter
+    exits, holds nothing of ours."""
+    return ".resource_tracker import main" in _cmdline(proc)
 
 
 def _cmdline(proc: psutil.Process) -> str:
@@ -118,6 +120,9 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     tmp_before = _forkjoin_temp_files()
     yield
     shared_pools.shutdown()
+    joblib_bridge = sys.modules.get("forkjoin.integrations.joblib")
+    if joblib_bridge is not None:  # its pool stays warm between Parallel calls, as loky's does
+        joblib_bridge.shutdown_warm_pool()
     forgotten = _stop_forgotten_backends()
     leaked: list[psutil.Process] = []
     if not wait_until(lambda: not _live_children(), LEAK_GRACE_SECONDS, 0.05):
