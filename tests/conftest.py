@@ -167,3 +167,15 @@ def dask_cluster() -> Iterator[fj.Pool]:
     """A local Dask cluster (127.0.0.1, 2 single-threaded worker processes)."""
     pytest.importorskip("distributed")
     yield from long_lived_pool(2, "dask")
+
+
+@pytest.fixture(scope="session")
+def spark_cluster() -> Iterator[fj.Pool]:
+    """A local Spark (local[2], driver on 127.0.0.1, UI off) that forkjoin starts; the last
+    pool stops it and its JVM."""
+    pytest.importorskip("pyspark")
+    from forkjoin.backends.spark_session import java_executable
+
+    if java_executable() is None:
+        pytest.skip("Spark needs Java (apt-get install openjdk-17-jre-headless)")
+    yield from long_lived_pool(2, "spark")
