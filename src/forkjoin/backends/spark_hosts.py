@@ -102,15 +102,15 @@ def serve(connection: Connection) -> None:
             return
         if call is None:
             return
-        if call.function is not None:
-            code[call.function_key] = cloudpickle.loads(call.function)
-        if call.setup is not None and call.setup_key is not None:
-            code[call.setup_key] = cloudpickle.loads(call.setup)
-        shared.update(call.shared)
-        setup = code[call.setup_key] if call.setup_key is not None else None
         try:
+            if call.function is not None:
+                code[call.function_key] = cloudpickle.loads(call.function)
+            if call.setup is not None and call.setup_key is not None:
+                code[call.setup_key] = cloudpickle.loads(call.setup)
+            shared.update(call.shared)
+            setup = code[call.setup_key] if call.setup_key is not None else None
             spec: TaskSpec = pickle.loads(call.spec)
-        except Exception as exc:  # an item that does not unpickle here
+        except Exception as exc:  # code or items that do not unpickle here (a missing module)
             connection.send(("unreadable", os.getpid(), f"{type(exc).__name__}: {exc}"))
             continue
         values = [shared[i] for i in spec.shared_ids]

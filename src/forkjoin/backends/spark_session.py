@@ -164,7 +164,10 @@ def acquire(
             if address is None:
                 connection = _start(*_local_settings(workers, options))
             elif isinstance(address, str):
-                connection = _start(address, {"spark.task.maxFailures": "1", **options})
+                settings = {"spark.task.maxFailures": "1"}
+                if address.startswith("local") and caller_path():  # executors on this machine
+                    settings["spark.executorEnv.PYTHONPATH"] = caller_path()
+                connection = _start(address, {**settings, **options})
             else:
                 connection = SparkConnection(address, False, set())
             _connections[key] = connection
