@@ -1,4 +1,4 @@
-"""Task functions for the Ray, Dask and Spark tests (imported by cluster workers through sys.path)."""
+"""Task functions for the Ray, Dask and Spark tests (cluster workers import them by sys.path)."""
 
 from __future__ import annotations
 
