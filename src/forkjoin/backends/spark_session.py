@@ -196,31 +196,13 @@ def release(key: Any) -> None:
 
 
 def stop(connection: SparkConnection) -> None:
-    """Stop the session and the JVM pyspark launched for it (it reads its stdin: at EOF it
-    exits); what is left after a grace period is killed."""
-    from pyspark import SparkContext
-
+    """Stop the session and the JVM pyspark launched for it; what is left of the processes
+    the start added after a grace period is killed."""
     leftovers = connection.pids()
     try:
         connection.session.stop()
     finally:
-        gateway = SparkContext._gateway
-        process = getattr(gateway, "proc", None)
-        if gateway is not None:
-            try:
-                gateway.shutdown()
-            except Exception:
-                pass  # already gone
-            SparkContext._gateway = None
-            SparkContext._jvm = None
-        if process is not None:
-            try:
-                if process.stdin is not None:
-                    process.stdin.close()
-                process.wait(timeout=15)
-            except Exception:
-                process.kill()
-                process.wait(timeout=15)
+        stop_jvm()
         for pid in leftovers:
             try:
                 process_left = psutil.Process(pid)
@@ -228,6 +210,30 @@ def stop(connection: SparkConnection) -> None:
                     process_left.kill()
             except psutil.Error:
                 pass
+
+
+def stop_jvm() -> None:
+    """End the JVM pyspark launched in this process (pyspark keeps it until the interpreter
+    exits, even after ``SparkSession.stop()``): it reads its stdin, and exits at EOF."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    process = getattr(gateway, "proc", None)
+    if gateway is not None:
+        try:
+            gateway.shutdown()
+        except Exception:
+            pass  # already gone
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    if process is not None:
+        try:
+            if process.stdin is not None:
+                process.stdin.close()
+            process.wait(timeout=15)
+        except Exception:
+            process.kill()
+            process.wait(timeout=15)
 
 
 def local_processes() -> list[int]:
