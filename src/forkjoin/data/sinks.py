@@ -116,12 +116,20 @@ def _write_json_atomically(storage: LocalStorage, name: str, data: dict[str, Any
 
 
 def _inside(path: str, directory: str, storage: LocalStorage) -> bool:
-    if isinstance(storage, FsspecStorage):  # same filesystem's paths, compared as written
-        inner = path.split("://", 1)[-1].rstrip("/")
-        own = storage.path.rstrip("/")
+    if isinstance(storage, FsspecStorage) or "://" in path:  # an fsspec path: same filesystem?
+        if not isinstance(storage, FsspecStorage) or "://" not in path:
+            return False
+        protocol, _, inner = path.partition("://")
+        if protocol not in _protocols(storage.fs):
+            return False
+        inner, own = inner.rstrip("/"), storage.path.rstrip("/")
         return inner == own or inner.startswith(own + "/")
     path, directory = os.path.realpath(path), os.path.realpath(directory)
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
 
 class Committer:
