@@ -1,5 +1,5 @@
 """forkjoin.data on the cluster engines: the same pipeline gives the same Parquet output and the
-same aggregates on Ray, Dask and Spark as on local processes (issue 5: the data layer on any backend)."""
+same aggregates on Ray, Dask and Spark as on local processes (issues 5 and 19)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ executor has it: a request none can meet is a ``ResourceError``, not a job pendi
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
@@ -141,7 +141,7 @@ class SparkBackend(ClusterBackend):
                 )
         return lane
 
-    def _profile_for(self, resources: dict[str, Any]) -> Any:
+    def _profile_for(self, resources: Mapping[str, Any]) -> Any:
         """The task ResourceProfile for a request (None: Spark's default, one cpu)."""
         wanted = {}
         for name, amount in resources.items():
