@@ -1,9 +1,10 @@
-"""Task functions for the Ray and Dask tests (imported by cluster workers through sys.path)."""
+"""Task functions for the Ray, Dask and Spark tests (cluster workers import them by sys.path)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 
@@ -14,6 +15,13 @@ def node_of(item: int, seconds: float = 0.05) -> tuple[int, str, int]:
 
 
 def current_node() -> str:
+    if "pyspark" in sys.modules:
+        from pyspark import TaskContext
+
+        if TaskContext.get() is not None:  # a Spark host: Python worker <- daemon <- executor
+            import psutil
+
+            return f"executor-{psutil.Process(os.getppid()).ppid()}"
     try:
         import distributed
 

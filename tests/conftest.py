@@ -173,15 +173,26 @@ def dask_cluster() -> Iterator[fj.Pool]:
     yield from long_lived_pool(2, "dask")
 
 
+@pytest.fixture(scope="session")
+def spark_cluster() -> Iterator[fj.Pool]:
+    """A local Spark (local[2], driver on 127.0.0.1, UI off) that forkjoin starts; the last
+    pool stops it and its JVM."""
+    from forkjoin.backends.spark_session import java_executable
+
+    if java_executable() is None:  # a system package: .ci/run installs it
+        pytest.fail("the Spark tests need Java (apt-get install openjdk-17-jre-headless)")
+    yield from long_lived_pool(2, "spark")
+
+
 # -- markers ---------------------------------------------------------------------------------------
 
-_CLUSTER_FIXTURES = {"ray_cluster", "dask_cluster"}
+_CLUSTER_FIXTURES = {"ray_cluster", "dask_cluster", "spark_cluster"}
 _SLOW_FILES = {"test_examples.py", "test_stress.py", "test_data_bench.py", "test_data_memory.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark what the fast core leaves out, from what a test uses, so no test has to remember:
-    ``cluster`` (a Ray or Dask instance), ``train`` (torch.distributed ranks), ``slow``.
+    ``cluster`` (a Ray, Dask or Spark instance), ``train`` (torch.distributed ranks), ``slow``.
     ``python -m pytest -m "not slow and not cluster and not train and not compat"`` is the
     core a developer runs while working; the README's command runs everything."""
     for item in items:

@@ -14,7 +14,7 @@ from forkjoin.engine.pool import PoolState
 # The local backends every engine behaviour is checked on; the contract suite's ``backend``
 # fixture adds the cluster engines, each started once per session (conftest.py).
 BACKENDS = ["inline", "threads", "process"]
-CLUSTER_BACKENDS = ["ray", "dask"]
+CLUSTER_BACKENDS = ["ray", "dask", "spark"]
 # How long teardown waits for processes, threads and files to go away before calling it a leak.
 LEAK_GRACE_SECONDS = 5.0
 

@@ -1,4 +1,4 @@
-"""Ray and Dask backends on real engines: what the contract suite cannot show.
+"""Ray, Dask and Spark backends on real engines: what the contract suite cannot show.
 
 The contract suite (test_contract.py, test_executor.py) runs every engine behaviour on Ray and
 Dask through the session's local clusters (conftest.py). Here: worker deaths, timeouts, resources,
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(180)
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(params=["ray", "dask"])
+@pytest.fixture(params=["ray", "dask", "spark"])
 def engine(request: pytest.FixtureRequest) -> str:
     request.getfixturevalue(f"{request.param}_cluster")
     return request.param
@@ -68,6 +68,14 @@ def test_ray_interrupts_a_task_at_its_timeout(ray_cluster):
     with pytest.raises(TaskTimeoutError, match="timeout of 1 s"):
         fj.map(time.sleep, [30], backend="ray", workers=2, timeout=1)
     assert time.monotonic() - start < 10
+
+
+def test_spark_interrupts_a_task_at_its_timeout(spark_cluster):
+    start = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match="timeout of 1 s"):
+        fj.map(time.sleep, [30], backend="spark", workers=2, timeout=1)
+    assert time.monotonic() - start < 10
+    assert fj.map(abs, [-1, -2], backend="spark", workers=2) == [1, 2]  # still usable
 
 
 def test_dask_refuses_a_timeout_it_cannot_enforce(dask_cluster):
@@ -129,7 +137,7 @@ def _listening_addresses(pids: list[int]) -> set[str]:
 
 
 def test_local_start_listens_on_loopback_only(engine):
-    pool = {"ray": "ray_cluster", "dask": "dask_cluster"}[engine]
+    pool = {"ray": "ray_cluster", "dask": "dask_cluster", "spark": "spark_cluster"}[engine]
     pids = [os.getpid(), *engine_pool(pool).worker_pids()]
     addresses = _listening_addresses(pids)
     assert addresses, "the engine should be listening somewhere"

@@ -1,5 +1,5 @@
 """forkjoin.data on the cluster engines: the same pipeline gives the same Parquet output and the
-same aggregates on Ray and Dask as on local processes (issue 5: the data layer on any backend)."""
+same aggregates on Ray, Dask and Spark as on local processes (issues 5 and 19)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def pipeline(source):  # type: ignore[no-untyped-def]
     return fj.data.read_parquet(str(source)).filter(is_even).map_batches(add_score)
 
 
-@pytest.mark.parametrize("engine", ["ray", "dask"])
+@pytest.mark.parametrize("engine", ["ray", "dask", "spark"])
 def test_pipeline_on_a_cluster_engine_matches_local_processes(engine, source, tmp_path, request):
     request.getfixturevalue(f"{engine}_cluster")
     local = pipeline(source).to_pandas(workers=2, backend="process")

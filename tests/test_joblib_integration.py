@@ -41,7 +41,7 @@ def test_options_reach_the_pool_behind_the_backend() -> None:
     assert {pid for _, pid in out} == {os.getpid()}
 
 
-@pytest.mark.parametrize("engine", ["ray", "dask"])
+@pytest.mark.parametrize("engine", ["ray", "dask", "spark"])
 def test_joblib_runs_on_a_cluster_engine_underneath(engine: str, request) -> None:
     request.getfixturevalue(f"{engine}_cluster")
     with joblib.parallel_config(backend="forkjoin", n_jobs=2, forkjoin_backend=engine):

@@ -20,7 +20,9 @@ from forkjoin.backends.base import backend_class, backend_names
 pytestmark = pytest.mark.timeout(60)
 
 SRC = Path(fj.__file__).parent
-HEAVY = ("ray", "dask", "distributed", "torch", "pyarrow", "pandas", "rich", "matplotlib")
+HEAVY = (
+    "ray", "dask", "distributed", "torch", "pyarrow", "pandas", "rich", "matplotlib", "pyspark",
+)  # fmt: skip
 
 
 def public_names() -> set[str]:

@@ -11,7 +11,9 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import shutil
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -20,9 +22,15 @@ import forkjoin as fj
 # Backends that ship with forkjoin and need nothing else.
 BUILTIN_BACKENDS = ("inline", "threads", "process")
 # Optional backends: name -> (modules that must be importable, pip extra that provides them).
-OPTIONAL_BACKENDS = {"ray": (("ray",), "ray"), "dask": (("dask", "distributed"), "dask")}
+OPTIONAL_BACKENDS = {
+    "ray": (("ray",), "ray"),
+    "dask": (("dask", "distributed"), "dask"),
+    "spark": (("pyspark",), "spark"),
+}
 # Packages whose versions matter when reporting a problem.
-KEY_PACKAGES = ("numpy", "cloudpickle", "psutil", "pyarrow", "pandas", "torch", "ray", "dask")
+KEY_PACKAGES = (
+    "numpy", "cloudpickle", "psutil", "pyarrow", "pandas", "torch", "ray", "dask", "pyspark",
+)  # fmt: skip
 
 
 def _module_available(name: str) -> bool:
@@ -43,6 +51,7 @@ def package_version(name: str) -> str | None:
 CLUSTER_ADDRESS_SOURCES = {
     "ray": ("RAY_ADDRESS", "/tmp/ray/ray_current_cluster"),  # the latter: what "auto" finds
     "dask": ("DASK_SCHEDULER_ADDRESS", None),
+    "spark": (None, None),  # forkjoin joins a Spark only when address= names it
 }
 # How long ``forkjoin info`` waits for a cluster's port to answer.
 PROBE_SECONDS = 0.5
@@ -51,7 +60,7 @@ PROBE_SECONDS = 0.5
 def cluster_address(name: str) -> str | None:
     """The cluster a Ray/Dask backend would join with no address= (None: a local start)."""
     variable, latest_file = CLUSTER_ADDRESS_SOURCES[name]
-    address = os.environ.get(variable)
+    address = os.environ.get(variable) if variable else None
     if not address and latest_file and os.path.exists(latest_file):
         with open(latest_file) as fh:
             address = fh.read().strip() or None
@@ -70,6 +79,24 @@ def reachable(address: str) -> bool:
         return False
 
 
+JAVA_INSTALL = "Java 17 or 21 (apt-get install openjdk-17-jre-headless; set JAVA_HOME)"
+
+
+def java_report() -> dict[str, Any]:
+    """Spark's system requirement: which java pyspark would run, and its version."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if java is None or not os.access(java, os.X_OK):
+        return {"java": None, "java_version": None}
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=10)
+        first = (done.stderr or done.stdout).strip().splitlines()
+        version = first[0] if first else None
+    except (OSError, subprocess.TimeoutExpired):
+        version = None
+    return {"java": java, "java_version": version}
+
+
 def backends() -> dict[str, dict[str, Any]]:
     """Each backend's availability, and for a missing one the install command."""
     report: dict[str, dict[str, Any]] = {
@@ -80,6 +107,11 @@ def backends() -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"available": available, "builtin": False}
         if not available:
             entry["install"] = f'pip install "forkjoin[{extra}]"'
+        if name == "spark":
+            entry.update(java_report())
+            if available and entry["java"] is None:
+                entry["available"] = False
+                entry["install"] = JAVA_INSTALL
         address = cluster_address(name)
         entry["cluster"] = address
         if address is not None:
@@ -138,6 +170,8 @@ def format_info(info: dict[str, Any]) -> str:
             state = "available" + (" (default)" if name == "process" else "")
         else:
             state = f"not installed: {entry['install']}"
+        if "java" in entry:
+            state += f"; java: {entry['java_version'] or entry['java'] or 'MISSING'}"
         if "cluster" in entry:
             address = entry["cluster"]
             if address is None:

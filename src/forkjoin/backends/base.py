@@ -180,6 +180,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "process": ("forkjoin.backends.process", "ProcessBackend", ""),
     "ray": ("forkjoin.backends.ray_engine", "RayBackend", "ray"),
     "dask": ("forkjoin.backends.dask_engine", "DaskBackend", "dask"),
+    "spark": ("forkjoin.backends.spark_engine", "SparkBackend", "spark"),
 }
 
 

@@ -21,9 +21,13 @@ Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 def _inputs(plan: Any) -> list[str]:
-    if plan.spec.filesystem is not None:
-        return []
-    return sorted({p.path for p in plan.partitions if p.path})
+    """The input files, as URLs on an fsspec filesystem (a sink refuses to write over them)."""
+    fs = plan.spec.filesystem
+    paths = sorted({p.path for p in plan.partitions if p.path})
+    if fs is None:
+        return paths
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return [f"{protocol}://{path}" for path in paths]
 
 
 def _check_on_error(on_error: str) -> None:

@@ -26,6 +26,9 @@ def _filesystem(path: str) -> tuple[Any, str]:
         raise BackendUnavailableError(
             f"reading {path!r} needs fsspec: pip install fsspec (and the filesystem's package)"
         ) from None
+    from .storage import check_reachable
+
+    check_reachable(path)  # an unreachable hdfs:// NameNode: a DataError now, not minutes later
     fs, inner = fsspec.core.url_to_fs(path)
     return fs, inner
 
@@ -82,6 +85,8 @@ def _discover_one(fs: Any, path: str, shown: str, suffixes: tuple[str, ...]) -> 
         return [path]
     if any(ch in path for ch in "*?["):
         matches = sorted(p for p in fs.glob(path) if fs.isfile(p))
+    elif fs.isdir(path) and (listed := _fs_manifest_files(fs, path)) is not None:
+        matches = listed
     elif fs.isdir(path):
         matches = sorted(
             p
@@ -110,6 +115,17 @@ def _manifest_files(directory: str) -> list[str] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return [os.path.join(directory, name) for name in sorted(names)]
+
+
+def _fs_manifest_files(fs: Any, directory: str) -> list[str] | None:
+    """``_manifest_files`` on an fsspec filesystem."""
+    try:
+        with fs.open(f"{directory.rstrip('/')}/_manifest.json", "rb") as handle:
+            manifest = json.load(handle)
+        names = [entry["name"] for entry in manifest["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [f"{directory.rstrip('/')}/{name}" for name in sorted(names)]
 
 
 def _open(fs: Any, path: str) -> Any:

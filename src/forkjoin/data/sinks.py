@@ -5,7 +5,7 @@
     caller: prepare()  check the directory: empty / same plan (resume) / other plan (refuse
        │               unless mode="overwrite", which never deletes the input it reads)
        ▼               remove staging files left by a crashed run
-    worker: write_partition()  .part-00003.parquet.<run>.tmp ──os.replace──> part-00003.parquet
+    worker: write_partition()  .part-00003.parquet.<run>.tmp ──commit──> part-00003.parquet
        │                       (a file is visible only once complete; names are deterministic,
        ▼                        so a rerun replaces rather than duplicates)
     caller: commit()  _manifest.json rewritten atomically after each committed partition
@@ -17,6 +17,9 @@ fingerprint of everything its function's output depends on: ``identity.py``, and
 format), with a digest per part so a refusal can name what changed. A rerun of the same plan
 skips the partitions the manifest lists; where a fingerprint is unsure (``unsure`` in the
 manifest: a lock, a file, a generator the function reads), the sink refuses to resume at all.
+
+The directory may be local or any fsspec URL (``hdfs://``, ``memory://``...): ``storage.py``
+does each step there, with a commit that needs no overwriting rename (HDFS has none).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import DataError
+from .storage import FsspecStorage, LocalStorage, storage_for
 
 MANIFEST = "_manifest.json"
 MANIFEST_VERSION = 1
@@ -64,30 +68,29 @@ class FileInfo:
 
 def write_partition(table: pa.Table, index: int, sink: SinkSpec) -> FileInfo:
     """Write one partition to a staging name and rename it into place (in a worker)."""
+    storage = storage_for(sink.directory)
     name = sink.file_name(index)
-    final = os.path.join(sink.directory, name)
-    staging = os.path.join(sink.directory, f".{name}.{sink.run_id}.{os.getpid()}.tmp")
+    staging = f".{name}.{sink.run_id}.{os.getpid()}.tmp"
     try:
         if sink.format == "parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(table, staging, compression=sink.compression or "snappy")
+            with storage.open(staging, "wb") as handle:
+                pq.write_table(table, handle, compression=sink.compression or "snappy")
         elif sink.format == "csv":
             import pyarrow.csv as pcsv
 
-            pcsv.write_csv(table, staging)
+            with storage.open(staging, "wb") as handle:
+                pcsv.write_csv(table, handle)
         else:
-            with open(staging, "w", encoding="utf-8") as handle:
+            with storage.open(staging, "w") as handle:
                 for row in table.to_pylist():
                     handle.write(json.dumps(row, default=str, ensure_ascii=False))
                     handle.write("\n")
-        size = os.path.getsize(staging)
-        os.replace(staging, final)
+        size = storage.size(staging) or 0
+        storage.commit(staging, name)
     except BaseException:
-        try:
-            os.unlink(staging)
-        except FileNotFoundError:
-            pass
+        storage.remove(staging)
         raise
     return FileInfo(name, index, table.num_rows, size)
 
@@ -96,27 +99,41 @@ def write_partition(table: pa.Table, index: int, sink: SinkSpec) -> FileInfo:
 
 
 def read_manifest(directory: str) -> dict[str, Any] | None:
-    path = os.path.join(directory, MANIFEST)
+    storage = storage_for(directory)
     try:
-        with open(path, encoding="utf-8") as handle:
+        with storage.open(MANIFEST, "r") as handle:
             data: dict[str, Any] = json.load(handle)
     except FileNotFoundError:
         return None
     except ValueError as exc:
-        raise DataError(f"{path} is not a valid forkjoin manifest ({exc})") from None
+        raise DataError(
+            f"{storage.join(MANIFEST)} is not a valid forkjoin manifest ({exc})"
+        ) from None
     return data
 
 
-def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
-    staging = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(staging, "w", encoding="utf-8") as handle:
+def _write_json_atomically(storage: LocalStorage, name: str, data: dict[str, Any]) -> None:
+    staging = f"{name}.{uuid.uuid4().hex[:8]}.tmp"
+    with storage.open(staging, "w") as handle:
         json.dump(data, handle, indent=1)
-    os.replace(staging, path)
+    storage.commit(staging, name)
 
 
-def _inside(path: str, directory: str) -> bool:
+def _inside(path: str, directory: str, storage: LocalStorage) -> bool:
+    if isinstance(storage, FsspecStorage) or "://" in path:  # an fsspec path: same filesystem?
+        if not isinstance(storage, FsspecStorage) or "://" not in path:
+            return False
+        protocol, _, inner = path.partition("://")
+        if protocol not in _protocols(storage.fs):
+            return False
+        inner, own = inner.rstrip("/"), storage.path.rstrip("/")
+        return inner == own or inner.startswith(own + "/")
     path, directory = os.path.realpath(path), os.path.realpath(directory)
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
 
 class Committer:
@@ -130,16 +147,15 @@ class Committer:
             raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
         if mode not in ("create", "overwrite"):
             raise ValueError(f"mode must be 'create' or 'overwrite', got {mode!r}")
-        if "://" in directory and not directory.startswith("file://"):
-            raise DataError(f"{directory}: writing supports local directories only")
-        self.directory = os.path.abspath(directory.removeprefix("file://"))
+        self.storage = storage_for(directory)
+        self.directory = self.storage.directory
         self.format = fmt
         self.plan_hash = plan_hash
         self.plan_parts = [list(part) for part in plan_parts]  # (what, digest): say what changed
         self.unsure = list(unsure)  # why this plan's hash cannot be trusted (then: no resume)
         self.files: dict[int, FileInfo] = {}
         for source in inputs:
-            if _inside(source, self.directory):
+            if _inside(source, self.directory, self.storage):
                 raise DataError(
                     f"refusing to write into {self.directory}: it holds this plan's own input "
                     f"{source}; write to another directory"
@@ -149,20 +165,18 @@ class Committer:
         self._prepare(mode, resume)
 
     def _prepare(self, mode: str, resume: bool) -> None:
-        directory = self.directory
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise DataError(f"{directory} exists and is not a directory")
-        os.makedirs(directory, exist_ok=True)
+        directory, storage = self.directory, self.storage
+        storage.prepare()
         manifest = read_manifest(directory)
-        names = os.listdir(directory)
+        names = storage.names()
         ours = [n for n in names if _OURS.match(n)]
         if mode == "overwrite":
             for name in ours:
-                os.unlink(os.path.join(directory, name))
+                storage.remove(name)
             return
         for name in ours:  # staging files of a crashed run: never visible, never committed
             if name.endswith(".tmp"):
-                os.unlink(os.path.join(directory, name))
+                storage.remove(name)
         if manifest is None:
             visible = [n for n in names if not n.startswith(".") and not n.endswith(".tmp")]
             if visible:
@@ -196,8 +210,7 @@ class Committer:
             )
         for entry in manifest.get("files", []):
             info = FileInfo(**entry)
-            path = os.path.join(directory, info.name)
-            if os.path.exists(path) and os.path.getsize(path) == info.bytes:
+            if storage.size(info.name) == info.bytes:
                 self.files[info.partition] = info
 
     def _changed(self, manifest: dict[str, Any]) -> str:
@@ -234,5 +247,5 @@ class Committer:
             "rows": sum(f["rows"] for f in files),
             "files": files,
         }
-        _write_json_atomically(os.path.join(self.directory, MANIFEST), data)
+        _write_json_atomically(self.storage, MANIFEST, data)
         return data

@@ -135,7 +135,8 @@ def launch(
     optimizers beat on every batch; ``heartbeat()`` does it by hand) before the gang is stopped
     with ``RankTimeoutError`` showing that rank's stack. It applies from a rank's first
     heartbeat; start-up (torch import, process group, building the model) gets
-    ``max(timeout, START_TIMEOUT_SECONDS)``. ``backend="ray"`` runs the ranks as Ray actors.
+    ``max(timeout, START_TIMEOUT_SECONDS)``. ``backend="ray"`` runs the ranks as Ray actors,
+    ``backend="spark"`` as one Spark barrier stage (``spark_launch.py``).
     ``threads_per_rank`` caps torch/BLAS threads per rank (default: usable CPUs / workers).
     ``env``: extra environment variables for the ranks.
     ``profile``: sample every rank's Python stacks (``forkjoin.observe``); True prints the top
@@ -172,8 +173,15 @@ def launch(
             train_fn, workers=workers, device=device, args=tuple(args), kwargs=kwargs,
             max_restarts=max_restarts, env=env or {},
         )
+    if backend == "spark":
+        from .spark_launch import launch_spark
+
+        return launch_spark(
+            train_fn, workers=workers, device=device, args=tuple(args), kwargs=kwargs,
+            max_restarts=max_restarts, env=env or {},
+        )
     if backend != "process":
-        raise ValueError(f"backend must be 'process' or 'ray', not {backend!r}")
+        raise ValueError(f"backend must be 'process', 'ray' or 'spark', not {backend!r}")
     if threads_per_rank is None:
         from forkjoin.machine import usable_cpu_count
 
