@@ -84,13 +84,23 @@ def _stop_forgotten_backends() -> list[str]:
     return [f"process backend with workers {b.worker_pids()}" for b in forgotten]
 
 
+def _is_fork_of_this(child: psutil.Process) -> bool:
+    """A fork of the test process itself (a ``multiprocessing.Manager`` server an upstream test
+    left to the garbage collector): never forkjoin's, whose workers are fresh interpreters or
+    forks of its zygote, each with a command line of its own."""
+    try:
+        return child.ppid() == os.getpid() and child.cmdline() == psutil.Process().cmdline()
+    except psutil.Error:
+        return False
+
+
 def _live_children() -> list[psutil.Process]:
     """Children of this process that are running, other than long-lived pools' workers (read
     afresh each time: such a pool may be replacing a worker right now)."""
     exempt = {pid for pool in LONG_LIVED for pid in pool_pids(pool)}
     alive = []
     for child in psutil.Process().children(recursive=True):
-        if child.pid in exempt or _is_resource_tracker(child):
+        if child.pid in exempt or _is_resource_tracker(child) or _is_fork_of_this(child):
             continue
         try:
             if child.status() != psutil.STATUS_ZOMBIE:

@@ -29,12 +29,6 @@ class Finding(NamedTuple):
     run: bool = True
 
 
-def _item(n: int, summary: str, run: bool = True) -> Finding:
-    """A fault issue 15 lists (n = 0: its "What to build" section, drop-in errors)."""
-    where = f"issue 15 item {n}" if n else "issue 15 drop-in errors"
-    return Finding(where, summary, run)
-
-
 _PRIVATE = "reads ProcessPoolExecutor's private "
 
 NOT_APPLICABLE: dict[str, str] = {
@@ -113,7 +107,17 @@ _NO_MEMMAP = (
     "not as np.memmap files: joblib's max_nbytes memmapping belongs to its own backends"
 )
 
+_INTERRUPT = (
+    "a task raising KeyboardInterrupt gives a TaskError (original_type 'KeyboardInterrupt'), "
+    "raised once, never retried: re-raising KeyboardInterrupt in the caller would look like "
+    "the user's own Ctrl-C"
+)
+
 DIFFERENCES: dict[str, str] = {
+    "test_error_capture": _INTERRUPT,
+    "ForkjoinExecutorDeadlockTest::test_exit_during_result_unpickle_in_result_handler": (
+        _UNPICKLE_SIDE
+    ),
     # joblib test_parallel.py
     "test_auto_memmap_on_arrays_from_generator": _NO_MEMMAP,
     "test_memmapping_leaks": _NO_MEMMAP,
@@ -138,58 +142,9 @@ DIFFERENCES: dict[str, str] = {
     "ForkjoinExecutorDeadlockTest::test_exit_during_result_pickle_on_worker": _EXIT_IS_CRASH,
 }
 
-_MANAGER = "Manager proxies: AuthenticationError in the worker"
-_BROKEN = "a dead worker is WorkerCrashedError, not yet also a BrokenProcessPool"
 FINDINGS: dict[str, Finding] = {
-    # joblib test_parallel.py
-    # run=False: each costs 5-10 s while it fails (a Manager left to the leak check's grace).
-    "test_error_capture": _item(
-        8, "a task raising KeyboardInterrupt comes back WorkerCrashedError", run=False
-    ),
-    "test_dispatch_multiprocessing": _item(4, _MANAGER, run=False),
-    "test_initializer_context": _item(4, _MANAGER, run=False),
-    "test_initializer_parallel": _item(4, _MANAGER, run=False),
-    "test_parallel_unordered_generator_returns_fastest_first": _item(
-        3, "head-of-line blocking: instant results wait behind the slow task (35 s)", run=False
-    ),
-    # CPython test_concurrent_futures
-    "ForkjoinProcessPoolExecutorTest::test_free_reference": _item(
-        5, "map() keeps yielded results alive"
-    ),
-    "ForkjoinProcessPoolExecutorTest::test_no_stale_references": _item(
-        5,
-        "the function cache keeps a submitted bound method's object alive (a 30 s wait)",
-        run=False,
-    ),
-    "ForkjoinInterpreterExitTest::test_submit_after_interpreter_shutdown": _item(
-        8, "submit() after interpreter shutdown returns a future instead of raising RuntimeError"
-    ),
-    "ForkjoinProcessPoolExecutorTest::test_max_tasks_early_shutdown": _item(
-        0, "max_tasks_per_child= not supported yet (issue 15, 'Drop-in errors')"
-    ),
-    # Not run while it fails: its EventfulGCObj's __del__ then raises during a later garbage
-    # collection, and pytest's unraisable-exception hook formatting that traceback inside an
-    # ast.parse leaves CPython 3.11's AST state corrupted ("SystemError: AST constructor
-    # recursion depth mismatch": pytest INTERNALERROR for the rest of the session).
-    "ForkjoinProcessPoolExecutorTest::test_ressources_gced_in_workers": _item(
-        4, "Manager proxies: AuthenticationError in the worker", run=False
-    ),
-    "ForkjoinExecutorDeadlockTest::test_error_at_task_pickle": _item(
-        0, "pickling failure is SerializationError, not yet also a PicklingError"
-    ),
-    "ForkjoinExecutorDeadlockTest::test_error_during_result_pickle_on_worker": _item(
-        0, "pickling failure is SerializationError, not yet also a PicklingError"
-    ),
-    "ForkjoinExecutorDeadlockTest::test_exit_at_task_unpickle": _item(0, _BROKEN),
-    "ForkjoinExecutorDeadlockTest::test_crash_at_task_unpickle": _item(0, _BROKEN),
-    "ForkjoinExecutorDeadlockTest::test_crash_during_func_exec_on_worker": _item(0, _BROKEN),
-    "ForkjoinExecutorDeadlockTest::test_crash_during_result_pickle_on_worker": _item(0, _BROKEN),
-    "ForkjoinExecutorDeadlockTest::test_exit_during_result_unpickle_in_result_handler": _item(
-        2, "SystemExit while the caller unpickles a result: the future never resolves", run=False
-    ),
-    "ForkjoinExecutorDeadlockTest::test_shutdown_deadlock": _item(
-        8, "a crash during shutdown(wait=True) surfaces as 'backend that is shut down'"
-    ),
+    # Empty: every engine fault these suites found (issue 15's list) is fixed, and its upstream
+    # tests now pass. A new one goes here with a repro in notes, until the engine is fixed.
 }
 
 
