@@ -8,3 +8,31 @@
 
 Nothing here is imported unless one of them is asked for.
 """
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Dashboard", "FunctionTime", "Profile", "dashboard", "last_profile"]
+
+_EXPORTS = {
+    "Dashboard": "forkjoin.observe.dashboard",
+    "dashboard": "forkjoin.observe.dashboard",
+    "FunctionTime": "forkjoin.observe.profile",
+    "Profile": "forkjoin.observe.profile",
+    "last_profile": "forkjoin.observe.runs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Loaded on first use: importing the layer starts nothing and loads no server."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forkjoin.observe' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard, dashboard
+    from .profile import FunctionTime, Profile
+    from .runs import last_profile
