@@ -11,11 +11,11 @@ Nothing here is imported unless one of them is asked for.
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Dashboard", "FunctionTime", "Profile", "dashboard", "last_profile"]
+# ``dashboard()`` itself is ``fj.dashboard``: here the name is its submodule once imported.
+__all__ = ["Dashboard", "FunctionTime", "Profile", "last_profile"]
 
 _EXPORTS = {
     "Dashboard": "forkjoin.observe.dashboard",
-    "dashboard": "forkjoin.observe.dashboard",
     "FunctionTime": "forkjoin.observe.profile",
     "Profile": "forkjoin.observe.profile",
     "last_profile": "forkjoin.observe.runs",
@@ -33,6 +33,6 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .dashboard import Dashboard, dashboard
+    from .dashboard import Dashboard
     from .profile import FunctionTime, Profile
     from .runs import last_profile
