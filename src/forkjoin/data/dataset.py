@@ -72,10 +72,34 @@ class Dataset:
         batch_size: int | None = 4096,
         batch_format: str = "pyarrow",
         fn_kwargs: Mapping[str, Any] | None = None,
+        fn_constructor_args: Sequence[Any] = (),
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        workers: int | tuple[int, int] | None = None,
+        name: str | None = None,
     ) -> Dataset:
         """``fn(batch)`` on batches of up to ``batch_size`` rows (None: a whole partition).
         The batch is a ``pyarrow.Table``, a ``pandas.DataFrame`` or a dict of numpy arrays
-        (``batch_format``); ``fn`` returns any of these (or a dict of lists)."""
+        (``batch_format``); ``fn`` returns any of these (or a dict of lists).
+
+        ``fn`` may be a callable class: a *stage*, built once per worker with
+        ``fn_constructor_args``/``fn_constructor_kwargs``, called per batch, ``close()``d at
+        the end. ``resources={"gpu": 1}`` and ``workers=`` (n, or (min, max) to grow while the
+        stage is the bottleneck) give a stage workers of its own; stages stream into each
+        other with bounded batches in flight (see ``forkjoin.data.stages``)."""
+        if isinstance(fn, type) or resources is not None or workers is not None:
+            from .stages import build_stage
+
+            return self._with(
+                build_stage(
+                    fn, batch_size=batch_size, batch_format=batch_format, fn_kwargs=fn_kwargs,
+                    constructor_args=fn_constructor_args,
+                    constructor_kwargs=fn_constructor_kwargs, resources=resources,
+                    workers=workers, name=name,
+                )
+            )  # fmt: skip
+        if fn_constructor_args or fn_constructor_kwargs:
+            raise TypeError("fn_constructor_args/fn_constructor_kwargs are for a callable class")
         return self._with(MapBatches(fn, batch_size, batch_format, dict(fn_kwargs or {})))
 
     def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Dataset:
