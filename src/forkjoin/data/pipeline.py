@@ -362,7 +362,7 @@ def run_pipeline(
             stage.plan()
             stages.append(stage)
         for stage in stages:
-            for _ in range(stage.low):
+            for _ in range(1 if stage.cluster else stage.low):  # a cluster stage: one Pool
                 stage.start_actor()
 
         def block_rows(index: int) -> int | None:
