@@ -66,7 +66,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def n_params(model: nn.Module) -> int:
@@ -142,13 +142,14 @@ def through_forkjoin(cfg_dict: dict[str, int], size: int, compile: bool, warmup:
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         loss = model(x, y)
-        fjt.backward(loss) if hasattr(fjt, "backward") else loss.backward()
+        fjt.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     seconds = time_steps(step, cfg, size, device, warmup, steps)
     return {"seconds_per_step": seconds, "tokens_per_step": size * cfg.ctx,
-            "flops_per_token": flops_per_token(fjt.unwrap(model))}  # fmt: skip
+            "flops_per_token": flops_per_token(fjt.unwrap(model)),
+            "gang": gang_all_reduce(1 << 20)}  # fmt: skip
 
 
 def gang_all_reduce(size: int) -> dict[str, float]:

@@ -2,7 +2,7 @@
 that pip installs (the standard library first, then numpy, pandas, torch, transformers...).
 
 Nobody here wrote it, it installs offline with the packages the benchmark needs anyway, and it
-is real English technical prose of varied length (20-2,000 characters). Texts are unique, in a
+is real English technical prose of sentence to paragraph length (20-400 characters). Texts are unique, in a
 fixed order (sorted module paths), cached as Parquet so a rerun does not parse again.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 # Where texts come from, in order, until enough are found.
 PACKAGES = ("numpy", "pandas", "torch", "transformers", "sklearn", "scipy", "pyarrow", "ray")
 MIN_CHARS = 20
-MAX_CHARS = 2000
+MAX_CHARS = 400  # sentence-length texts: a model call costs what the padded batch holds
 ROW_GROUP_ROWS = 2048  # a partition per ~2k texts: many blocks to spread over the workers
 
 

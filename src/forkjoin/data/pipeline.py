@@ -173,7 +173,11 @@ class StageRun:
         import forkjoin as fj
 
         op, config = self.op, self.config
+        from .api import DATA_MODULES
+
         options: dict[str, Any] = {"backend": config.backend or "process", "progress": False}
+        if options["backend"] == "process":
+            options["preload"] = DATA_MODULES  # imported as the actor starts, not on a batch
         if self.cluster:
             pool = fj.Pool(workers=self.high, resources=op.resources, **options)
         else:

@@ -66,6 +66,7 @@ class Pool(Executor):
         resources_per_worker: dict[str, Any] | None = None,
         gpus: Sequence[int] | None = None,
         prefetch: int = 1,
+        preload: Sequence[str] = (),
         **options: Any,
     ) -> None:
         """``resources_per_worker={"gpu": 1, "cpu": 4, "memory": "8GB"}`` shapes each worker
@@ -73,7 +74,12 @@ class Pool(Executor):
         the machine holds; ``resources`` is the default request of each task (and shapes the
         workers when ``resources_per_worker`` is not given). ``prefetch=2`` queues a second
         task on each worker so its inputs arrive while the first runs; ``gpus=[0, 2]`` narrows
-        the GPUs the pool may use."""
+        the GPUs the pool may use; ``preload=("pyarrow", "pandas")`` has each worker import
+        those modules as it starts (engine/preload.py)."""
+        if preload:  # issue 18: composed with the user's initializer, which runs after it
+            from .preload import with_preload
+
+            initializer, initargs = with_preload(preload, initializer, initargs)
         self.options = options_from(
             workers=workers, backend=backend, resources=resources, **options
         )
