@@ -2,12 +2,12 @@
 
     python _inference_contenders.py NAME CORPUS ROWS WORKERS BATCH OUT.npy LOADS_DIR
 
-and prints one JSON line: {"seconds": ..., "startup": ..., "rows": ...}. The corpus file holds exactly ROWS texts. Every contender does
-the same work per batch, in the same order: tokenise (the model's own fast tokenizer, truncated
-to 256 tokens) then embed (all-MiniLM-L6-v2 forward, mean pooling, normalised) with one torch
-thread per worker; the embeddings are written to OUT.npy in id order for the parent to compare.
-Each model load leaves a file in LOADS_DIR (counted: once per worker is the goal).
-"""
+and prints one JSON line: {"seconds": ..., "startup": ..., "rows": ...}. The corpus file holds
+exactly ROWS texts. Every contender does the same work per batch, in the same order: tokenise
+(the model's own fast tokenizer, truncated to 256 tokens) then embed (all-MiniLM-L6-v2 forward,
+mean pooling, normalised) with one torch thread per worker; the embeddings are written to
+OUT.npy in id order for the parent to compare. Each model load leaves a file in LOADS_DIR
+(counted: once per worker is the goal)."""
 
 from __future__ import annotations
 
@@ -159,8 +159,9 @@ def run_ray(corpus: str, rows: int, workers: int, batch: int) -> tuple[Any, floa
         ds = (
             ray.data.read_parquet(corpus)
             .map_batches(ray_tokenize, batch_size=batch, batch_format="numpy")
-            .map_batches(RayEmbedder, batch_size=batch, concurrency=workers, num_cpus=1,
-                         batch_format="numpy")  # fmt: skip
+            .map_batches(
+                RayEmbedder, batch_size=batch, concurrency=workers, num_cpus=1, batch_format="numpy"
+            )  # fmt: skip
         )
         ids, vectors = [], []
         for part in ds.iter_batches(batch_size=None, batch_format="numpy"):

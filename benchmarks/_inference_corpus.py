@@ -2,9 +2,9 @@
 that pip installs (the standard library first, then numpy, pandas, torch, transformers...).
 
 Nobody here wrote it, it installs offline with the packages the benchmark needs anyway, and it
-is real English technical prose of sentence to paragraph length (20-400 characters). Texts are unique, in a
-fixed order (sorted module paths), cached as Parquet so a rerun does not parse again.
-"""
+is real English technical prose of sentence to paragraph length (20-400 characters). Texts are
+unique, in a fixed order (sorted module paths), cached as Parquet so a rerun does not parse
+again."""
 
 from __future__ import annotations
 

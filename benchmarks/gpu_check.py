@@ -76,9 +76,9 @@ class StageEmbedder:
     """The inference stage: all-MiniLM-L6-v2 on this worker's device (cuda:0 when pinned)."""
 
     def __init__(self) -> None:
-        import forkjoin as fj
-
         from _inference_contenders import load_model
+
+        import forkjoin as fj
 
         self.device = fj.worker_context().device
         self.model = load_model().to(self.device)

@@ -52,8 +52,9 @@ def test_formats_and_exact_batch_sizes(ds: fj.data.Dataset, fmt: str) -> None:
 
 
 def test_drop_last_and_whole_partitions(ds: fj.data.Dataset) -> None:
-    batches = list(ds.iter_batches(batch_size=64, drop_last=True, batch_format="numpy",
-                                   backend="threads"))
+    batches = list(
+        ds.iter_batches(batch_size=64, drop_last=True, batch_format="numpy", backend="threads")
+    )
     assert [len(b["x"]) for b in batches] == [64] * 15
     whole = list(ds.iter_batches(workers=1, backend="threads"))
     assert sum(t.num_rows for t in whole) == 1000 and len(whole) == 7
@@ -61,8 +62,14 @@ def test_drop_last_and_whole_partitions(ds: fj.data.Dataset) -> None:
 
 def test_local_shuffle_buffer_mixes_rows_deterministically(ds: fj.data.Dataset) -> None:
     def run(seed: int) -> list[int]:
-        batches = ds.iter_batches(batch_size=50, batch_format="numpy", local_shuffle_buffer=200,
-                                  local_shuffle_seed=seed, workers=2, backend="threads")
+        batches = ds.iter_batches(
+            batch_size=50,
+            batch_format="numpy",
+            local_shuffle_buffer=200,
+            local_shuffle_seed=seed,
+            workers=2,
+            backend="threads",
+        )
         return [int(v) for b in batches for v in b["x"]]
 
     once, again, other = run(1), run(1), run(2)
@@ -74,13 +81,17 @@ def test_local_shuffle_buffer_mixes_rows_deterministically(ds: fj.data.Dataset) 
 def test_an_error_in_a_worker_reaches_the_consumer(ds: fj.data.Dataset) -> None:
     seen = 0
     with pytest.raises(ValueError, match="bad row 900"):
-        for batch in ds.map_batches(fails_late).iter_batches(batch_size=100, workers=2, backend="threads"):
+        for batch in ds.map_batches(fails_late).iter_batches(
+            batch_size=100, workers=2, backend="threads"
+        ):
             seen += batch.num_rows
     assert seen <= 900
 
 
 def test_breaking_out_early_stops_the_producer(ds: fj.data.Dataset) -> None:
-    iterator = ds.iter_batches(batch_size=10, batch_format="torch", prefetch=4, workers=2, backend="threads")
+    iterator = ds.iter_batches(
+        batch_size=10, batch_format="torch", prefetch=4, workers=2, backend="threads"
+    )
     first = next(iterator)
     assert first["x"].tolist() == list(range(10))
     iterator.close()  # type: ignore[attr-defined]

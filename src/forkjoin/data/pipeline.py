@@ -226,7 +226,9 @@ def _result(pending: _Pending, stage: StageRun) -> PartResult:
         original = exc.original
         if isinstance(original, (StageError, DataError)):
             raise original.with_traceback(None) from exc.__cause__
-        exc.add_note(f"in stage {stage.op.label}")
+        add_note = getattr(exc, "add_note", None)  # Python >= 3.11
+        if add_note is not None:
+            add_note(f"in stage {stage.op.label}")
         raise
     return result
 
@@ -443,4 +445,3 @@ def _is_cluster(backend: str | None) -> bool:
     from ..backends.base import backend_class
 
     return bool(backend_class(backend).capabilities.cluster)
-

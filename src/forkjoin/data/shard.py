@@ -34,6 +34,7 @@ import pyarrow as pa
 from .iterate import check, convert, prefetched
 
 STATE_VERSION = 1
+Source = tuple[int, int, int]  # (unit, rows of it in a batch, the unit's total rows)
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -98,7 +99,9 @@ class DatasetShard:
 
         if not self.shuffle:
             return list(range(self.units))
-        return [int(u) for u in np.random.default_rng([self.seed, self.epoch]).permutation(self.units)]
+        return [
+            int(u) for u in np.random.default_rng([self.seed, self.epoch]).permutation(self.units)
+        ]
 
     def my_units(self) -> list[int]:
         remaining = [u for u in self.unit_order() if u not in self.done]
@@ -142,8 +145,9 @@ class DatasetShard:
         if current is not None:
             yield finish(current, pieces)
 
-    def _batches(self, batch_size: int, drop_last: bool,
-                 run: dict[str, Any]) -> Iterator[tuple[pa.Table | None, list[tuple[int, int, int]]]]:  # fmt: skip
+    def _batches(
+        self, batch_size: int, drop_last: bool, run: dict[str, Any]
+    ) -> Iterator[tuple[pa.Table | None, list[Source]]]:
         """Tables of ``batch_size`` rows with where each came from: (unit, rows, unit total);
         a None table only moves the position (a unit that turned out empty)."""
         pending: list[tuple[int, pa.Table, int]] = []  # (unit, rows left to hand out, total)
@@ -196,8 +200,15 @@ class DatasetShard:
             else:
                 self.offsets[unit] = offset
 
-    def iter_batches(self, *, batch_size: int = 256, batch_format: str = "numpy",
-                     drop_last: bool = False, prefetch: int = 1, **run: Any) -> Iterator[Any]:  # fmt: skip
+    def iter_batches(
+        self,
+        *,
+        batch_size: int = 256,
+        batch_format: str = "numpy",
+        drop_last: bool = False,
+        prefetch: int = 1,
+        **run: Any,
+    ) -> Iterator[Any]:
         """This rank's batches of the current epoch, from where the position stands. A full
         pass ends the epoch: the next call starts the next one (a new order). Rows count as
         consumed when their batch is handed out (as a DataLoader's sampler counts them)."""
@@ -280,4 +291,3 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
 def shard(dataset: Any, rank: int | None, world_size: int | None, *, shuffle: bool,
           seed: int) -> DatasetShard:  # fmt: skip
     return DatasetShard(dataset, rank, world_size, shuffle=shuffle, seed=seed)
-
