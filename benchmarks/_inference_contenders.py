@@ -151,7 +151,10 @@ def run_ray(corpus: str, rows: int, workers: int, batch: int) -> tuple[Any, floa
     import numpy as np
     import ray
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+    # Logical CPUs for the reading/tokenising tasks besides the actors (forkjoin runs as many
+    # reading workers as embedding workers too); with num_cpus=workers the actor pool takes every
+    # CPU and the read tasks never get scheduled.
+    ray.init(num_cpus=2 * workers, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"FJ_BENCH_LOADS": os.environ.get("FJ_BENCH_LOADS", ""),
                                        "HF_HUB_OFFLINE": "1"}})  # fmt: skip
     try:
