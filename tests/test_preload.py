@@ -11,7 +11,7 @@ import pytest
 import forkjoin as fj
 from forkjoin.engine.preload import preload_running
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(90)
 MODULE = "xml.dom.minidom"  # imported by nothing else in a worker
 
 
@@ -38,7 +38,7 @@ def test_preload_imports_in_each_worker_before_the_initializer(tmp_path) -> None
 def test_a_running_shared_pool_is_warmed_in_the_background() -> None:
     fj.map(abs, range(4), workers=2, backend="process", chunksize=1)  # the shared pool runs
     assert preload_running([MODULE]) is True
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not all(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1)):
         assert time.monotonic() < deadline, "the workers never imported the module"
         time.sleep(0.1)

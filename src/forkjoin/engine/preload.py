@@ -56,8 +56,10 @@ def preload_running(modules: Sequence[str], backend_name: str = "process") -> bo
         return False
     _, backend, events = entry
     workers = max(1, backend.workers)
-    options = RunOptions(chunksize=1, progress=False, max_in_flight=workers, retries=0)
-    job = Job(backend, events, import_modules, [tuple(modules)] * workers, options)
+    # Two import tasks per worker, all submitted at once: a worker that finishes its first
+    # (or had the modules already) takes another, so a slow-starting one still gets its own.
+    options = RunOptions(chunksize=1, progress=False, max_in_flight=2 * workers, retries=0)
+    job = Job(backend, events, import_modules, [tuple(modules)] * (2 * workers), options)
 
     def run() -> None:
         try:
