@@ -40,14 +40,18 @@ _EXPORTS = {
     "DataStats": "forkjoin.data.execute",
     "Reducer": "forkjoin.data.aggregate",
     "DataError": "forkjoin.errors",
+    "StageError": "forkjoin.data.stages",  # issue 18
+    "DatasetShard": "forkjoin.data.shard",  # issue 18
 }
 
 __all__ = [
     "DataError",
     "DataStats",
     "Dataset",
+    "DatasetShard",
     "GroupedDataset",
     "Reducer",
+    "StageError",
     "from_arrow",
     "from_items",
     "from_pandas",
@@ -77,3 +81,5 @@ if _typing.TYPE_CHECKING:
     from .api import from_arrow, from_items, from_pandas, read_csv, read_json, read_parquet
     from .dataset import Dataset, GroupedDataset
     from .execute import DataStats
+    from .shard import DatasetShard
+    from .stages import StageError

@@ -19,6 +19,18 @@ from .sources import (
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
+# What a data task imports in a worker: loaded ahead (engine/preload.py) so the first partition
+# does not pay for it. pandas comes with pyarrow's pandas conversions and batch_format="pandas".
+DATA_MODULES = ("pyarrow", "pyarrow.parquet", "pandas", "forkjoin.data.execute")
+
+
+def _warm_workers() -> None:
+    """The running shared process pool's workers import DATA_MODULES while the plan is built
+    (issue 18; a pool started later for the job imports them as it starts)."""
+    from ..engine.preload import preload_running
+
+    preload_running(DATA_MODULES)
+
 
 def _inputs(plan: Any) -> list[str]:
     """The input files, as URLs on an fsspec filesystem (a sink refuses to write over them)."""
@@ -48,6 +60,7 @@ def read_parquet(
     expression or DNF tuples like ``[("x", ">", 3)]``) are pushed into the reader.
     ``on_error="skip"`` skips corrupt files / row groups and counts them in ``stats()``."""
     _check_on_error(on_error)
+    _warm_workers()
     plan = plan_parquet(paths, columns=columns, filter=filter, on_error=on_error,
                         target_bytes=target_bytes)  # fmt: skip
     return Dataset(plan, inputs=_inputs(plan))
@@ -68,6 +81,7 @@ def read_csv(
     enforced on every partition. ``on_error="skip"``: rows that do not parse are skipped and
     counted."""
     _check_on_error(on_error)
+    _warm_workers()
     plan = plan_text(paths, "csv", columns=columns, filter=filter, on_error=on_error,
                      target_bytes=target_bytes, schema=schema, delimiter=delimiter)  # fmt: skip
     return Dataset(plan, inputs=_inputs(plan))
@@ -86,6 +100,7 @@ def read_json(
     is not valid JSON, or has fields outside the schema, is a DataError naming file and line
     (``on_error="skip"``: skipped and counted)."""
     _check_on_error(on_error)
+    _warm_workers()
     plan = plan_text(paths, "json", columns=columns, filter=filter, on_error=on_error,
                      target_bytes=target_bytes, schema=schema)  # fmt: skip
     return Dataset(plan, inputs=_inputs(plan))

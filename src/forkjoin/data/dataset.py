@@ -71,10 +71,34 @@ class Dataset:
         batch_size: int | None = 4096,
         batch_format: str = "pyarrow",
         fn_kwargs: Mapping[str, Any] | None = None,
+        fn_constructor_args: Sequence[Any] = (),
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        workers: int | tuple[int, int] | None = None,
+        name: str | None = None,
     ) -> Dataset:
         """``fn(batch)`` on batches of up to ``batch_size`` rows (None: a whole partition).
         The batch is a ``pyarrow.Table``, a ``pandas.DataFrame`` or a dict of numpy arrays
-        (``batch_format``); ``fn`` returns any of these (or a dict of lists)."""
+        (``batch_format``); ``fn`` returns any of these (or a dict of lists).
+
+        ``fn`` may be a callable class: a *stage*, built once per worker with
+        ``fn_constructor_args``/``fn_constructor_kwargs``, called per batch, ``close()``d at
+        the end. ``resources={"gpu": 1}`` and ``workers=`` (n, or (min, max) to grow while the
+        stage is the bottleneck) give a stage workers of its own; stages stream into each
+        other with bounded batches in flight (see ``forkjoin.data.stages``)."""
+        if isinstance(fn, type) or resources is not None or workers is not None:
+            from .stages import build_stage
+
+            return self._with(
+                build_stage(
+                    fn, batch_size=batch_size, batch_format=batch_format, fn_kwargs=fn_kwargs,
+                    constructor_args=fn_constructor_args,
+                    constructor_kwargs=fn_constructor_kwargs, resources=resources,
+                    workers=workers, name=name,
+                )
+            )  # fmt: skip
+        if fn_constructor_args or fn_constructor_kwargs:
+            raise TypeError("fn_constructor_args/fn_constructor_kwargs are for a callable class")
         return self._with(MapBatches(fn, batch_size, batch_format, dict(fn_kwargs or {})))
 
     def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Dataset:
@@ -197,28 +221,43 @@ class Dataset:
         finally:
             stats.seconds = time.perf_counter() - start
 
-    def iter_batches(self, *, batch_size: int | None = None, batch_format: str = "pyarrow",
-                     **run: Any) -> Iterator[Any]:  # fmt: skip
-        """Stream the result, in order, as batches (a partition at a time without
-        ``batch_size``): at most ``in_flight`` partitions are in memory."""
-        pending: list[pa.Table] = []
-        held = 0
-        for result in self._run(COLLECT, run):
-            table = result.table
-            assert table is not None
-            if batch_size is None:
-                if table.num_rows:
-                    yield to_format(table, batch_format)
-                continue
-            pending.append(table)
-            held += table.num_rows
-            while held >= batch_size:
-                merged = combine(pending)
-                yield to_format(merged.slice(0, batch_size), batch_format)
-                rest = merged.slice(batch_size)
-                pending, held = [rest], rest.num_rows
-        if batch_size is not None and held:
-            yield to_format(combine(pending), batch_format)
+    def iter_batches(
+        self,
+        *,
+        batch_size: int | None = None,
+        batch_format: str = "pyarrow",
+        drop_last: bool = False,
+        local_shuffle_buffer: int | None = None,
+        local_shuffle_seed: int | None = None,
+        prefetch: int = 1,
+        **run: Any,
+    ) -> Iterator[Any]:
+        """Stream the result as batches of ``batch_size`` rows (a partition at a time without
+        it), in order (``ordered=False``: as finished): "pyarrow", "pandas", "numpy" (dict of
+        arrays) or "torch" (dict of tensors). ``drop_last`` drops a short last batch;
+        ``local_shuffle_buffer=n`` draws each batch at random from ``n`` buffered rows;
+        ``prefetch`` batches are made ready in a background thread while workers process the
+        next partitions (at most ``in_flight`` in memory). See ``forkjoin.data.iterate``."""
+        from .iterate import check, iter_tables
+
+        check(batch_size, batch_format, local_shuffle_buffer, prefetch)
+        tables = (result.table for result in self._run(COLLECT, run))
+        return iter_tables(
+            (t for t in tables if t is not None), batch_size=batch_size,
+            batch_format=batch_format, drop_last=drop_last,
+            local_shuffle_buffer=local_shuffle_buffer, local_shuffle_seed=local_shuffle_seed,
+            prefetch=prefetch,
+        )  # fmt: skip
+
+    def shard(self, rank: int | None = None, world_size: int | None = None, *,
+              shuffle: bool = True, seed: int = 0) -> Any:  # fmt: skip
+        """This rank's part of the dataset (rank and world size from torch.distributed or the
+        environment when not given): every row once per epoch across ranks, an order fixed by
+        (seed, epoch), a position that ``fj.train`` checkpoints save and that any number of
+        ranks can resume (``forkjoin.data.shard``)."""
+        from .shard import DatasetShard
+
+        return DatasetShard(self, rank, world_size, shuffle=shuffle, seed=seed)
 
     def iter_rows(self, **run: Any) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches(**run):

@@ -42,7 +42,7 @@ EXCHANGE_SPEC = ReadSpec("exchange")  # the stage after an exchange reads its bu
 # the previous result travels back; more only adds memory (benchmarks/bench_data.py).
 IN_FLIGHT_PER_WORKER = 2
 
-RUN_OPTIONS = ("workers", "backend", "pool", "in_flight", "progress", "profile")
+RUN_OPTIONS = ("workers", "backend", "pool", "in_flight", "progress", "profile", "ordered")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class RunConfig:
     in_flight: int | None = None  # partitions in flight; None: IN_FLIGHT_PER_WORKER per worker
     progress: Any = None  # a callable(PartResult) called as each partition finishes
     profile: bool | str = False  # fj.imap's profile=: the stages' functions across workers
+    ordered: bool = True  # False: results stream as they finish (stages.py, issue 18)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RunConfig:
@@ -180,6 +181,14 @@ def run_partitions(
 ) -> Generator[PartResult, None, None]:
     """Results of one stage as they are merged; DataError from a worker is raised as itself."""
     if not parts:
+        return
+    ordered = ordered and config.ordered
+    from .stages import has_stages
+
+    if has_stages(ops):  # stages on workers of their own, streaming into each other
+        from .pipeline import run_pipeline
+
+        yield from run_pipeline(parts, spec, ops, terminal, config, stats, ordered=ordered)
         return
     if not ops and terminal.kind == "collect" and all(p.kind == "table" for p in parts):
         for part in parts:  # already in memory, nothing to do: no need to ship it anywhere

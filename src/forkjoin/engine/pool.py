@@ -124,6 +124,7 @@ class Pool(Executor):
         prefetch: int = 1,
         max_tasks_per_child: int | None = None,
         dashboard: bool | int = False,
+        preload: Sequence[str] = (),
         **options: Any,
     ) -> None:
         """``resources_per_worker={"gpu": 1, "cpu": 4, "memory": "8GB"}`` shapes each worker
@@ -135,12 +136,18 @@ class Pool(Executor):
         N tasks (``ProcessPoolExecutor``'s option: bounds what leaky code accumulates).
         ``dashboard=True`` serves a live page of this pool (its URL is printed;
         ``dashboard=8787`` picks the port); ``profile=True`` samples the workers' stacks for
-        ``pool.profile()`` and ``pool.report()`` (see ``forkjoin.observe``)."""
+        ``pool.profile()`` and ``pool.report()`` (see ``forkjoin.observe``);
+        ``preload=("pyarrow", "pandas")`` has each worker import those modules as it starts
+        (engine/preload.py)."""
         if max_tasks_per_child is not None:
             if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child < 1:
                 raise ValueError("max_tasks_per_child must be >= 1")
+        if preload:  # issue 18: composed with the user's initializer, which runs after it
+            from .preload import with_preload
+
+            initializer, initargs = with_preload(preload, initializer, initargs)
         self.options = options_from(
             workers=workers, backend=backend, resources=resources, **options
         )

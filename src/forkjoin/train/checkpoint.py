@@ -185,8 +185,8 @@ def save_checkpoint(
         state["scheduler"] = scheduler.state_dict()
     if isinstance(optimizer, PreparedOptimizer) and optimizer.scaler is not None:
         state["scaler"] = optimizer.scaler.state_dict()
-    if isinstance(loader, PreparedLoader):
-        state["loader"] = loader.state_dict()
+    if isinstance(loader, PreparedLoader) or getattr(loader, "forkjoin_shard", False):
+        state["loader"] = loader.state_dict()  # a shard's gathers every rank's position
     if rank == 0:
         torch.save(state, staging / STATE)
     _barrier()  # every shard written
@@ -284,7 +284,9 @@ def load_checkpoint(
         if optimizer.scaler is not None and "scaler" in state:
             optimizer.scaler.load_state_dict(state["scaler"])
         optimizer.accumulation.calls = 0  # checkpoints are taken between optimizer steps
-    if isinstance(loader, PreparedLoader) and "loader" in state:
+    if (isinstance(loader, PreparedLoader) or getattr(loader, "forkjoin_shard", False)) and (
+        "loader" in state
+    ):
         loader.load_state_dict(state["loader"])
     rng = state.get("rng") or []
     if restore_rng and rng:

@@ -1,0 +1,447 @@
+"""Streaming pipelines: each stage on its own workers, bounded channels between them.
+
+::
+
+    partitions ─> [read + row-wise ops]  on the run's workers (fj.imap / pool=, as without stages)
+                        │  blocks of rows (a partition cut to the next stage's batches)
+                        ▼  Channel: at most CHANNEL_BLOCKS waiting; a full one blocks the feeder
+                 stage 1: actors (one 1-worker Pool each, pinned to its GPUs), each
+                        │  ACTOR_IN_FLIGHT blocks in flight; grows min -> max while it is the
+                        │  bottleneck (its inbox full and every actor busy)
+                        ▼  Channel
+                 stage 2 ... the last stage applies the terminal (collect, count, write)
+                        ▼
+                 caller: results in input order (ordered=True) or as they finish
+
+Every stage runs at the same time as the others: while the GPU stage embeds block n, the CPU
+workers decode block n+1, and since every channel and every stage's in-flight count is bounded,
+memory does not grow with the dataset. Upstream stages are driven by feeder threads in the
+caller; the last stage by the caller's own iteration, so a consumer that stops pulling stops the
+whole pipeline. A worker that dies is replaced and its block retried (``Pool.submit``'s
+retries); each block's result is taken once, so nothing is duplicated.
+
+Why one 1-worker Pool per actor instead of one Pool per stage: a block goes to the actor the
+dispatcher picks, so a stage that runs with 1 of its (1, 4) workers loads its model once, not
+on whichever of 4 idle processes the next task lands on, and growing is starting one more Pool.
+On Ray and Dask (whose engines own the processes) a stage is one Pool whose tasks carry the
+stage's resources (``num_gpus``, worker resources) and the instance is kept per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DataError, ResourceError, TaskError
+from .execute import COLLECT, DataStats, PartResult, RunConfig, Terminal, process_partition
+from .plan import Op
+from .sources import Partition, ReadCounts, ReadSpec
+from .stages import StageError, StageOp, close_instances
+
+# Blocks waiting between two stages. With ACTOR_IN_FLIGHT per actor this bounds what a stage
+# holds: (CHANNEL_BLOCKS + actors * ACTOR_IN_FLIGHT) blocks; 4 covers a slow upstream hiccup
+# without letting a fast CPU stage run far ahead of the GPU (tests/test_data_stages.py).
+CHANNEL_BLOCKS = 4
+# Blocks submitted to one actor: 2 lets the next block's input arrive while one computes.
+ACTOR_IN_FLIGHT = 2
+# Batches of the next stage's batch_size per block: large enough that the per-task overhead
+# (~1 ms) is small next to a model call, small enough that blocks spread over actors.
+BATCHES_PER_BLOCK = 4
+# A stage whose inbox stays full with every actor busy this long starts another actor (up to
+# its max): long enough not to react to one slow block, short next to a model's load time.
+GROW_AFTER_SECONDS = 1.0
+# How long a feeder waits to hand on a block before it checks whether the run was stopped.
+STOP_CHECK_SECONDS = 0.2
+# How long shutdown waits for a feeder thread (it is at most one task away from noticing).
+JOIN_SECONDS = 30.0
+
+_TABLE_SPEC = ReadSpec("table")
+
+
+class _End:
+    """Marks the end of a channel's stream (``error`` set when the producer failed)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class _Stopped(Exception):
+    """The run was stopped (consumer closed, or another stage failed)."""
+
+
+class Channel:
+    """A bounded queue between two stages; a put wakes the consumer's dispatcher."""
+
+    def __init__(self, capacity: int, stop: threading.Event) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self._stop = stop
+        self.capacity = capacity
+        self.wake: threading.Event | None = None  # set to the consumer's event by the consumer
+
+    def put(self, item: Any) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stopped()
+            try:
+                self._queue.put(item, timeout=STOP_CHECK_SECONDS)
+                break
+            except queue.Full:
+                continue
+        if self.wake is not None:
+            self.wake.set()
+
+    def get_nowait(self) -> Any:
+        return self._queue.get_nowait()
+
+    def full(self) -> bool:
+        return self._queue.full()
+
+
+@dataclass
+class _Actor:
+    pool: Any
+    in_flight: int = 0
+
+
+@dataclass
+class _Pending:
+    future: Future[Any]
+    actor: _Actor
+
+
+@dataclass
+class StageRun:
+    """One stage of a running pipeline: its actors and what it has in flight."""
+
+    op: StageOp
+    ops: tuple[Op, ...]  # the stage op and the row-wise ops fused after it
+    spec: ReadSpec
+    terminal: Terminal
+    config: RunConfig
+    cluster: bool
+    low: int = 1
+    high: int = 1
+    gpu_sets: list[tuple[int, ...]] | None = None
+    actors: list[_Actor] = field(default_factory=list)
+    started_actors: int = 0
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def plan(self) -> None:
+        """Size the stage: (min, max) workers from ``workers=`` and what the machine holds."""
+        op = self.op
+        if self.cluster:
+            self.low, self.high = op.workers or (2, 2)
+            return
+        from ..machine import gpus, usable_cpu_count
+
+        gpu = float((op.resources or {}).get("gpu", 0) or 0)
+        cpu = float((op.resources or {}).get("cpu", 0) or 0)
+        if gpu:
+            visible = [g.index for g in gpus()]
+            if not visible:
+                raise ResourceError(
+                    f"stage {op.label} asks for gpu={gpu:g} but this machine has no GPU; "
+                    f"drop resources=, or declare logical GPUs with FORKJOIN_GPUS=0,1"
+                )
+            if gpu >= 1:
+                per = int(gpu)
+                self.gpu_sets = [
+                    tuple(visible[i : i + per]) for i in range(0, len(visible) - per + 1, per)
+                ]
+            else:
+                share = int(round(1 / gpu, 6)) if round(1 / gpu, 6).is_integer() else int(1 / gpu)
+                self.gpu_sets = [(g,) for g in visible for _ in range(max(1, share))]
+            capacity = len(self.gpu_sets)
+        else:
+            capacity = max(1, int(usable_cpu_count() // cpu) if cpu else usable_cpu_count())
+        self.low, self.high = op.workers or (1, capacity)
+        if gpu and self.high > capacity:
+            raise ResourceError(
+                f"stage {op.label} asks for {self.high} workers with gpu={gpu:g} each, but the "
+                f"GPUs here hold {capacity}; lower workers= or the gpu fraction"
+            )
+
+    def start_actor(self) -> None:
+        import forkjoin as fj
+
+        op, config = self.op, self.config
+        from .api import DATA_MODULES
+
+        options: dict[str, Any] = {"backend": config.backend or "process", "progress": False}
+        if options["backend"] == "process":
+            options["preload"] = DATA_MODULES  # imported as the actor starts, not on a batch
+        if self.cluster:
+            pool = fj.Pool(workers=self.high, resources=op.resources, **options)
+        else:
+            index = self.started_actors
+            gpus = self.gpu_sets[index] if self.gpu_sets else None
+            pool = fj.Pool(
+                workers=1,
+                resources_per_worker=op.resources or None,
+                gpus=list(gpus) if gpus else None,
+                prefetch=ACTOR_IN_FLIGHT,
+                **options,
+            )
+        self.started_actors += 1
+        self.actors.append(_Actor(pool))
+
+    @property
+    def capacity(self) -> int:
+        per_actor = self.high * ACTOR_IN_FLIGHT if self.cluster else ACTOR_IN_FLIGHT
+        return per_actor * len(self.actors)
+
+    def can_grow(self) -> bool:
+        return not self.cluster and len(self.actors) < self.high
+
+    def submit(self, item: Partition, wake: threading.Event) -> _Pending:
+        actor = min(self.actors, key=lambda a: a.in_flight)
+        fn = functools.partial(
+            process_partition, spec=self.spec, ops=self.ops, terminal=self.terminal
+        )
+        future = actor.pool.submit(fn, item)
+        actor.in_flight += 1
+        future.add_done_callback(lambda _: wake.set())
+        return _Pending(future, actor)
+
+    def shutdown(self, cancel: bool) -> None:
+        for actor in self.actors:
+            actor.pool.shutdown(wait=True, cancel_futures=cancel)
+        if self.op.is_class:
+            close_instances(self.op.uid)  # instances built in this process (threads, inline)
+
+
+def _result(pending: _Pending, stage: StageRun) -> PartResult:
+    pending.actor.in_flight -= 1
+    try:
+        result: PartResult = pending.future.result()
+    except TaskError as exc:
+        original = exc.original
+        if isinstance(original, (StageError, DataError)):
+            raise original.with_traceback(None) from exc.__cause__
+        add_note = getattr(exc, "add_note", None)  # Python >= 3.11
+        if add_note is not None:
+            add_note(f"in stage {stage.op.label}")
+        raise
+    return result
+
+
+def run_stage(
+    stage: StageRun, inbox: Channel, stop: threading.Event, ordered: bool
+) -> Iterator[PartResult]:
+    """Dispatch the blocks arriving in ``inbox`` to the stage's actors; yield their results
+    (in arrival order when ``ordered``). Waits on one event that finished blocks and new
+    inputs set, so it never sleeps while there is work."""
+    wake = threading.Event()
+    inbox.wake = wake
+    pending: deque[_Pending] = deque()
+    exhausted = False
+    busy_since: float | None = None
+    while True:
+        wake.clear()
+        if stop.is_set():
+            raise _Stopped()
+        if ordered:
+            while pending and pending[0].future.done():
+                yield _result(pending.popleft(), stage)
+        else:
+            for entry in [p for p in pending if p.future.done()]:
+                pending.remove(entry)
+                yield _result(entry, stage)
+        while not exhausted and len(pending) < stage.capacity:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                exhausted = True
+                break
+            pending.append(stage.submit(item, wake))
+        if exhausted and not pending:
+            return
+        # The stage is the bottleneck when blocks wait for it and every actor is busy.
+        if len(pending) >= stage.capacity and inbox.full() and stage.can_grow():
+            now = time.monotonic()
+            if busy_since is None:
+                busy_since = now
+            elif now - busy_since >= GROW_AFTER_SECONDS:
+                stage.start_actor()
+                busy_since = None
+                continue
+        else:
+            busy_since = None
+        wake.wait(GROW_AFTER_SECONDS / 2 if busy_since is not None else 1.0)
+
+
+def _blocks(result: PartResult, rows: int | None) -> Iterator[Partition]:
+    table = result.table
+    assert table is not None
+    if rows is None or table.num_rows <= rows:
+        yield Partition(result.index, "table", rows=table.num_rows, table=table)
+        return
+    for start in range(0, table.num_rows, rows):
+        part = table.slice(start, rows)
+        yield Partition(result.index, "table", rows=part.num_rows, table=part)
+
+
+def _feed(
+    source: Iterable[Any],
+    to_blocks: Callable[[Any], Iterable[Partition]],
+    out: Channel,
+) -> None:
+    """Feeder thread: hand each upstream result on as blocks; end the channel either way."""
+    error: BaseException | None = None
+    iterator = iter(source)
+    try:
+        for value in iterator:
+            for block in to_blocks(value):
+                out.put(block)
+    except _Stopped:
+        return
+    except BaseException as exc:  # handed to the consumer, who raises it
+        error = exc
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+    try:
+        out.put(_End(error))
+    except _Stopped:
+        pass
+
+
+def _split_ops(ops: Sequence[Op]) -> tuple[list[Op], list[tuple[StageOp, list[Op]]]]:
+    """Row-wise ops before the first stage, then each stage with the row-wise ops after it."""
+    head: list[Op] = []
+    stages: list[tuple[StageOp, list[Op]]] = []
+    for op in ops:
+        if isinstance(op, StageOp):
+            stages.append((op, []))
+        elif stages:
+            stages[-1][1].append(op)
+        else:
+            head.append(op)
+    return head, stages
+
+
+def run_pipeline(
+    parts: Sequence[Partition],
+    spec: ReadSpec,
+    ops: Sequence[Op],
+    terminal: Terminal,
+    config: RunConfig,
+    stats: DataStats,
+    *,
+    ordered: bool = True,
+) -> Generator[PartResult, None, None]:
+    """Results of a plan segment that holds stages (see the module docstring)."""
+    from .execute import run_partitions
+
+    if not parts:
+        return
+    head, stage_ops = _split_ops(ops)
+    cluster = _is_cluster(config.backend)
+    stop = threading.Event()
+    stages: list[StageRun] = []
+    threads: list[threading.Thread] = []
+    head_stats = DataStats()
+    # A sink writes one file per partition: its blocks must be whole partitions.
+    splittable = terminal.kind != "write"
+    failed = True
+    try:
+        for number, (op, after) in enumerate(stage_ops):
+            last = number == len(stage_ops) - 1
+            first_reads = number == 0 and not head
+            stage = StageRun(
+                op, (op, *after), spec if first_reads else _TABLE_SPEC,
+                terminal if last else COLLECT, config, cluster,
+            )  # fmt: skip
+            stage.plan()
+            stages.append(stage)
+        for stage in stages:
+            for _ in range(1 if stage.cluster else stage.low):  # a cluster stage: one Pool
+                stage.start_actor()
+
+        def block_rows(index: int) -> int | None:
+            size = stages[index].op.batch_size
+            return size * BATCHES_PER_BLOCK if (size and splittable) else None
+
+        channels = [Channel(CHANNEL_BLOCKS, stop) for _ in stages]
+        if head:
+            upstream: Iterable[Any] = run_partitions(
+                parts, spec, head, COLLECT, config, head_stats, ordered=ordered
+            )
+            rows = block_rows(0)
+            first_blocks: Callable[[Any], Iterable[Partition]] = lambda r: _blocks(r, rows)  # noqa: E731
+        else:
+            upstream, first_blocks = parts, lambda p: (p,)
+        threads.append(_thread(upstream, first_blocks, channels[0], "read"))
+        for index in range(1, len(stages)):
+            rows = block_rows(index)
+            reader = index == 1 and not head  # its results carry the read counts
+            source = _counted(
+                run_stage(stages[index - 1], channels[index - 1], stop, ordered),
+                head_stats if reader else None,
+            )
+            threads.append(
+                _thread(source, functools.partial(_blocks, rows=rows), channels[index],
+                        stages[index - 1].op.label)
+            )  # fmt: skip
+        for thread in threads:
+            thread.start()
+        final_reads = not head and len(stages) == 1
+        for result in run_stage(stages[-1], channels[-1], stop, ordered):
+            if not final_reads:
+                result.counts = ReadCounts()  # its rows were counted when they were read
+            stats.rows_out += result.rows
+            stats.busy_seconds += result.seconds
+            stats.add_counts(result.counts)
+            if config.progress is not None:
+                config.progress(result)
+            yield result
+        failed = False
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(JOIN_SECONDS)
+        for stage in stages:
+            stage.shutdown(cancel=failed)
+        stats.partitions += head_stats.partitions or len(parts)
+        stats.add_counts(head_stats_counts(head_stats))
+        stats.busy_seconds += head_stats.busy_seconds
+
+
+def head_stats_counts(head: DataStats) -> ReadCounts:
+    return ReadCounts(head.rows_read, head.rows_skipped, head.files_skipped, list(head.problems))
+
+
+def _counted(results: Iterator[PartResult], into: DataStats | None) -> Iterator[PartResult]:
+    """The results, their read counts added to ``into`` (the stage that read the files)."""
+    for result in results:
+        if into is not None:
+            into.add_counts(result.counts)
+        yield result
+
+
+def _thread(source: Iterable[Any], to_blocks: Callable[[Any], Iterable[Partition]],
+            out: Channel, label: str) -> threading.Thread:  # fmt: skip
+    return threading.Thread(
+        target=_feed, args=(source, to_blocks, out), name=f"fj-stage-feed {label}", daemon=True
+    )
+
+
+def _is_cluster(backend: str | None) -> bool:
+    if backend is None:
+        return False
+    from ..backends.base import backend_class
+
+    return bool(backend_class(backend).capabilities.cluster)

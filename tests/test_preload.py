@@ -1,0 +1,45 @@
+"""``Pool(preload=...)`` and the data layer's warm-up (issue 18): workers import the modules a
+job needs as they start, or while the plan is built, not on its first task."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+import forkjoin as fj
+from forkjoin.engine.preload import preload_running
+
+pytestmark = pytest.mark.timeout(90)
+MODULE = "xml.dom.minidom"  # imported by nothing else in a worker
+
+
+def loaded(_: object = None) -> bool:
+    return MODULE in sys.modules
+
+
+def remember_order(path: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(f"initializer saw {MODULE in sys.modules}\n")
+
+
+def test_preload_imports_in_each_worker_before_the_initializer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "log"
+    with fj.Pool(2, backend="process", preload=[MODULE], initializer=remember_order,
+                 initargs=(str(log),)) as pool:  # fmt: skip
+        assert all(pool.map(loaded, range(8), chunksize=1))
+    lines = log.read_text().splitlines()
+    assert lines and set(lines) == {"initializer saw True"}, "preload runs first, then the user's"
+    with fj.Pool(1, backend="process") as pool:
+        assert pool.submit(loaded).result() is False
+
+
+def test_a_running_shared_pool_is_warmed_in_the_background() -> None:
+    fj.map(abs, range(4), workers=2, backend="process", chunksize=1)  # the shared pool runs
+    assert preload_running([MODULE]) is True
+    deadline = time.monotonic() + 60
+    while not all(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1)):
+        assert time.monotonic() < deadline, "the workers never imported the module"
+        time.sleep(0.1)
+    assert preload_running([MODULE], backend_name="threads") is False
