@@ -67,10 +67,13 @@ def started_children(recursive: bool = False) -> list[psutil.Process]:
     and multiprocessing's resource tracker: what a test itself started."""
     exempt = {pid for pool in LONG_LIVED for pid in pool_pids(pool)}
     found = []
-    for child in psutil.Process().children(recursive=recursive):
+    me = psutil.Process()
+    for child in me.children(recursive=recursive):
         try:
             if child.pid in exempt or "resource_tracker" in " ".join(child.cmdline()):
                 continue
+            if child.ppid() == me.pid and child.cmdline() == me.cmdline():
+                continue  # a fork of this process (an upstream test's Manager), not forkjoin's
         except psutil.Error:
             continue
         found.append(child)

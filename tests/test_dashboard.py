@@ -44,6 +44,18 @@ def _browser(browser: str, profile: Path, *args: str) -> str:
     return done.stdout
 
 
+def _has_colour(shot: Path, target: tuple[int, int, int], pixels: int) -> bool:
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
+    near = sum(
+        count for count, rgb in colours
+        if all(abs(a - b) <= 10 for a, b in zip(rgb, target, strict=True))
+    )  # fmt: skip
+    return near > pixels
+
+
 def _status(url: str, method: str = "GET", host: str | None = None) -> int:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
@@ -102,7 +114,15 @@ def test_page_in_headless_chromium_during_a_running_map(tmp_path: Path) -> None:
             time.sleep(2.5)  # a few ticks of throughput history for the chart
             dom = _browser(browser, tmp_path / "p1", "--dump-dom", board.url)
             shot = tmp_path / "dashboard.png"
-            _browser(browser, tmp_path / "p2", f"--screenshot={shot}", board.url)
+            # the charts are drawn by the page's script after its first state fetch: give it
+            # (virtual) time, more on a busy machine, until the timeline's green is there
+            for attempt, budget in enumerate((3000, 6000, 12000)):
+                _browser(
+                    browser, tmp_path / f"p2-{attempt}", f"--virtual-time-budget={budget}",
+                    f"--screenshot={shot}", board.url,
+                )  # fmt: skip
+                if _has_colour(shot, (0x3F, 0xA4, 0x5B), 100):
+                    break
         finally:
             stop.set()
             runner.join(30)

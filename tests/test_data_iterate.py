@@ -3,11 +3,10 @@ buffer, prefetching ahead of the consumer, errors and early exits."""
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
 import pytest
-
-np = pytest.importorskip("numpy")
-pa = pytest.importorskip("pyarrow")
-torch = pytest.importorskip("torch")
+import torch
 
 import forkjoin as fj  # noqa: E402
 

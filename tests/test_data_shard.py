@@ -7,10 +7,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 import forkjoin as fj  # noqa: E402
 from forkjoin.data.shard import merge_states  # noqa: E402
@@ -84,8 +83,9 @@ def test_two_ranks_killed_mid_epoch_resume_on_one_and_on_three_exactly_once(
 ) -> None:
     """Real gloo ranks: both ranks SIGKILLed right after the checkpoint at step 6; the run
     resumes from it on 1 rank, and (from a copy) on 3: every row of the epoch seen once."""
-    fjt = pytest.importorskip("forkjoin.train")
     from _shard_tasks import train_on_shard
+
+    import forkjoin.train as fjt
 
     checkpoints, logs = tmp_path / "ckpt", tmp_path / "logs"
     logs.mkdir()

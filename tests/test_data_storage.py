@@ -9,11 +9,10 @@ import json
 import socket
 import time
 
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-fsspec = pytest.importorskip("fsspec")
 from fsspec.implementations.memory import MemoryFileSystem  # noqa: E402
 
 import forkjoin as fj  # noqa: E402
@@ -160,7 +159,7 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("operation", ["read", "write"])
 def test_an_unreachable_hdfs_namenode_fails_at_once(operation):
-    pytest.importorskip("hdfs_native")
+    import hdfs_native  # noqa: F401
     url = f"hdfs://127.0.0.1:{_closed_port()}/data/table"
     start = time.monotonic()
     with pytest.raises(DataError, match="HDFS NameNode at 127.0.0.1:.*does not answer"):
@@ -173,7 +172,7 @@ def test_an_unreachable_hdfs_namenode_fails_at_once(operation):
 
 def test_hdfs_urls_use_hdfs_natives_filesystem():
     """The path that a reachable NameNode would take: hdfs-native's fsspec class (no JVM)."""
-    pytest.importorskip("hdfs_native")
+    import hdfs_native  # noqa: F401
     fs, path = fsspec.core.url_to_fs("hdfs://namenode:8020/data/table")
     assert type(fs).__module__.startswith("hdfs_native") and path == "/data/table"
     assert FsspecStorage.commit is not None

@@ -120,7 +120,9 @@ def test_a_finished_result_is_delivered_while_its_worker_runs_a_slow_task():
 
 
 def test_manager_proxies_work_in_tasks_and_initargs():
-    with multiprocessing.Manager() as manager:
+    # a spawned manager: forking this test process (which may hold Ray/Dask/Spark threads by
+    # now) could leave the child stuck on a lock one of those threads held
+    with multiprocessing.get_context("spawn").Manager() as manager:
         shared = manager.dict({"key": 42})
         seen = manager.list()
         with fj.Pool(workers=2, initializer=_tasks.append_to_proxy, initargs=(seen,)) as pool:
