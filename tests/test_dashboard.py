@@ -35,10 +35,10 @@ def _chromium() -> str:
     return browser
 
 
-def _browser(browser: str, profile: Path, *args: str) -> str:
+def _browser(browser: str, profile: Path, *args: str, height: int = 1300) -> str:
     done = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--user-data-dir={profile}", "--window-size=1200,1300", *args],
+         f"--user-data-dir={profile}", f"--window-size=1200,{height}", *args],
         check=True, timeout=90, capture_output=True, text=True,
     )  # fmt: skip
     return done.stdout
@@ -117,9 +117,10 @@ def test_page_in_headless_chromium_during_a_running_map(tmp_path: Path) -> None:
             # the charts are drawn by the page's script after its first state fetch: give it
             # (virtual) time, more on a busy machine, until the timeline's green is there
             for attempt, budget in enumerate((3000, 6000, 12000)):
+                # tall: the session's Ray/Dask/Spark pools are on the page too, above this one
                 _browser(
                     browser, tmp_path / f"p2-{attempt}", f"--virtual-time-budget={budget}",
-                    f"--screenshot={shot}", board.url,
+                    f"--screenshot={shot}", board.url, height=6000,
                 )  # fmt: skip
                 if _has_colour(shot, (0x3F, 0xA4, 0x5B), 100):
                     break
