@@ -241,8 +241,8 @@ def bench_warm(settings: Settings, clock: Clock, log: Log) -> Section:
 
 def eventlog_cost(loops: int, clock: Clock) -> float:
     """Seconds per task of ``task_submitted()`` + ``task_finished()`` on a real Task."""
+    from forkjoin.core.task import CallKind, FunctionRef, Status, Task
     from forkjoin.engine.events import EventLog
-    from forkjoin.engine.task import CallKind, FunctionRef, Status, Task
 
     task = Task(
         function=FunctionRef(identity), kind=CallKind.CALL, items=[((1,), {})], first_index=0

@@ -113,7 +113,7 @@ def test_shared_objects_go_to_the_object_store_once(engine):
         backend = pool._backend
         sums = pool.map_list(_cluster_tasks.shared_sum, [handle] * 8, chunksize=1)
         assert list(backend._shared) == [handle.shared_id]  # put once for all 8 tasks
-        from forkjoin.engine.task import CallKind, FunctionRef, Task
+        from forkjoin.core.task import CallKind, FunctionRef, Task
 
         task = Task(FunctionRef(_cluster_tasks.shared_sum), CallKind.MAP, [handle], 0)
         payload, ids, _ = backend._encode_items(task)

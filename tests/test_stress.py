@@ -17,7 +17,7 @@ from forkjoin.backends import base
 from forkjoin.backends.threads import ThreadBackend
 from forkjoin.bench.stress import stress
 from forkjoin.cli import main
-from forkjoin.engine.task import Status
+from forkjoin.core.task import Status
 
 ALL_FAULTS = "kill=0.002,hang=0.001,raise=0.005,unpicklable=0.005,memory=0.001"
 

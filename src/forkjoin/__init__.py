@@ -24,12 +24,12 @@ _EXPORTS = {
     "Pool": "forkjoin.engine.pool",
     "RunOptions": "forkjoin.engine.options",
     "Stats": "forkjoin.engine.events",
-    "rng": "forkjoin.engine.seeding",
+    "rng": "forkjoin.core.seeding",
     "run_on_devices": "forkjoin.engine.on_devices",
-    "shared": "forkjoin.engine.shared",
-    "Shared": "forkjoin.engine.shared",
-    "worker_context": "forkjoin.engine.context",
-    "WorkerContext": "forkjoin.engine.context",
+    "shared": "forkjoin.core.shared",
+    "Shared": "forkjoin.core.shared",
+    "worker_context": "forkjoin.core.context",
+    "WorkerContext": "forkjoin.core.context",
     "devices": "forkjoin.machine",
     "DeviceInfo": "forkjoin.machine",
     "GPUInfo": "forkjoin.machine",
@@ -112,12 +112,12 @@ def __dir__() -> list[str]:
 
 
 if _typing.TYPE_CHECKING:
+    from .core.context import WorkerContext, worker_context
+    from .core.seeding import rng
     from .engine.api import imap, map, map_reduce
-    from .engine.context import WorkerContext, worker_context
     from .engine.events import Stats
     from .engine.options import RunOptions
     from .engine.pool import Pool
-    from .engine.seeding import rng
     from .errors import (
         BackendUnavailableError,
         BrokenPoolError,

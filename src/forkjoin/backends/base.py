@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..engine.resources import Slot, default_slots
-from ..engine.task import ItemFailure, Status, Task, TaskOutcome
+from ..core.resources import Slot, default_slots
+from ..core.task import ItemFailure, Status, Task, TaskOutcome
 from ..errors import BackendUnavailableError, make_task_error
 
 DoneCallback = Callable[[Task, TaskOutcome], None]

@@ -27,8 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.shared import Shared, collect_handles
-from ..engine.shared import _live as live_handles
+from ..core.shared import Shared, collect_handles
+from ..core.shared import _live as live_handles
 from . import shm
 
 PROTOCOL = 5

@@ -27,8 +27,8 @@ from typing import Any
 
 import cloudpickle
 
-from ..engine import shared as shared_module
-from ..engine.task import FunctionRef, Status, Task, TaskOutcome
+from ..core import shared as shared_module
+from ..core.task import FunctionRef, Status, Task, TaskOutcome
 from ..errors import ResourceError, SerializationError, TaskTimeoutError, WorkerCrashedError
 from .base import Backend, DoneCallback
 from .failures import failure_from_record

@@ -35,7 +35,7 @@ import cloudpickle
 import distributed
 from distributed.scheduler import KilledWorker
 
-from ..engine.task import Task
+from ..core.task import Task
 from ..errors import ResourceError
 from ..machine import parse_memory, usable_cpu_count
 from .base import Capabilities

@@ -11,7 +11,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # workers import this module for the records: keep their start-up light
-    from ..engine.task import ItemFailure, Task
+    from ..core.task import ItemFailure, Task
 
 # (position, pickled exception or None, type name, message, traceback text)
 FailureRecord = tuple[int, "bytes | None", str, str, str]
@@ -43,7 +43,7 @@ def unpicklable_result_record(position: int, value: Any, exc: BaseException) -> 
 
 def failure_from_record(task: Task, record: tuple[Any, ...]) -> ItemFailure:
     """The caller's ItemFailure for a worker's record."""
-    from ..engine.task import ItemFailure
+    from ..core.task import ItemFailure
     from ..errors import SerializationError
     from .base import task_error
 

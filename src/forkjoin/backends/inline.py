@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import time
 
-from ..engine.context import WorkerContext, install
-from ..engine.execute import run_chunk
-from ..engine.task import Status, Task, TaskOutcome
+from ..core.context import WorkerContext, install
+from ..core.execute import run_chunk
+from ..core.task import Status, Task, TaskOutcome
 from ..errors import WorkerCrashedError
 from .base import (
     Backend,

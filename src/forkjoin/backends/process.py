@@ -46,8 +46,8 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-from ..engine.shared import Shared
-from ..engine.task import Status, Task, TaskOutcome
+from ..core.shared import Shared
+from ..core.task import Status, Task, TaskOutcome
 from ..errors import BrokenPoolError, SerializationError
 from . import buffers, shm, wire
 from .base import Backend, Capabilities, DoneCallback, report_outcome

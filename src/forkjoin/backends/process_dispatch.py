@@ -22,8 +22,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..engine.shared import Shared
-from ..engine.task import Task
+from ..core.shared import Shared
+from ..core.task import Task
 from . import buffers, shm, wire
 from .base import DoneCallback, EventSink
 from .process_handle import WorkerHandle, WorkerState

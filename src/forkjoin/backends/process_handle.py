@@ -20,8 +20,8 @@ from collections import OrderedDict
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from ..engine.resources import Slot
-from ..engine.task import Task
+from ..core.resources import Slot
+from ..core.task import Task
 from . import wire
 from .base import DoneCallback
 from .process_worker import SLOT

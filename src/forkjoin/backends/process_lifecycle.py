@@ -24,8 +24,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..engine.resources import Slot
-from ..engine.task import Status, Task, TaskOutcome
+from ..core.resources import Slot
+from ..core.task import Status, Task, TaskOutcome
 from ..errors import BrokenPoolError
 from . import buffers
 from .base import DoneCallback, EventSink

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.task import CallKind, Status, Task, TaskOutcome
+from ..core.task import CallKind, Status, Task, TaskOutcome
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from .buffers import unpack
 from .failures import failure_from_record

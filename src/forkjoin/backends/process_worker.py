@@ -44,7 +44,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-from ..engine.shared import Shared
+from ..core.shared import Shared
 from .buffers import MappingCache, Packed, map_descriptor, pack, unpack_mapped
 from .failures import exception_record, unpicklable_result_record
 from .shm import SegmentPool
@@ -257,7 +257,7 @@ class Worker:
         return entry[2]
 
     def run_task(self, spec: tuple[Any, ...]) -> None:
-        from ..engine.execute import run_chunk
+        from ..core.execute import run_chunk
 
         task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at = spec
         if self.slot is not None:  # from here on, a crash is this task's doing
@@ -429,7 +429,7 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     from multiprocessing import process as mp_process  # light: not the whole package
 
     mp_process.current_process().authkey = authkey
-    from ..engine.context import WorkerContext, install
+    from ..core.context import WorkerContext, install
 
     install(WorkerContext(worker_id, "process", device=device, gpus=tuple(gpus)))
     if init_payload is not None:

@@ -82,7 +82,7 @@ def serve(control_fd: int, watchdog_fd: int) -> None:
     """Entry point of the zygote (see ZygoteClient.start)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     # What every worker imports at start-up, imported once here.
-    from ..engine import context, execute  # noqa: F401
+    from ..core import context, execute  # noqa: F401
     from . import process_worker  # noqa: F401
 
     control = socket.socket(fileno=control_fd)

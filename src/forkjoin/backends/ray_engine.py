@@ -33,7 +33,7 @@ import psutil
 import ray
 import ray.exceptions
 
-from ..engine.task import Task
+from ..core.task import Task
 from ..errors import ResourceError
 from ..machine import parse_memory, usable_cpu_count
 from .base import Capabilities

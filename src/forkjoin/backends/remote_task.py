@@ -24,9 +24,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..engine.context import WorkerContext, install
-from ..engine.execute import run_chunk
-from ..engine.shared import Shared
+from ..core.context import WorkerContext, install
+from ..core.execute import run_chunk
+from ..core.shared import Shared
 from .failures import exception_record
 
 # fj.shared() objects a worker process keeps resolved, newest last. Values come from the

@@ -37,7 +37,7 @@ from typing import Any
 import cloudpickle
 import pyspark  # noqa: F401 - a missing pyspark fails here: BackendUnavailableError, [spark]
 
-from ..engine.task import Task
+from ..core.task import Task
 from ..errors import ResourceError
 from ..machine import parse_memory
 from . import spark_session

@@ -11,8 +11,8 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
-from ..engine.context import WorkerContext, install
-from ..engine.task import Status, Task, TaskOutcome
+from ..core.context import WorkerContext, install
+from ..core.task import Status, Task, TaskOutcome
 from .base import Backend, Capabilities, DoneCallback, report_outcome
 from .inline import run_task_here
 

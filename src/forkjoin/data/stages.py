@@ -110,7 +110,7 @@ class StageOp(Op):
         if is_class and not callable(getattr(self.fn, "__call__", None)):  # noqa: B004
             raise TypeError(f"{self.label}: class {self.fn.__name__} has no __call__(batch)")
         if self.resources:
-            from ..engine.resources import Shape
+            from ..core.resources import Shape
 
             Shape.parse(self.resources)  # unknown or negative resources: refused now
 
@@ -160,7 +160,7 @@ _fallback_state: dict[str, Any] = {}  # outside any worker (inline helpers such 
 
 
 def _state() -> dict[str, Any]:
-    from ..engine.context import worker_context
+    from ..core.context import worker_context
 
     try:
         return worker_context().state

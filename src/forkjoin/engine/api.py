@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..backends.base import Backend, backend_class
+from ..core.resources import Shape, Slot, check_request, plan_slots
+from ..core.task import CallKind
 from ..errors import ForkjoinError, ResourceError
 from ..machine import usable_cpu_count
 from .events import EventLog
 from .options import RunOptions, options_from
 from .reports import write_run_report
-from .resources import Shape, Slot, check_request, plan_slots
 from .scheduler import Job
-from .task import CallKind
 
 T = TypeVar("T")
 R = TypeVar("R")

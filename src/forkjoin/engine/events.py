@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any, NamedTuple
 
-from .task import Status, Task
+from ..core.task import Status, Task
 
 # Most recent task records kept for analysis; older ones only live on in the counters.
 MAX_TASK_RECORDS = 65_536

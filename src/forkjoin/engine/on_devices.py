@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
-from .context import worker_context
+from ..core.context import worker_context
 
 _STATE = "forkjoin.run_on_devices"
 

@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from ..backends.base import backend_class
+from ..core.task import CallKind, FunctionRefCache, ItemFailure, Status, Task, TaskOutcome
 from .api import (
     _MISSING,
     backend_connection,
@@ -31,7 +32,6 @@ from .events import EventLog, Stats
 from .options import RunOptions, options_from
 from .reports import write_run_report
 from .scheduler import Job, retries_left
-from .task import CallKind, FunctionRefCache, ItemFailure, Status, Task, TaskOutcome
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -28,13 +28,13 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from ..backends.base import Backend
+from ..core.task import CallKind, FunctionRef, ItemFailure, Status, Task, TaskOutcome
 from ..errors import SerializationError
 from .chunking import AutoChunker, take_chunk
 from .events import EventLog
 from .merge import OrderedMerge
 from .options import RunOptions
 from .progress import ProgressBar
-from .task import CallKind, FunctionRef, ItemFailure, Status, Task, TaskOutcome
 
 # Tasks submitted and not yet merged, per worker: enough to keep every worker fed while results
 # travel back, few enough that memory stays bounded and a failure cancels little work.

@@ -17,8 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.task import Status
 from ..engine.events import EventLog, Stats, live_logs
-from ..engine.task import Status
 
 TICK_SECONDS = 1.0
 HISTORY_TICKS = 600  # ten minutes of throughput history per pool
