@@ -1,14 +1,10 @@
-"""The public surface: ``__all__`` is what the package exposes, the layers import only what the
-dependency rule allows, and ``import forkjoin`` stays light."""
+"""The public surface: ``__all__`` is what the package exposes, backends resolve by name, and the
+exception tree. (Which layer may import which is tests/test_layering.py.)"""
 
 from __future__ import annotations
 
-import ast
 import inspect
-import json
 import re
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -20,9 +16,6 @@ from forkjoin.backends.base import backend_class, backend_names
 pytestmark = pytest.mark.timeout(60)
 
 SRC = Path(fj.__file__).parent
-HEAVY = (
-    "ray", "dask", "distributed", "torch", "pyarrow", "pandas", "rich", "matplotlib", "pyspark",
-)  # fmt: skip
 
 
 def public_names() -> set[str]:
@@ -96,62 +89,7 @@ def test_error_tree():
     assert issubclass(fj.BackendUnavailableError, ImportError)
 
 
-# -- the dependency rule ---------------------------------------------------------------------------
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Absolute names of every module ``path`` imports (relative imports resolved)."""
-    package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[:-1])
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            names.add(module)
-            # `from ..backends import process` imports the submodule too
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def modules_under(folder: str) -> list[Path]:
-    return sorted((SRC / folder).glob("*.py"))
-
-
-def test_imported_modules_resolves_relative_imports():
-    names = imported_modules(SRC / "engine" / "api.py")
-    assert "forkjoin.backends.base" in names and "forkjoin.engine.scheduler" in names
-
-
-@pytest.mark.parametrize("path", modules_under("engine"), ids=lambda p: p.name)
-def test_engine_knows_only_backends_base(path):
-    allowed = {"forkjoin.backends", "forkjoin.backends.base"}
-    backend_modules = {
-        name
-        for name in imported_modules(path)
-        if name.startswith("forkjoin.backends") and not name.startswith("forkjoin.backends.base.")
-    }
-    assert backend_modules <= allowed, f"{path.name} imports {sorted(backend_modules - allowed)}"
-
-
-@pytest.mark.parametrize("path", modules_under("engine"), ids=lambda p: p.name)
-def test_engine_never_imports_the_layers_above_it(path):
-    # a report writer is handed in (engine/reports.py) instead of importing forkjoin.bench
-    forbidden = ("forkjoin.data", "forkjoin.train", "forkjoin.bench", "forkjoin.cli")
-    bad = {n for n in imported_modules(path) if n.startswith(forbidden)}
-    assert not bad, f"{path.name} imports {sorted(bad)}"
-
-
-@pytest.mark.parametrize("path", modules_under("backends"), ids=lambda p: p.name)
-def test_backends_never_import_data_train_bench_or_cli(path):
-    forbidden = ("forkjoin.data", "forkjoin.train", "forkjoin.bench", "forkjoin.cli")
-    bad = {n for n in imported_modules(path) if n.startswith(forbidden)}
-    assert not bad, f"{path.name} imports {sorted(bad)}"
+# -- module size ---------------------------------------------------------------------------------
 
 
 def test_no_module_is_too_long_to_read():
@@ -159,49 +97,6 @@ def test_no_module_is_too_long_to_read():
     for path in sorted(SRC.rglob("*.py")):
         lines = len(path.read_text().splitlines())
         assert lines <= 900, f"{path.relative_to(SRC)} has {lines} lines"
-
-
-# -- import cost -----------------------------------------------------------------------------------
-
-
-def modules_after(code: str) -> set[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    return set(json.loads(out.strip().splitlines()[-1]))
-
-
-def heavy_in(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
-
-
-def test_layers_load_on_first_use():
-    modules = modules_after("import forkjoin")
-    assert not {"forkjoin.data", "forkjoin.train", "forkjoin.bench", "forkjoin.testing"} & modules
-    modules = modules_after("import forkjoin as fj; fj.data.from_items; fj.testing")
-    assert {"forkjoin.data", "forkjoin.testing"} <= modules
-    assert "forkjoin.train" not in modules and "torch" not in modules
-
-
-def test_import_forkjoin_imports_no_heavy_dependency():
-    modules = modules_after("import forkjoin")
-    assert "forkjoin" in modules
-    assert heavy_in(modules) == []
-    assert "numpy" not in modules, "numpy is only needed under seed="
-    assert "forkjoin.backends.process" not in modules, "backends are imported when used"
-
-
-def test_running_maps_imports_no_heavy_dependency():
-    modules = modules_after(
-        "import forkjoin as fj\n"
-        "assert fj.map(abs, [-1, -2], workers=2) == [1, 2]\n"
-        "assert fj.map(abs, [-1], backend='threads') == [1]\n"
-    )
-    assert heavy_in(modules) == []
 
 
 # -- backend resolution ----------------------------------------------------------------------------
