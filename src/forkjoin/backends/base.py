@@ -73,7 +73,7 @@ class Backend(ABC):
         # bounds what a leaky library can accumulate in one process.
         self.max_tasks_per_child = max_tasks_per_child
         self.memory_limit = memory_limit
-        # What each worker owns (engine/resources.py): GPUs to pin, native thread caps.
+        # What each worker owns (core/resources.py): GPUs to pin, native thread caps.
         self.slots = slots if slots is not None else default_slots(workers)
         # Tasks a worker may hold at least (running + queued): 2 overlaps receiving the next
         # task with running this one, for long tasks whose inputs are large (device batches).
