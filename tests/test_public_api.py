@@ -123,6 +123,22 @@ def test_missing_extra_names_the_pip_install(monkeypatch):
     assert isinstance(info.value, ImportError)
 
 
+def test_every_capability_flag_is_read():
+    # a flag nothing reads is a promise nobody checks (zero_copy, supports_resources were removed)
+    import ast
+    import dataclasses
+
+    from forkjoin.backends.base import Capabilities
+
+    read = set()
+    for path in [*SRC.rglob("*.py"), *(SRC.parents[1] / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                read.add(node.attr)
+    flags = {field.name for field in dataclasses.fields(Capabilities)}
+    assert flags <= read, f"never read: {sorted(flags - read)}; remove them or use them"
+
+
 # -- the exception tree (issue 16: one place per rule) -------------------------------------------
 
 

@@ -27,9 +27,7 @@ class Capabilities:
 
     isolates_crashes: bool = False  # a task that kills its worker cannot take the caller down
     supports_timeout: bool = False  # can stop a task that runs past its timeout
-    supports_resources: bool = False  # honours per-task resource requests
     supports_memory_limit: bool = False  # can stop a worker that outgrows memory_limit=
-    zero_copy: bool = False  # large buffers travel without copying
     parallel: bool = True  # tasks may run at the same time
     serializes: bool = False  # arguments and results are pickled (so must be picklable)
     # Runs on a cluster engine (Ray, Dask): resources are the cluster's, not this machine's; it

@@ -161,7 +161,6 @@ class DaskBackend(ClusterBackend):
     engine = "Dask"
     capabilities = Capabilities(
         isolates_crashes=True,
-        supports_resources=True,
         serializes=True,
         cluster=True,
     )

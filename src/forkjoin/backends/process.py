@@ -121,7 +121,6 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         supports_timeout=True,
         supports_memory_limit=True,
         serializes=True,
-        zero_copy=True,
         recycles_workers=True,
     )
 

@@ -194,7 +194,6 @@ class RayBackend(ClusterBackend):
     capabilities = Capabilities(
         isolates_crashes=True,
         supports_timeout=True,
-        supports_resources=True,
         serializes=True,
         cluster=True,
     )

@@ -89,7 +89,6 @@ class SparkBackend(ClusterBackend):
     capabilities = Capabilities(
         isolates_crashes=True,
         supports_timeout=True,
-        supports_resources=True,
         serializes=True,
         cluster=True,
     )
