@@ -106,6 +106,13 @@ class Backend(ABC):
         """False once the backend can no longer run tasks (shut down or broken)."""
         return True
 
+    @property
+    def reporting(self) -> bool:
+        """Whether an outcome may still come: while alive, and after a graceful shutdown until
+        every task it accepted has been reported. A job waiting on tasks stops once this is
+        False (the backend died under it), instead of waiting forever."""
+        return self.alive
+
     def worker_pids(self) -> list[int]:
         """PIDs of live worker processes (empty for in-process backends)."""
         return []

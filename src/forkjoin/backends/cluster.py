@@ -358,6 +358,11 @@ class ClusterBackend(Backend):
     def alive(self) -> bool:
         return not self._closed
 
+    @property
+    def reporting(self) -> bool:
+        with self._lock:
+            return not self._closed or bool(self._running) or self._reporting > 0
+
 
 def started_processes(before: set[int]) -> set[int]:
     """Children of this process that were not in ``before``: what an engine start added (less

@@ -277,6 +277,12 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
     def alive(self) -> bool:
         return not self._closing and self._broken is None
 
+    @property
+    def reporting(self) -> bool:
+        # the manager reports (or fails) every accepted task before it exits
+        manager = self._manager
+        return self.alive or (manager is not None and manager.is_alive())
+
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self._workers.values())]
 

@@ -33,6 +33,7 @@ class ThreadBackend(Backend):
             initializer=self._start_thread,
         )
         self._closed = False
+        self._unreported = 0  # tasks submitted whose outcome is not yet reported (under _lock)
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -58,7 +59,14 @@ class ThreadBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot submit to the threads backend after shutdown")
         task.submit_time = time.monotonic()
-        inner = self._executor.submit(self._run, task)
+        with self._lock:
+            self._unreported += 1
+        try:
+            inner = self._executor.submit(self._run, task)
+        except BaseException:
+            with self._lock:
+                self._unreported -= 1
+            raise
 
         def report(finished: Future[TaskOutcome | None]) -> None:
             try:
@@ -67,8 +75,14 @@ class ThreadBackend(Backend):
                 outcome = TaskOutcome(Status.CANCELLED)
             except BaseException as exc:  # forkjoin's own code failed: fail the task, never hang
                 outcome = TaskOutcome(Status.FAILED, error=exc)
-            if outcome is not None and not (task.cancelled and outcome.status != Status.CANCELLED):
-                report_outcome(done, task, outcome)
+            try:
+                if outcome is not None and not (
+                    task.cancelled and outcome.status != Status.CANCELLED
+                ):
+                    report_outcome(done, task, outcome)
+            finally:
+                with self._lock:
+                    self._unreported -= 1
 
         inner.add_done_callback(report)
 
@@ -81,3 +95,8 @@ class ThreadBackend(Backend):
     @property
     def alive(self) -> bool:
         return not self._closed
+
+    @property
+    def reporting(self) -> bool:
+        with self._lock:
+            return not self._closed or self._unreported > 0

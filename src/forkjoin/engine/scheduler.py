@@ -170,7 +170,22 @@ class Job:
             try:
                 return self.outcomes.get(timeout=WAIT_SLICE_SECONDS)
             except queue.Empty:
-                continue
+                if self.backend.reporting:
+                    continue
+            # The backend stopped and will report nothing more, yet tasks of this job are
+            # outstanding: say so instead of waiting forever. An outcome may have landed
+            # between the wait and the check, so look once more.
+            try:
+                return self.outcomes.get_nowait()
+            except queue.Empty:
+                from ..errors import BrokenPoolError
+
+                raise BrokenPoolError(
+                    f"the {self.backend.name} backend stopped (shut down or broken) while "
+                    f"{len(self.outstanding)} task(s) of this call were outstanding, and will "
+                    "report none of them: keep the pool open until the call's results are read, "
+                    "or start a new pool"
+                ) from None
 
     def __iter__(self) -> Iterator[Any]:
         """The results one by one (imap). Each is dropped from the batch as it is handed out,
