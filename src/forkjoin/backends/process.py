@@ -22,6 +22,24 @@ Why this shape:
   for the next message, but no more: slow tasks still balance across workers, and a function not
   yet measured is never queued behind another task (its future stays cancellable).
 
+Threads and the state they share (each field is guarded by the lock that writes it, or owned by
+one thread):
+- The manager thread owns the workers, the selector, every deadline and the mixins' state
+  (``_pending_after_dispatch``, ``_steal_due``...). Other threads reach it only through
+  ``_commands`` (deque append/popleft are atomic) and the wake pipe.
+- ``_lock`` guards the decisions that end the backend: ``_closing`` and ``_cancel_pending``
+  (shutdown), ``_manager`` and ``_manager_done`` (the manager's start and exit), and submit's
+  enqueue into ``_pending``; so a task is either refused or queued where the manager sees it
+  before it exits. ``_broken`` is set on the manager thread before ``_fail_everything``, which
+  drains ``_pending`` under ``_lock``. Reads outside the lock (``alive``, submit's early
+  refusal, the garbage-collection callbacks) are hints that a locked check confirms.
+- ``_pending``: callers append (under ``_lock``), only the manager takes from it.
+- Wake-ups need no lock: only the manager writes ``_sleeping``, and before sleeping it compares
+  ``len(_pending)`` with what its last dispatch left; a caller appends first, then writes a byte
+  to the wake pipe if ``_sleeping`` is set and ``_wake_sent`` is not (callers set it, the
+  manager clears it after draining the pipe). Either the manager sees the new length or the
+  caller sees ``_sleeping``: no wake-up is lost.
+
 Around this module: ``process_dispatch.py`` decides which task goes to which worker (prefetch,
 work stealing); ``process_lifecycle.py`` starts workers, enforces deadlines and memory limits,
 and handles deaths and shutdown; ``process_handle.py`` starts, signals and reaps one worker;
@@ -142,6 +160,7 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         self._closing = False
         self._cancel_pending = False
         self._broken: BaseException | None = None
+        self._manager_done = False  # the manager exited or will: submit refuses
         self._task_seconds: dict[int, float] = {}  # function key -> seconds per task
         self._stop_deadline: float | None = None
         self._next_memory_check = 0.0
@@ -180,12 +199,9 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
                 "this process pool belongs to the parent of a forked process; create a new "
                 "Pool in the child"
             )
-        if self._broken is not None:
-            raise self._broken
-        if self._closing and (task.attempt == 0 and not task.resent or self._cancel_pending):
-            # A retry or resend of a task accepted before shutdown() is still run: a graceful
-            # shutdown finishes the work it was given, crashes included.
-            raise RuntimeError("cannot submit to a process backend that is shut down")
+        refusal = self._refusal(task)
+        if refusal is not None:
+            raise refusal
         function = task.function
         if function.payload is None:
             try:
@@ -215,11 +231,31 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
             ) from exc
         task.bytes_sent = task.payload.nbytes
         task.submit_time = time.monotonic()
-        self._pending.append((task, done))
-        if self._manager is None:
-            self._start_manager()
-        elif self._sleeping and not self._wake_sent:
+        with self._lock:  # the checks above, again, where shutdown and the manager decide
+            refusal = self._refusal(task)
+            if refusal is None:
+                self._pending.append((task, done))
+                if self._manager is None:
+                    self._start_manager()
+                    return
+        if refusal is not None:
+            _release(task)
+            raise refusal
+        if self._sleeping and not self._wake_sent:
             self._wake()
+
+    def _refusal(self, task: Task) -> BaseException | None:
+        """Why ``task`` cannot be queued now, or None. Under ``_lock`` it is final (see the
+        module docstring's thread rules); outside it, an early answer that saves pickling."""
+        if self._broken is not None:
+            return self._broken
+        if self._manager_done or (
+            self._closing and (task.attempt == 0 and not task.resent or self._cancel_pending)
+        ):
+            # A retry or resend of a task accepted before shutdown() is still run: a graceful
+            # shutdown finishes the work it was given, crashes included.
+            return RuntimeError("cannot submit to a process backend that is shut down")
+        return None
 
     def _share_handles(self, handles: tuple[Shared[Any], ...]) -> None:
         """Copy each fj.shared object into its own segment, once, in the caller's thread (the
@@ -301,16 +337,14 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
             pass
 
     def _start_manager(self) -> None:
-        with self._lock:
-            if self._manager is not None:
-                return
-            self._watchdog_r, self._watchdog_w = os.pipe()
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-            self._manager = threading.Thread(
-                target=self._manage, name="forkjoin-process-manager", daemon=True
-            )
-            self._manager.start()
+        """Called with ``_lock`` held, so shutdown() sees either no manager or a started one."""
+        self._watchdog_r, self._watchdog_w = os.pipe()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._manager = threading.Thread(
+            target=self._manage, name="forkjoin-process-manager", daemon=True
+        )
+        self._manager.start()
 
     # -- the manager thread ----------------------------------------------------------------------
 
@@ -320,16 +354,22 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
             while True:
                 self._run_commands()
                 if self._closing and self._finish_closing():
-                    break
+                    with self._lock:  # submit queues under it: nothing lands after this check
+                        if not self._pending:  # else a retry came in: run it first
+                            self._manager_done = True
+                            break
                 self._take_back_queued_tasks()
                 self._dispatch()
                 self._spawn_missing()
                 self._wait_for_events()
         except BaseException as exc:  # a bug here must fail tasks loudly, never hang them
-            self._broken = BrokenPoolError(f"forkjoin's process manager failed: {exc!r}")
-            self._broken.__cause__ = exc
-            self._fail_everything(self._broken)
+            broken = BrokenPoolError(f"forkjoin's process manager failed: {exc!r}")
+            broken.__cause__ = exc
+            self._broken = broken
+            self._fail_everything(broken)
         finally:
+            with self._lock:
+                self._manager_done = True
             self._teardown()
 
     def _wait_for_events(self) -> None:
@@ -369,7 +409,8 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         deadlines = [self._stop_deadline] if self._stop_deadline is not None else []
         if self.memory_limit is not None and self._workers:
             deadlines.append(self._next_memory_check)
-        if self._steal_check_due():
+        self._steal_due = self._steal_check_due()  # read again at the next wake-up
+        if self._steal_due:
             deadlines.append(time.monotonic() + STEAL_AFTER_SECONDS / 2)
         for worker in self._workers.values():
             if worker.task_deadline is not None:

@@ -61,6 +61,10 @@ class Dispatcher:
     _closing: bool
     prefetch: int
     events: EventSink | None
+    # Manager thread only. Set once per loop, just before the manager sleeps (process.py
+    # _next_timeout), and read when it wakes (_take_back_queued_tasks): the check scans every
+    # worker, so it runs once per loop, not twice.
+    _steal_due: bool = False
 
     if TYPE_CHECKING:  # defined by the other parts of ProcessBackend
 
@@ -121,7 +125,7 @@ class Dispatcher:
         """Queued tasks of stuck workers go back to the front of the pending queue, if a worker
         is idle to take them (the stuck worker will ask before it runs them: see
         process_worker.ASK_AFTER_SECONDS)."""
-        if not self._steal_check_due():
+        if not self._steal_due or self._pending or self._closing:
             return
         now = time.monotonic()
         sent_before = now - STEAL_AFTER_SECONDS
