@@ -20,6 +20,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ class WorkerLifecycle:
     _broken: BaseException | None
     _closing: bool
     _cancel_pending: bool
+    _lock: threading.Lock
     _stop_deadline: float | None
     _next_memory_check: float
     _segments: Any
@@ -257,8 +259,12 @@ class WorkerLifecycle:
     def _fail_everything(self, error: BaseException) -> None:
         """Every task this backend holds ends with ``error`` (a broken pool, a manager bug)."""
         outcome = TaskOutcome(Status.FAILED, error=error)
-        while self._pending:
-            task, done = self._pending.popleft()
+        # _broken is set before this runs, and submit reads it and queues under _lock: so a
+        # task is either refused by submit or taken here, never left behind in _pending.
+        with self._lock:
+            pending = list(self._pending)
+            self._pending.clear()
+        for task, done in pending:
             self._report(task, done, outcome)
         for worker in list(self._workers.values()):
             for task, callback in list(worker.in_flight.values()):

@@ -3,6 +3,13 @@
 Lifecycle is explicit: RUNNING from construction, CLOSED after ``shutdown``; using a closed pool
 raises an error naming the state. ``submit`` runs ``fn(*args, **kwargs)`` as a one-item task with
 the pool's retry and timeout options; a worker death is retried on a fresh worker.
+
+Threads: any thread may submit, map or shut down. ``_lock`` guards ``_state`` and
+``_open_results``: it is held wherever they are written, and where a decision depends on them
+(a map registers its results and checks the state in one step, so shutdown either drains it or
+it is refused). ``submit`` reads ``_state`` without it, as a fast refusal only: a submit racing
+``shutdown()`` is refused by the backend, under the backend's own lock, and its future gets that
+``RuntimeError``; it never hangs.
 """
 
 from __future__ import annotations
@@ -180,7 +187,7 @@ class Pool(Executor):
             raise
         self._functions = FunctionRefCache()
         self._submit_index = itertools.count()
-        self._state = PoolState.RUNNING
+        self._state = PoolState.RUNNING  # written under _lock (see the module docstring)
         self._lock = threading.Lock()
         # map iterators not yet exhausted: finished by shutdown(wait=True) (see _Results)
         self._open_results: weakref.WeakSet[_Results] = weakref.WeakSet()
@@ -298,7 +305,9 @@ class Pool(Executor):
         else:
             job = self._job(fn, zip(*iterables, strict=False), options, CallKind.STAR)
         results = _Results(iter(job))
-        self._open_results.add(results)
+        with self._lock:  # shutdown drains what it finds here, under the same lock
+            self._check_running("run a map")
+            self._open_results.add(results)
         return results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
