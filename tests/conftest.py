@@ -208,7 +208,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & _CLUSTER_FIXTURES or params.get("backend") in CLUSTER_BACKENDS:
+        engines = {params.get("backend"), params.get("engine")}
+        if fixtures & _CLUSTER_FIXTURES or engines & set(CLUSTER_BACKENDS):
             item.add_marker(pytest.mark.cluster)
         name = item.path.name
         if name.startswith("test_train") or "_cluster" in name or "on_clusters" in name:
