@@ -72,6 +72,8 @@ class Dispatcher:
             self, worker: WorkerHandle, message: Any, fds: list[int] | None = None
         ) -> None: ...  # process.py
 
+        def _learn_modules(self, fn: Any) -> None: ...  # process_lifecycle.py
+
     def _prefetch_budget(self, function_key: int) -> int:
         """Tasks of this function a worker may hold (running + queued), from their measured
         duration; 1 until measured, so an unknown (maybe slow) function is never queued."""
@@ -231,6 +233,7 @@ class Dispatcher:
             functions.move_to_end(function.key)
         else:
             functions[function.key] = None
+            self._learn_modules(function.fn)
             if len(functions) > FUNCTION_CACHE_SIZE:
                 functions.popitem(last=False)
             self._attach_shared(worker, function.payload.handles, shared, fds)
@@ -255,6 +258,7 @@ class Dispatcher:
             task.seed,
             task.dispatch_seq,
             task.dispatch_time,
+            task.stream,
         )
 
     @staticmethod
@@ -284,7 +288,9 @@ class Dispatcher:
         """A task that goes to another worker gets a fresh copy of its arguments: the dead
         worker may have written to the segment it mapped (tasks may modify their arguments)."""
         payload = task.payload
-        if isinstance(payload, buffers.Packed) and payload.segment is not None:
+        # Only out-of-band buffers are mapped in place (a pickle stream is copied as it is
+        # read), so a payload without them is as it was sent: send it again as it is.
+        if isinstance(payload, buffers.Packed) and payload.segment is not None and payload.spans:
             payload.release()
             task.payload = buffers.pack(task.items, self._segments)
 

@@ -32,8 +32,8 @@ from . import buffers
 from .base import DoneCallback, EventSink
 from .process_dispatch import _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
-from .process_outcomes import death_outcome
-from .process_zygote import ZygoteClient
+from .process_outcomes import death_outcome, with_partial_results
+from .process_zygote import ZygoteClient, function_modules
 
 # A task whose caller stopped waiting (broke out of imap) may finish within this long; after
 # that its worker is stopped so the pool is free for the next call.
@@ -69,6 +69,8 @@ class WorkerLifecycle:
     _segments: Any
     _zygote: ZygoteClient | None
     _use_zygote: bool
+    _modules_run: dict[str, None]  # modules of the functions sent to workers, in order
+    _modules_preloaded: int  # how many of them the zygote has imported
     workers: int
     slots: list[Slot]
     memory_limit: int | None
@@ -177,9 +179,11 @@ class WorkerLifecycle:
         answering, start interpreters directly from then on."""
         assert self._watchdog_r is not None
         if self._zygote is None and self._use_zygote:
-            zygote_env = dict(os.environ, FORKJOIN_WORKER_DEPTH=str(self._depth))
-            self._zygote = ZygoteClient.start(self._watchdog_r, zygote_env)
+            self._zygote = ZygoteClient.start(self._watchdog_r, self._zygote_environment())
             self._use_zygote = self._zygote is not None
+            self._modules_preloaded = 0
+        if self._zygote is not None and self._next_worker_id >= self.workers:
+            self._preload_in_zygote(self._zygote)  # a replacement: see process_zygote.py
         if self._zygote is not None:
             try:
                 return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env, self._zygote)
@@ -187,6 +191,30 @@ class WorkerLifecycle:
                 self._stop_zygote()
                 self._use_zygote = False
         return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
+
+    def _zygote_environment(self) -> dict[str, str]:
+        """The caller's environment with the workers' thread caps (when every worker has the
+        same), so what the zygote imports is capped as it would be in a worker."""
+        from ..machine import thread_cap_env
+
+        env = dict(os.environ, FORKJOIN_WORKER_DEPTH=str(self._depth))
+        caps = {slot.threads for slot in self.slots}
+        if len(caps) == 1:
+            for name, value in thread_cap_env(caps.pop()).items():
+                env.setdefault(name, value)
+        return env
+
+    def _learn_modules(self, fn: Any) -> None:
+        """Note the modules ``fn`` needs in a worker (the zygote imports them: see
+        _preload_in_zygote)."""
+        for name in function_modules(fn):
+            self._modules_run.setdefault(name, None)
+
+    def _preload_in_zygote(self, zygote: ZygoteClient) -> None:
+        modules = list(self._modules_run)[self._modules_preloaded :]
+        if modules and len({slot.threads for slot in self.slots}) == 1:
+            zygote.preload(modules)
+            self._modules_preloaded += len(modules)
 
     def _stop_zygote(self) -> None:
         if self._zygote is not None:
@@ -247,10 +275,12 @@ class WorkerLifecycle:
             if worker.kill_reason == "shutdown":
                 self._report(task, done, TaskOutcome(Status.CANCELLED))
             elif task_id == blamed_id:
-                self._report(task, done, death_outcome(worker, task, exitcode))
+                outcome = death_outcome(worker, task, exitcode)
+                self._report(task, done, with_partial_results(task, outcome))
             else:
                 requeue.append((task, done))
         for task, done in reversed(requeue):
+            task.partial, task.partial_failed, task.partial_error = [], False, None  # runs anew
             self._repack(task)
             self._pending.appendleft((task, done))
 
