@@ -30,6 +30,7 @@ from typing import Any
 from ..core.shared import Shared, collect_handles
 from ..core.shared import _live as live_handles
 from . import shm
+from .protocol import Descriptor, is_inline, view
 
 PROTOCOL = 5
 
@@ -69,7 +70,9 @@ class Packed:
         self.nbytes = nbytes
 
     def descriptor(self, fd_index: int) -> tuple[Any, ...]:
-        """What goes into the message; ``fd_index`` names the segment's fd among the frame's."""
+        """What goes into the message: a ``protocol.Descriptor`` (as a plain tuple, in its field
+        order), or ``(stream,)`` without a segment; ``fd_index`` names the segment's fd among
+        the frame's."""
         segment = self.segment
         if segment is None:
             return (self.stream,)
@@ -311,14 +314,17 @@ def pack(
     )
 
 
-def descriptor_bytes(descriptor: tuple[Any, ...]) -> int:
+def descriptor_bytes(raw: tuple[Any, ...]) -> int:
     """Bytes an object occupies on the wire and in its segment."""
-    stream = descriptor[0]
+    if is_inline(raw):
+        (stream,) = raw
+        return len(stream)
+    descriptor = view(Descriptor, raw)
+    stream = descriptor.stream
     size = len(stream) if stream is not None else 0
-    if len(descriptor) > 1:
-        size += sum(length for _, length in descriptor[1])
-        if descriptor[2] is not None:
-            size += descriptor[2][1]
+    size += sum(length for _, length in descriptor.spans)
+    if descriptor.stream_span is not None:
+        size += descriptor.stream_span[1]
     return size
 
 
@@ -332,8 +338,9 @@ def unpack(
     ``on_unmapped(segment_id)`` runs when the last view of the mapping is gone (so the sender
     may reuse a pooled segment).
     """
-    if len(descriptor) == 1:
-        return pickle.loads(descriptor[0])
+    if is_inline(descriptor):
+        (stream,) = descriptor
+        return pickle.loads(stream)
     mapping = map_descriptor(descriptor, fds, on_unmapped)
     return unpack_mapped(descriptor, mapping)
 
@@ -347,11 +354,11 @@ def map_descriptor(
     """Map the segment a descriptor names (the fd may be closed afterwards)."""
     import weakref
 
-    _, _, _, size, pooled_id, fd_index = descriptor
-    fd = fds[fd_index]
+    record = view(Descriptor, descriptor)
+    fd, size = fds[record.fd_index], record.size
     mapping = shm.map_readonly(fd, size) if readonly else shm.map_private(fd, size)
-    if on_unmapped is not None and pooled_id:
-        weakref.finalize(mapping, on_unmapped, pooled_id)
+    if on_unmapped is not None and record.segment_id:
+        weakref.finalize(mapping, on_unmapped, record.segment_id)
     return mapping
 
 
@@ -381,7 +388,7 @@ class MappingCache:
         import mmap
         import weakref
 
-        _, _, _, size, segment_id, fd_index = descriptor
+        _, _, _, size, segment_id, fd_index = view(Descriptor, descriptor)
         mapping = self._mappings.get(segment_id)
         if mapping is None:
             mapping = mmap.mmap(fds[fd_index], size, flags=mmap.MAP_SHARED)
@@ -401,11 +408,14 @@ class MappingCache:
 
 
 def unpack_mapped(descriptor: tuple[Any, ...], mapping: Any) -> Any:
-    stream, spans, stream_span = descriptor[0], descriptor[1], descriptor[2]
+    record = view(Descriptor, descriptor)
     whole = memoryview(mapping).cast("B")
-    buffers = [whole[offset : offset + length] for offset, length in spans]
-    if stream is None:
-        stream = whole[stream_span[0] : stream_span[0] + stream_span[1]]
+    buffers = [whole[offset : offset + length] for offset, length in record.spans]
+    stream: Any = record.stream
+    if stream is None:  # the stream lives in the segment too
+        assert record.stream_span is not None
+        start, length = record.stream_span
+        stream = whole[start : start + length]
     try:
         return pickle.loads(stream, buffers=buffers)
     finally:

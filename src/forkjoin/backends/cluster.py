@@ -32,6 +32,7 @@ from ..core.task import FunctionRef, Status, Task, TaskOutcome
 from ..errors import ResourceError, SerializationError, TaskTimeoutError, WorkerCrashedError
 from .base import Backend, DoneCallback
 from .failures import failure_from_record
+from .protocol import RemoteKind, RemoteReply, view
 from .remote_task import TaskSpec
 
 # Functions whose store handles a pool keeps (newest last); a function used again after
@@ -240,23 +241,25 @@ class ClusterBackend(Backend):
                 self._reporting -= 1
                 self._settled.notify_all()
 
-    def _outcome(self, task: Task, reply: tuple[Any, ...]) -> TaskOutcome:
-        kind, pid = reply[0], reply[1]
+    def _outcome(self, task: Task, raw: tuple[Any, ...]) -> TaskOutcome:
+        reply = view(RemoteReply, raw)
+        kind, pid = reply.kind, reply.pid
         task.end_time = time.monotonic()
         task.worker = pid
         if pid not in self._pids_seen:
             self._pids_seen.add(pid)
             if self.events is not None:
                 self.events.worker_started(pid, pid, 0.0)
-        if kind == "done":
-            _, _, seconds, values, failures = reply
+        if kind == RemoteKind.DONE:
+            values, failures = reply.values, reply.failures
+            assert values is not None and failures is not None
             # The worker's clock may be another machine's: keep the caller's, less the run time.
-            task.start_time = max(task.submit_time, task.end_time - seconds)
+            task.start_time = max(task.submit_time, task.end_time - reply.detail)
             for record in failures:
                 values[record[0]] = failure_from_record(task, record)
             return TaskOutcome(Status.DONE, values, any_failed=bool(failures))
         task.start_time = task.submit_time
-        if kind == "timeout":
+        if kind == RemoteKind.TIMEOUT:
             return TaskOutcome(
                 Status.TIMED_OUT,
                 error=TaskTimeoutError(
@@ -266,7 +269,7 @@ class ClusterBackend(Backend):
                     index=task.first_index,
                 ),
             )
-        code = reply[2]
+        code = reply.detail  # RemoteKind.EXIT
         return TaskOutcome(
             Status.CRASHED,
             error=WorkerCrashedError(

@@ -74,11 +74,28 @@ from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState
 from .process_lifecycle import ABANDONED_TASK_GRACE_SECONDS, WorkerLifecycle
 from .process_outcomes import decode_results, with_partial_results
 from .process_zygote import ZygoteClient
+from .protocol import (
+    Command,
+    InitError,
+    KillReason,
+    MayRun,
+    Msg,
+    Reply,
+    ResultEntry,
+    Results,
+    is_inline,
+    segment_id_of,
+    view,
+)
 
 __all__ = ["ProcessBackend", "STEAL_AFTER_SECONDS", "TERM_GRACE_SECONDS"]
 
 # A worker's reply status for a task it could not even start -> SerializationError.what
-_UNREADABLE_WHAT = {"unreadable function": "function", "unreadable argument": "argument"}
+_UNREADABLE_WHAT: dict[str, str] = {
+    Reply.UNREADABLE_FUNCTION: "function",
+    Reply.UNREADABLE_ARGUMENT: "argument",
+}
+_WITH_VALUES = frozenset({Reply.DONE, Reply.PARTIAL})  # replies whose values are results
 
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 _shared_lock = threading.Lock()
@@ -91,14 +108,14 @@ def _result_unmapped(
     Runs wherever the garbage collector runs, so it only queues a command."""
     backend = backend_ref()
     if backend is not None and backend._manager is not None:
-        backend._commands.append(("release", (worker_id, segment_id)))
+        backend._commands.append((Command.RELEASE, (worker_id, segment_id)))
         backend._wake()
 
 
 def _function_forgotten(backend_ref: weakref.ref[ProcessBackend], function_key: int) -> None:
     backend = backend_ref()
     if backend is not None and backend._manager is not None and not backend._closing:
-        backend._commands.append(("drop function", function_key))
+        backend._commands.append((Command.DROP_FUNCTION, function_key))
         backend._wake()
 
 
@@ -106,7 +123,7 @@ def _shared_forgotten(shared_id: int) -> None:
     """An fj.shared handle was garbage-collected: workers may drop their copy."""
     for backend in list(_live_backends):
         if backend._manager is not None:
-            backend._commands.append(("forget", shared_id))
+            backend._commands.append((Command.FORGET, shared_id))
             backend._wake()
 
 
@@ -286,7 +303,7 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
     def _segment_closed(self, segment_id: int) -> None:
         """Workers keep argument segments mapped for reuse; tell them this one is gone."""
         if self._manager is not None and not self._closing:
-            self._commands.append(("unmap", segment_id))
+            self._commands.append((Command.UNMAP, segment_id))
             self._wake()
 
     def cancel(self, tasks: Any, *, kill_running: bool = False) -> None:
@@ -295,7 +312,7 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
             task.cancelled = True
         if self._manager is not None:
             grace = 0.0 if kill_running else ABANDONED_TASK_GRACE_SECONDS
-            self._commands.append(("cancel", (grace, {task.task_id for task in tasks})))
+            self._commands.append((Command.CANCEL, (grace, {task.task_id for task in tasks})))
             self._wake()
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
@@ -431,42 +448,44 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         unmapped: list[int] = []
         while self._commands:
             command, argument = self._commands.popleft()
-            if command == "cancel":
-                grace, task_ids = argument
-                deadline = time.monotonic() + grace
-                for worker in list(self._workers.values()):
-                    if any(task_id in task_ids for task_id in worker.in_flight):
-                        if grace <= 0:
-                            self._kill(worker, "cancelled")
-                        elif worker.abandon_deadline is None:
-                            worker.abandon_deadline = deadline
-            elif command == "release":
-                worker_id, segment_id = argument
-                releases.setdefault(worker_id, []).append(segment_id)
-            elif command == "forget":
-                forgotten.add(argument)
-            elif command == "unmap":
-                unmapped.append(argument)
-            elif command == "drop function":
-                for worker in self._workers.values():
-                    if argument in worker.functions:  # the mirror, then the worker's cache
-                        del worker.functions[argument]
-                        if worker.state is WorkerState.READY:
-                            self._send(worker, ("drop function", argument))
+            match command:
+                case Command.CANCEL:
+                    grace, task_ids = argument
+                    deadline = time.monotonic() + grace
+                    for worker in list(self._workers.values()):
+                        if any(task_id in task_ids for task_id in worker.in_flight):
+                            if grace <= 0:
+                                self._kill(worker, KillReason.CANCELLED)
+                            elif worker.abandon_deadline is None:
+                                worker.abandon_deadline = deadline
+                case Command.RELEASE:
+                    worker_id, segment_id = argument
+                    releases.setdefault(worker_id, []).append(segment_id)
+                case Command.FORGET:
+                    forgotten.add(argument)
+                case Command.UNMAP:
+                    unmapped.append(argument)
+                case Command.DROP_FUNCTION:
+                    for worker in self._workers.values():
+                        if argument in worker.functions:  # the mirror, then the worker's cache
+                            del worker.functions[argument]
+                            if worker.state is WorkerState.READY:
+                                self._send(worker, (Msg.DROP_FUNCTION.value, argument))
+        # Batched: one message per worker for all the commands of this round.
         if unmapped:
             for worker in self._workers.values():
                 if worker.state is WorkerState.READY:
-                    self._send(worker, ("unmap", unmapped))
+                    self._send(worker, (Msg.UNMAP.value, unmapped))
         for worker_id, segment_ids in releases.items():
             owner = self._workers.get(worker_id)
             if owner is not None and owner.state is WorkerState.READY:
-                self._send(owner, ("release", segment_ids))
+                self._send(owner, (Msg.RELEASE.value, segment_ids))
         if forgotten:
             for worker in self._workers.values():
                 drop = forgotten & worker.shared_sent
                 if drop and worker.state is WorkerState.READY:
                     worker.shared_sent -= drop
-                    self._send(worker, ("forget", list(drop)))
+                    self._send(worker, (Msg.FORGET.value, list(drop)))
 
     def _send(self, worker: WorkerHandle, message: Any, fds: list[int] | None = None) -> None:
         assert self._selector is not None
@@ -516,42 +535,46 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
     def _handle_message(
         self, worker: WorkerHandle, message: tuple[Any, ...], fds: list[int]
     ) -> None:
-        kind = message[0]
-        if kind == "results":
-            worker.peak_rss = max(worker.peak_rss, message[2])
-            self._released_by(worker, message[3])
-            for entry in message[1]:
-                self._on_result(worker, entry, fds)
-        elif kind == "ready":
-            worker.state = WorkerState.READY
-            self._failed_starts = 0
-            if self.events is not None:
-                self.events.worker_started(
-                    worker.worker_id, worker.pid, time.monotonic() - worker.started_at
-                )
-        elif kind == "may run":
-            self._answer_may_run(worker, message[1])
-        elif kind == "init_error":
-            if self._broken is None:
-                self._broken = BrokenPoolError(
-                    f"the pool's initializer raised {message[1]} in a worker; fix it or "
-                    f"create the pool without initializer=\n{message[2]}"
-                )
-                self._fail_everything(self._broken)
+        match message[0]:
+            case Msg.RESULTS:
+                results = view(Results, message)
+                worker.peak_rss = max(worker.peak_rss, results.peak_rss)
+                self._released_by(worker, results.released)
+                for entry in results.entries:
+                    self._on_result(worker, view(ResultEntry, entry), fds)
+            case Msg.READY:
+                worker.state = WorkerState.READY
+                self._failed_starts = 0
+                if self.events is not None:
+                    self.events.worker_started(
+                        worker.worker_id, worker.pid, time.monotonic() - worker.started_at
+                    )
+            case Msg.MAY_RUN:
+                self._answer_may_run(worker, view(MayRun, message).seq)
+            case Msg.INIT_ERROR:
+                error = view(InitError, message)
+                if self._broken is None:
+                    self._broken = BrokenPoolError(
+                        f"the pool's initializer raised {error.summary} in a worker; fix it or "
+                        f"create the pool without initializer=\n{error.traceback}"
+                    )
+                    self._fail_everything(self._broken)
+            case kind:
+                raise RuntimeError(f"worker {worker.worker_id} sent an unknown message {kind!r}")
 
-    def _on_result(self, worker: WorkerHandle, entry: tuple[Any, ...], fds: list[int]) -> None:
+    def _on_result(self, worker: WorkerHandle, entry: ResultEntry, fds: list[int]) -> None:
         task_id, status, start, end, payload, failures = entry
         held = (
             worker.in_flight.get(task_id)
-            if status == "partial"
+            if status == Reply.PARTIAL
             else worker.in_flight.pop(task_id, None)
         )
         if held is None:  # nobody waits for it: hand the worker its segment back at once
-            if status in ("done", "partial") and len(payload) > 1 and payload[4]:
-                self._commands.append(("release", (worker.worker_id, payload[4])))
+            if status in _WITH_VALUES and not is_inline(payload) and segment_id_of(payload):
+                self._commands.append((Command.RELEASE, (worker.worker_id, segment_id_of(payload))))
             return
         task, done = held
-        if status == "partial":
+        if status == Reply.PARTIAL:
             self._on_partial(worker, task, payload, failures, fds)
             return
         if worker.tasks_left == 0 and not worker.in_flight:
@@ -560,7 +583,7 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
             worker.exclusive = False
             worker.task_deadline = None
         task.start_time, task.end_time = start, end
-        if status != "done":  # "unreadable function" or "unreadable argument"
+        if status != Reply.DONE:  # UNREADABLE_FUNCTION or UNREADABLE_ARGUMENT
             error = SerializationError(
                 f"{task.describe()}: {payload}",
                 what=_UNREADABLE_WHAT[status],
@@ -617,5 +640,3 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
                     os.close(fd)
                 except OSError:
                     pass
-
-

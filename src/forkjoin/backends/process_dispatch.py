@@ -28,6 +28,7 @@ from . import buffers, shm, wire
 from .base import DoneCallback, EventSink
 from .process_handle import WorkerHandle, WorkerState
 from .process_worker import ASK_AFTER_SECONDS, FUNCTION_CACHE_SIZE
+from .protocol import Msg
 
 # Work queued on each worker, in seconds of measured task time: enough that a worker never waits
 # for the next message (~0.1 ms round trip), small enough that tasks still balance at the end.
@@ -154,7 +155,7 @@ class Dispatcher:
         given to another worker meanwhile."""
         stolen = seq in worker.stolen
         worker.stolen.discard(seq)
-        self._send(worker, ("may run", seq, not stolen))
+        self._send(worker, (Msg.MAY_RUN.value, seq, not stolen))  # a protocol.MayRunAnswer
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class Dispatcher:
                     worker.task_deadline = now + task.timeout
                     break
             if batch:
-                self._send(worker, ("tasks", batch, shared), fds)
+                self._send(worker, (Msg.TASKS.value, batch, shared), fds)  # a protocol.Tasks
             if not pending:
                 return
 
@@ -225,7 +226,8 @@ class Dispatcher:
         fds: list[int],
         shared: list[tuple[int, Any]],
     ) -> tuple[Any, ...]:
-        """The task as the worker receives it; the fds it needs are appended to ``fds``."""
+        """The task as the worker receives it (a protocol.TaskSpec, in its field order); the fds
+        it needs are appended to ``fds``."""
         function = task.function
         functions = worker.functions
         function_payload = None

@@ -25,6 +25,7 @@ from ..core.task import Task
 from . import wire
 from .base import DoneCallback
 from .process_worker import SLOT
+from .protocol import KillReason
 from .shm import Segment
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class WorkerHandle:
         self.functions: OrderedDict[int, None] = OrderedDict()  # mirror of the worker's cache
         self.exclusive = False  # running a task with a timeout: nothing queued behind it
         self.task_deadline: float | None = None
-        self.kill_reason: str | None = None
+        self.kill_reason: KillReason | None = None  # why the caller stops it (protocol.py)
         self.kill_deadline: float | None = None
         self.abandon_deadline: float | None = None  # when to stop tasks nobody waits for
         self.peak_rss = 0

@@ -34,6 +34,7 @@ from .process_dispatch import _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
 from .process_outcomes import death_outcome, with_partial_results
 from .process_zygote import ZygoteClient, function_modules
+from .protocol import KillReason, Msg
 
 # A task whose caller stopped waiting (broke out of imap) may finish within this long; after
 # that its worker is stopped so the pool is free for the next call.
@@ -108,10 +109,10 @@ class WorkerLifecycle:
             if worker.abandon_deadline is not None and now >= worker.abandon_deadline:
                 worker.abandon_deadline = None
                 if any(task.cancelled for task, _ in worker.in_flight.values()):
-                    self._kill(worker, "cancelled")
+                    self._kill(worker, KillReason.CANCELLED)
             if worker.task_deadline is not None and now >= worker.task_deadline:
                 worker.task_deadline = None
-                self._kill(worker, "timeout")
+                self._kill(worker, KillReason.TIMEOUT)
         if self.memory_limit is not None and now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_CHECK_SECONDS
             self._check_memory(self.memory_limit)
@@ -130,10 +131,10 @@ class WorkerLifecycle:
             if rss <= limit:
                 continue
             if worker.in_flight:
-                worker.kill_reason = "memory"
+                worker.kill_reason = KillReason.MEMORY
                 worker.signal(signal.SIGKILL)  # it is still growing: no grace period
             else:
-                self._kill(worker, "recycle")  # holds memory between tasks: replace it
+                self._kill(worker, KillReason.RECYCLE)  # holds memory between tasks: replace it
 
     # -- starting and stopping workers -----------------------------------------------------------
 
@@ -168,8 +169,8 @@ class WorkerLifecycle:
         if self._init_payload is not None:
             self._attach_shared(worker, self._init_payload.handles, shared, fds)
             init_payload = self._descriptor(self._init_payload, fds)
-        init = (
-            "init", worker.worker_id, list(sys.path), self._depth, init_payload, shared,
+        init = (  # a protocol.Init
+            Msg.INIT.value, worker.worker_id, list(sys.path), self._depth, init_payload, shared,
             slot.device, slot.gpu_ids, _authkey(),
         )  # fmt: skip
         self._send(worker, init, fds)
@@ -221,7 +222,7 @@ class WorkerLifecycle:
             self._zygote.close()
             self._zygote = None
 
-    def _kill(self, worker: WorkerHandle, reason: str) -> None:
+    def _kill(self, worker: WorkerHandle, reason: KillReason) -> None:
         """Stop a worker (SIGTERM, then SIGKILL after a grace period)."""
         if worker.kill_reason is None:
             worker.kill_reason = reason
@@ -230,10 +231,10 @@ class WorkerLifecycle:
 
     def _retire(self, worker: WorkerHandle) -> None:
         """A worker that ran max_tasks_per_child= tasks exits; a fresh one takes its slot."""
-        worker.kill_reason = "retired"
+        worker.kill_reason = KillReason.RETIRED
         worker.state = WorkerState.STOPPING
         worker.kill_deadline = time.monotonic() + STOP_GRACE_SECONDS
-        self._send(worker, ("stop",))
+        self._send(worker, (Msg.STOP.value,))
 
     def _forget(self, worker: WorkerHandle) -> None:
         assert self._selector is not None
@@ -269,10 +270,10 @@ class WorkerLifecycle:
                 self._fail_everything(self._broken)
         requeue = []
         for task_id, (task, done) in worker.in_flight.items():
-            if worker.kill_reason == "cancelled" and task.cancelled:
+            if worker.kill_reason is KillReason.CANCELLED and task.cancelled:
                 _release(task)
                 continue
-            if worker.kill_reason == "shutdown":
+            if worker.kill_reason is KillReason.SHUTDOWN:
                 self._report(task, done, TaskOutcome(Status.CANCELLED))
             elif task_id == blamed_id:
                 outcome = death_outcome(worker, task, exitcode)
@@ -300,7 +301,7 @@ class WorkerLifecycle:
             for task, callback in list(worker.in_flight.values()):
                 self._report(task, callback, outcome)
             worker.in_flight.clear()
-            self._kill(worker, "broken")
+            self._kill(worker, KillReason.BROKEN)
 
     def _finish_closing(self) -> bool:
         """Progress the shutdown; True once every worker is gone."""
@@ -310,7 +311,7 @@ class WorkerLifecycle:
                 self._report(task, done, TaskOutcome(Status.CANCELLED))
             for worker in self._workers.values():
                 if worker.in_flight:
-                    self._kill(worker, "shutdown")
+                    self._kill(worker, KillReason.SHUTDOWN)
         pending = self._pending  # nobody waits for cancelled tasks: drop them, stop running ones
         for _ in range(len(pending)):
             entry = pending.popleft()
@@ -320,7 +321,7 @@ class WorkerLifecycle:
                 pending.append(entry)
         for worker in self._workers.values():
             if worker.in_flight and all(t.cancelled for t, _ in worker.in_flight.values()):
-                self._kill(worker, "cancelled")
+                self._kill(worker, KillReason.CANCELLED)
         if self._pending or any(w.in_flight for w in self._workers.values()):
             return False
         if not self._workers:
@@ -330,9 +331,9 @@ class WorkerLifecycle:
             for worker in self._workers.values():
                 if worker.state is WorkerState.READY:
                     worker.state = WorkerState.STOPPING
-                    self._send(worker, ("stop",))
+                    self._send(worker, (Msg.STOP.value,))
                 else:
-                    self._kill(worker, "shutdown")
+                    self._kill(worker, KillReason.SHUTDOWN)
         return False
 
 

@@ -12,12 +12,13 @@ from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from .buffers import unpack
 from .failures import failure_from_record
 from .process_handle import WorkerHandle
+from .protocol import KillReason
 
 
 def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> TaskOutcome:
     """The outcome of the task a worker was running when it died (or was stopped)."""
     task.end_time = time.monotonic()
-    if worker.kill_reason == "timeout":
+    if worker.kill_reason is KillReason.TIMEOUT:
         return TaskOutcome(
             Status.TIMED_OUT,
             error=TaskTimeoutError(
@@ -27,7 +28,7 @@ def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> Tas
                 index=task.first_index,
             ),
         )
-    if worker.kill_reason == "memory":
+    if worker.kill_reason is KillReason.MEMORY:
         limit = worker.memory_limit or 0
         return TaskOutcome(
             Status.OVER_MEMORY,

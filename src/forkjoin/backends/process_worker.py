@@ -1,22 +1,14 @@
 """The worker process of the process backend: receive tasks, run them, send results.
 
-::
+The messages and their order are drawn in ``protocol.py``. Here::
 
-    caller's manager thread                         this process
-    ───────────────────────                         ────────────
-    ("init", ...)          ──── socket ────>   set sys.path, run initializer
-                           <───────────────    ("ready", pid)
-    ("tasks", [t1, t2..], shared)  ────────>   map the segments that came with it (fds)
-                                               for each task:
-                                                 write task id to the shared "current" slot
-                                                 unpickle items -> run fn -> pickle results
-                           <───────────────    ("results", [r1, r2..], peak_rss, released)
-                                                 (batched; large results in segments)
-    ("release", [ids])     ────────────────>   the caller let go of these result segments
-    ("forget", [ids])      ────────────────>   drop these fj.shared objects
-    ("unmap", [ids])       ────────────────>   the caller closed these argument segments
-    ("drop function", key) ────────────────>   a function carrying large data is done with
-    ("stop",)              ────────────────>   exit 0
+    Init    -> set sys.path, run the initializer -> Ready
+    Tasks   -> map the segments that came with it (fds) into the inbox; for each task:
+               write its id to the shared "current task" slot, unpickle the items, run the
+               function, pickle the results -> a ResultEntry in the next Results (batched,
+               sent by the main thread or, behind a slow task, by the flusher thread)
+    Release / Forget / Unmap / DropFunction / MayRun answers -> handled between tasks
+    Stop    -> exit 0
 
 Large arguments and results travel in shared-memory segments (``buffers.py``): the worker maps
 the caller's segments (keeping the mappings, since the caller reuses its segments) and reports
@@ -47,6 +39,22 @@ from typing import TYPE_CHECKING, Any
 from ..core.shared import Shared
 from .buffers import MappingCache, Packed, map_descriptor, pack, unpack_mapped
 from .failures import exception_record, unpicklable_result_record
+from .protocol import (
+    DropFunction,
+    Forget,
+    Init,
+    MayRunAnswer,
+    Msg,
+    Release,
+    Reply,
+    SharedEntry,
+    Tasks,
+    TaskSpec,
+    Unmap,
+    is_inline,
+    segment_id_of,
+    view,
+)
 from .shm import SegmentPool
 from .wire import MAX_FDS_PER_FRAME
 
@@ -154,7 +162,8 @@ class Worker:
         self.lent: dict[int, Packed] = {}  # result segments the caller maps, by segment id
         self.released: list[int] = []  # caller segments whose last view here is gone
         self.shared: dict[int, list[Any]] = {}  # fj.shared id -> [mapping, descriptor, object]
-        self.inbox: deque[tuple[Any, ...] | None] = deque()  # tasks received, None = stop
+        # Tasks received: (spec, mapped function, mapped arguments) from ``prepare``; None: stop
+        self.inbox: deque[tuple[TaskSpec, Any, Any] | None] = deque()
         self.mappings = MappingCache()  # the caller's argument segments
         # The streaming task running now (its id and its results so far), read by the flusher.
         self.running: tuple[int, Any] | None = None
@@ -207,7 +216,7 @@ class Worker:
         payload = _encode_values(values, failures, self.pool)
         run.sent = stop
         now = time.monotonic()
-        self.outbox.append((task_id, "partial", run.start_time, now, payload, failures))
+        self.outbox.append((task_id, _PARTIAL, run.start_time, now, payload, failures))
         if payload.segment is not None:
             self.outbox_segments += 1
         self._flush_locked()  # now: a crash right after must not take it along
@@ -227,7 +236,7 @@ class Worker:
                     values = values.descriptor(len(fds) - 1)
                 entries.append((task_id, status, start, end, values, failures))
             released, self.released = self.released, []
-            message = ("results", entries, _peak_rss(), released)
+            message = (_RESULTS, entries, _peak_rss(), released)  # a protocol.Results
             send_frame(self.sock, pickle.dumps(message, pickle.HIGHEST_PROTOCOL), fds)
             self.outbox = []
             for packed in sent:
@@ -273,16 +282,16 @@ class Worker:
 
     def map_segments(self, descriptor: Any, fds: list[int], report: bool) -> Any:
         """Map a descriptor's segment now (its fd is closed when the message is handled)."""
-        if descriptor is None or len(descriptor) == 1:
+        if descriptor is None or is_inline(descriptor):
             return (descriptor, None)
-        if report and descriptor[4]:  # a pooled segment of the caller's: likely seen before
+        if report and segment_id_of(descriptor):  # a pooled segment of the caller's: seen before
             return (descriptor, self.mappings.view(descriptor, fds, self.on_unmapped))
         return (descriptor, map_descriptor(descriptor, fds))
 
-    def receive_shared(self, entries: list[tuple[int, Any]], fds: list[int]) -> None:
+    def receive_shared(self, entries: list[SharedEntry], fds: list[int]) -> None:
         for shared_id, descriptor in entries:
             mapping = None
-            if len(descriptor) > 1:
+            if not is_inline(descriptor):
                 mapping = map_descriptor(descriptor, fds, None, readonly=True)
             self.shared[shared_id] = [mapping, descriptor, _UNRESOLVED]
 
@@ -298,10 +307,11 @@ class Worker:
             entry[2] = _unpack((entry[1], entry[0]))  # (descriptor, mapping)
         return entry[2]
 
-    def run_task(self, spec: tuple[Any, ...]) -> None:
+    def run_task(self, spec: TaskSpec, fn_payload: Any, payload: Any) -> None:
+        """Run one task; its function (if sent with it) and arguments are mapped (``prepare``)."""
         from ..core.execute import ChunkRun, run_chunk  # after start-up: a light zygote
 
-        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at, stream = spec
+        task_id, fn_key, _, kind, _, first_index, seed, seq, sent_at, stream = spec
         if self.slot is not None:  # from here on, a crash is this task's doing
             SLOT.pack_into(self.slot, 0, task_id, seq)
         fn = self.resolve_function(fn_key, fn_payload)  # cached even if the task is not run
@@ -311,7 +321,7 @@ class Worker:
                 SLOT.pack_into(self.slot, 0, 0, seq)  # taken back: nothing of ours runs
             return
         if isinstance(fn, _Unreadable):
-            self.post((task_id, "unreadable function", 0.0, 0.0, fn.message, ()))
+            self.post((task_id, Reply.UNREADABLE_FUNCTION.value, 0.0, 0.0, fn.message, ()))
             return
         try:
             items = _unpack(payload)
@@ -320,7 +330,7 @@ class Worker:
                 f"the task's arguments could not be unpickled in the worker: "
                 f"{type(exc).__name__}: {exc}"
             )
-            self.post((task_id, "unreadable argument", 0.0, 0.0, message, ()))
+            self.post((task_id, Reply.UNREADABLE_ARGUMENT.value, 0.0, 0.0, message, ()))
             return
         del payload, spec  # the task's segment is released once the items are gone
         run = ChunkRun()
@@ -340,7 +350,7 @@ class Worker:
         failures = _failure_records(run, start, len(run.values))
         values_payload = _encode_values(values, failures, self.pool)
         self.post(
-            (task_id, "done", run.start_time, run.end_time, values_payload, failures),
+            (task_id, _DONE, run.start_time, run.end_time, values_payload, failures),
             segment=values_payload.segment is not None,
         )
 
@@ -348,7 +358,7 @@ class Worker:
         """Ask the caller whether this long-queued task is still ours (it may have been given to
         an idle worker meanwhile); other messages are handled while the answer comes."""
         self.flush()  # results finished before this task should not wait for the answer
-        self.send(("may run", seq))
+        self.send((Msg.MAY_RUN.value, seq))  # a protocol.MayRun
         while seq not in self.answers:
             if not self.receive():
                 raise EOFError
@@ -363,14 +373,15 @@ class Worker:
             if not self.inbox and not self.receive():
                 return
             while self.inbox:
-                spec = self.inbox.popleft()
-                if spec is None:  # "stop"
+                entry = self.inbox.popleft()
+                if entry is None:  # Stop
                     return
                 try:
-                    self.run_task(spec)
+                    seq = entry[0].seq
+                    self.run_task(*entry)
                     if self.slot is not None:
-                        SLOT.pack_into(self.slot, 0, 0, spec[7])
-                    del spec
+                        SLOT.pack_into(self.slot, 0, 0, seq)
+                    del entry
                     if time.monotonic() - self.last_flush >= RESULT_FLUSH_SECONDS:
                         self.flush()
                     # Read ahead: a "release" queued behind the next tasks lets this worker
@@ -392,44 +403,58 @@ class Worker:
         except EOFError:
             return False
         try:
-            message = pickle.loads(frame)
+            message = pickle.loads(frame)  # a protocol record, as a plain tuple
             kind = message[0]
-            if kind == "tasks":
-                self.receive_shared(message[2], fds)
-                self.inbox.extend(self.prepare(spec, fds) for spec in message[1])
+            if kind == Msg.TASKS:  # map its segments now: the fds close below
+                tasks = view(Tasks, message)
+                self.receive_shared(tasks.shared, fds)
+                self.inbox.extend(self.prepare(spec, fds) for spec in tasks.specs)
         finally:
             close_fds(fds)  # every segment is mapped by now
-        if kind == "stop":
-            self.inbox.append(None)
-        elif kind == "release":
-            self.on_released(message[1])
-        elif kind == "forget":
-            for shared_id in message[1]:
-                self.shared.pop(shared_id, None)
-        elif kind == "unmap":
-            self.mappings.forget(message[1])
-        elif kind == "drop function":
-            self.functions.pop(message[1], None)
-        elif kind == "may run":
-            self.answers[message[1]] = message[2]
+        match kind:
+            case Msg.TASKS:
+                pass
+            case Msg.STOP:
+                self.inbox.append(None)
+            case Msg.RELEASE:
+                self.on_released(view(Release, message).segment_ids)
+            case Msg.FORGET:
+                for shared_id in view(Forget, message).shared_ids:
+                    self.shared.pop(shared_id, None)
+            case Msg.UNMAP:
+                self.mappings.forget(view(Unmap, message).segment_ids)
+            case Msg.DROP_FUNCTION:
+                self.functions.pop(view(DropFunction, message).fn_key, None)
+            case Msg.MAY_RUN:
+                answer = view(MayRunAnswer, message)
+                self.answers[answer.seq] = answer.allowed
+            case _:
+                raise RuntimeError(f"unknown message from the caller: {kind!r}")
         return True
 
-    def prepare(self, spec: tuple[Any, ...], fds: list[int]) -> tuple[Any, ...]:
-        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at, stream = spec
-        if fn_payload is not None:
-            fn_payload = self.map_segments(fn_payload, fds, report=False)
-        payload = self.map_segments(payload, fds, report=True)
-        return (task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at, stream)
+    def prepare(self, raw: tuple[Any, ...], fds: list[int]) -> tuple[TaskSpec, Any, Any]:
+        """A received task, with its function (if it came along) and its arguments mapped, each
+        as a (descriptor, mapping) pair that ``_unpack`` reads."""
+        spec = view(TaskSpec, raw)
+        function = spec.function
+        if function is not None:
+            function = self.map_segments(function, fds, report=False)
+        return spec, function, self.map_segments(spec.arguments, fds, report=True)
 
 
 _UNRESOLVED: Any = object()
+# Wire values bound once: an Enum member would pickle as a call to its class (protocol.py).
+_RESULTS = Msg.RESULTS.value
+_DONE = Reply.DONE.value
+_PARTIAL = Reply.PARTIAL.value
 
 
 def _unpack(prepared: tuple[Any, Any]) -> Any:
     """Unpickle a (descriptor, mapping) pair from ``Worker.prepare``."""
     descriptor, mapping = prepared
-    if mapping is None:
-        return pickle.loads(descriptor[0])
+    if mapping is None:  # an inline descriptor, (stream,)
+        (stream,) = descriptor
+        return pickle.loads(stream)
     return unpack_mapped(descriptor, mapping)
 
 
@@ -471,21 +496,22 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     from .wire import close_fds, recv_frame
 
     frame, fds = recv_frame(sock)
-    init = pickle.loads(frame)
-    _, worker_id, sys_path, depth, init_payload, shared_entries, device, gpus, authkey = init
-    worker.receive_shared(shared_entries, fds)
-    if init_payload is not None:
-        init_payload = worker.map_segments(init_payload, fds, report=False)
+    init = view(Init, pickle.loads(frame))
+    worker.receive_shared(init.shared, fds)
+    init_payload = None
+    if init.initializer is not None:
+        init_payload = worker.map_segments(init.initializer, fds, report=False)
     close_fds(fds)
-    sys.path[:] = sys_path
-    os.environ["FORKJOIN_WORKER_DEPTH"] = str(depth)
-    os.environ["FORKJOIN_WORKER_ID"] = str(worker_id)
+    sys.path[:] = init.sys_path
+    os.environ["FORKJOIN_WORKER_DEPTH"] = str(init.depth)
+    os.environ["FORKJOIN_WORKER_ID"] = str(init.worker_id)
     from multiprocessing import process as mp_process  # light: not the whole package
 
-    mp_process.current_process().authkey = authkey
+    mp_process.current_process().authkey = init.authkey
     from ..core.context import WorkerContext, install
 
-    install(WorkerContext(worker_id, "process", device=device, gpus=tuple(gpus)))
+    context = WorkerContext(init.worker_id, "process", device=init.device, gpus=tuple(init.gpus))
+    install(context)
     if init_payload is not None:
         try:
             initializer, initargs = _unpack(init_payload)
@@ -493,8 +519,9 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
         except BaseException as exc:
             from .wire import short_traceback
 
-            worker.send(("init_error", f"{type(exc).__name__}: {exc}", short_traceback(exc)))
+            summary = f"{type(exc).__name__}: {exc}"
+            worker.send((Msg.INIT_ERROR.value, summary, short_traceback(exc)))  # an InitError
             sys.exit(3)
     threading.Thread(target=worker.flush_late, name="forkjoin-flusher", daemon=True).start()
-    worker.send(("ready", os.getpid()))
+    worker.send((Msg.READY.value, os.getpid()))  # a protocol.Ready
     worker.serve()

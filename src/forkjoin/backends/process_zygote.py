@@ -4,11 +4,11 @@
 
     caller (manager thread)                 zygote (single thread)            new worker
     ───────────────────────                 ──────────────────────            ──────────
-    ("spawn", cwd, env) + fds ──socket──>   fork()  ──────────────────────>   setsid, cwd, env
+    Spawn(cwd, env) + fds ──socket──>       fork()  ──────────────────────>   setsid, cwd, env
       [worker socket, slot memfd]                                              process_worker.main
-                              <──────────   ("spawned", pid)
+                              <──────────   Spawned(pid)
     pidfd_open(pid): its death is seen at once
-                              <──────────   ("exited", pid, exit code, peak RSS)   (on SIGCHLD)
+                              <──────────   Exited(pid, exit code, peak RSS)   (on SIGCHLD)
 
 Why: a fresh interpreter costs ~50 ms of CPU to start and import (~0.4 s on a loaded machine),
 and a job whose items kill their worker (a segfaulting C extension, the OOM killer) pays that
@@ -19,13 +19,14 @@ that reads it: no numpy, no CUDA): the working directory, the environment (threa
 ``CUDA_VISIBLE_DEVICES``), its own session (process group). ``random`` reseeds itself in a
 forked child; the caller's ``sys.path`` arrives with the worker's "init" message as before.
 
-The zygote is the workers' parent, so it reaps them and reports each exit; the caller sees the
-death through a pidfd, as for a worker it started itself. It dies with the caller: it blocks on
-the same watchdog pipe as the workers. Where a zygote cannot start (no ``os.fork``, no
-``pidfd_open``), the backend starts each worker with ``subprocess`` as before.
+The messages are ``protocol.py``'s (``ZygoteMsg``). The zygote is the workers' parent, so it
+reaps them and reports each exit; the caller sees the death through a pidfd, as for a worker it
+started itself. It dies with the caller: it blocks on the same watchdog pipe as the workers.
+Where a zygote cannot start (no ``os.fork``, no ``pidfd_open``), the backend starts each worker
+with ``subprocess`` as before.
 
 The zygote also learns: before it forks a replacement for a dead worker, the caller sends
-("import", modules), the modules of the functions the pool has run (``function_modules``), and
+Import(modules), the modules of the functions the pool has run (``function_modules``), and
 the zygote imports them, so a replacement does not pay for importing the user's code and what
 it imports (pandas: ~0.3 s) at every death. This is ``multiprocessing``'s forkserver preload,
 done for the modules that are known to be needed. The zygote runs with the workers' native
@@ -44,6 +45,8 @@ import struct
 import sys
 import time
 from typing import Any
+
+from .protocol import Exited, Import, Spawn, Spawned, ZygoteMsg, view
 
 # How long the caller waits for the zygote to answer a spawn or report an exit before giving up
 # on it (and starting workers the slow way).
@@ -114,13 +117,16 @@ def serve(control_fd: int, watchdog_fd: int) -> None:
                     message, fds = _recv(control)
                 except (EOFError, OSError):
                     os._exit(0)
-                if message[0] == "import":
-                    _import_quietly(message[1], message[2])
-                elif message[0] == "spawn":
-                    pid = _fork_worker(message, fds, control, watchdog_fd, (wake_r, wake_w))
-                    _send(control, ("spawned", pid))
-                    for fd_ in fds:
-                        os.close(fd_)
+                match message[0]:
+                    case ZygoteMsg.IMPORT:
+                        request = view(Import, message)
+                        _import_quietly(request.modules, request.sys_path)
+                    case ZygoteMsg.SPAWN:
+                        spawn = view(Spawn, message)
+                        pid = _fork_worker(spawn, fds, control, watchdog_fd, (wake_r, wake_w))
+                        _send(control, (ZygoteMsg.SPAWNED.value, pid))
+                        for fd_ in fds:
+                            os.close(fd_)
 
 
 def _import_quietly(modules: list[str], path: list[str]) -> None:
@@ -160,17 +166,18 @@ def _report_exits(control: socket.socket) -> None:
             return
         if not pid:
             return
-        _send(control, ("exited", pid, os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024))
+        exitcode = os.waitstatus_to_exitcode(status)
+        _send(control, (ZygoteMsg.EXITED.value, pid, exitcode, usage.ru_maxrss * 1024))
 
 
 def _fork_worker(
-    message: tuple[Any, ...],
+    spawn: Spawn,
     fds: list[int],
     control: socket.socket,
     watchdog_fd: int,
     wake: tuple[int, int],
 ) -> int:
-    _, cwd, env = message
+    _, cwd, env = spawn
     sock_fd, slot_fd = fds[0], (fds[1] if len(fds) > 1 else -1)
     pid = os.fork()
     if pid:
@@ -279,15 +286,15 @@ class ZygoteClient:
     def spawn(self, env: dict[str, str], sock_fd: int, slot_fd: int) -> int:
         """Fork a worker; its pid. Raises OSError if the zygote does not answer."""
         fds = [sock_fd] + ([slot_fd] if slot_fd >= 0 else [])
-        _send(self.control, ("spawn", os.getcwd(), env), fds)
+        _send(self.control, (ZygoteMsg.SPAWN.value, os.getcwd(), env), fds)
         while True:
             message = self._receive()
-            if message[0] == "spawned":
-                return int(message[1])
+            if message[0] == ZygoteMsg.SPAWNED:
+                return int(view(Spawned, message).pid)
 
     def preload(self, modules: list[str]) -> None:
         """Have the zygote import ``modules`` before it forks again (no reply)."""
-        _send(self.control, ("import", modules, list(sys.path)))
+        _send(self.control, (ZygoteMsg.IMPORT.value, modules, list(sys.path)))
 
     def wait_exit(self, pid: int) -> tuple[int, int]:
         """The exit code and peak RSS of a worker that has exited (its pidfd said so)."""
@@ -305,8 +312,9 @@ class ZygoteClient:
             raise OSError(f"the worker zygote stopped answering ({exc!r})") from exc
         for fd in fds:
             os.close(fd)
-        if message[0] == "exited":
-            self.exits[message[1]] = (message[2], message[3])
+        if message[0] == ZygoteMsg.EXITED:
+            exited = view(Exited, message)
+            self.exits[exited.pid] = (exited.exitcode, exited.peak_rss)
         return message
 
     def close(self) -> None:

@@ -4,11 +4,11 @@ The cluster backends ship this module's ``run_remote`` as the engine's task (a R
 function, a Dask ``client.submit``). It does on a cluster worker what a forkjoin process worker
 does: install the worker context, run the pool's initializer once per process, apply the function
 to each item catching each item's exception, stop a task at its timeout, and turn failures into
-records that always pickle (``failures.py``). The reply is::
+records that always pickle (``failures.py``). The reply is a ``protocol.RemoteReply``::
 
-    ("done", pid, seconds, values, failure_records)
-    ("timeout", pid, seconds)
-    ("exit", pid, exit_code)          # the task called sys.exit(): a crash, never a result
+    (RemoteKind.DONE, pid, seconds, values, failure_records)
+    (RemoteKind.TIMEOUT, pid, seconds, None, None)
+    (RemoteKind.EXIT, pid, exit_code, None, None)   # sys.exit() in a task: a crash, not a result
 
 The engine's own serialiser carries the values back (Ray's object store, Dask's comms).
 """
@@ -28,6 +28,7 @@ from ..core.context import WorkerContext, install
 from ..core.execute import run_chunk
 from ..core.shared import Shared
 from .failures import exception_record
+from .protocol import RemoteKind
 
 # fj.shared() objects a worker process keeps resolved, newest last. Values come from the
 # engine's object store (zero-copy for arrays on Ray); a few are kept so that the tasks after
@@ -175,11 +176,12 @@ def run_remote(
             catch_interrupt=True,
         )
     except _TimedOut:
-        return ("timeout", pid, time.monotonic() - started)
+        return (RemoteKind.TIMEOUT.value, pid, time.monotonic() - started, None, None)
     except SystemExit as exc:
-        return ("exit", pid, exc.code if isinstance(exc.code, int) else 1)
+        code = exc.code if isinstance(exc.code, int) else 1
+        return (RemoteKind.EXIT.value, pid, code, None, None)
     finally:
         _disarm_alarm(alarm)
         install(previous_context)
     failures = [exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
-    return ("done", pid, run.end_time - run.start_time, run.values, failures)
+    return (RemoteKind.DONE.value, pid, run.end_time - run.start_time, run.values, failures)

@@ -43,6 +43,7 @@ from ..machine import parse_memory
 from . import spark_session
 from .base import Capabilities
 from .cluster import CANCELLED, CRASHED, UNREADABLE, ClusterBackend
+from .protocol import RemoteKind, RemoteReply, view
 from .remote_task import TaskSpec
 from .spark_hosts import HostCall, HostLost, Lane, Listener
 
@@ -196,9 +197,9 @@ class SparkBackend(ClusterBackend):
         handle[1].add_done_callback(lambda _: callback())
 
     def _result(self, handle: Any) -> Any:
-        reply = handle[1].result()
-        if reply[0] == "unreadable":
-            raise _Unreadable(reply[2])
+        reply = view(RemoteReply, handle[1].result())
+        if reply.kind == RemoteKind.UNREADABLE:
+            raise _Unreadable(reply.detail)
         return reply
 
     def _classify(self, error: BaseException) -> str:

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from .protocol import RemoteKind
 from .remote_task import TaskSpec, run_remote
 
 # A host with nothing to do for this long ends its Spark task, freeing its core for other Spark
@@ -111,14 +112,16 @@ def serve(connection: Connection) -> None:
             setup = code[call.setup_key] if call.setup_key is not None else None
             spec: TaskSpec = pickle.loads(call.spec)
         except Exception as exc:  # code or items that do not unpickle here (a missing module)
-            connection.send(("unreadable", os.getpid(), f"{type(exc).__name__}: {exc}"))
+            message = f"{type(exc).__name__}: {exc}"
+            connection.send((RemoteKind.UNREADABLE.value, os.getpid(), message, None, None))
             continue
         values = [shared[i] for i in spec.shared_ids]
         reply = run_remote(code[call.function_key], spec, setup, values)
         try:
             connection.send(reply)
         except Exception as exc:  # the reply does not pickle: say so instead of dying
-            connection.send(("unreadable", os.getpid(), f"{type(exc).__name__}: {exc}"))
+            message = f"{type(exc).__name__}: {exc}"
+            connection.send((RemoteKind.UNREADABLE.value, os.getpid(), message, None, None))
 
 
 # -- the driver side ------------------------------------------------------------------------------
