@@ -100,7 +100,7 @@ LIGHT = {
     ),
     # what a worker process imports before its first task
     "a worker's start-up": (
-        "forkjoin.backends.process_zygote", "forkjoin.backends.process_worker",
+        "forkjoin.backends.process_zygote", "forkjoin.backends.process_worker_start",
         "forkjoin.core.execute", "forkjoin.core.context",
     ),
 }  # fmt: skip

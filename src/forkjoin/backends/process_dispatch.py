@@ -71,7 +71,7 @@ class Dispatcher:
 
         def _send(
             self, worker: WorkerHandle, message: Any, fds: list[int] | None = None
-        ) -> None: ...  # process.py
+        ) -> None: ...  # process_messages.py
 
         def _learn_modules(self, fn: Any) -> None: ...  # process_lifecycle.py
 

@@ -38,7 +38,7 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 _BOOT = (
     "import sys; sys.path.insert(0, {package_parent!r}); "
-    "from forkjoin.backends.process_worker import main; main({sock}, {watchdog}, {slot})"
+    "from forkjoin.backends.process_worker_start import main; main({sock}, {watchdog}, {slot})"
 )
 
 
@@ -105,7 +105,7 @@ class WorkerHandle:
         env: dict[str, str],
         zygote: ZygoteClient | None = None,
     ) -> WorkerHandle:
-        """Start a worker running process_worker.main, connected by a socket pair: forked by
+        """Start a worker running process_worker_start.main, connected by a socket pair: forked by
         the zygote when there is one (milliseconds), else a fresh interpreter."""
         parent_sock, child_sock = socket.socketpair()
         slot_fd = os.memfd_create("forkjoin-slot") if hasattr(os, "memfd_create") else -1

@@ -82,13 +82,13 @@ class WorkerLifecycle:
 
         def _send(
             self, worker: WorkerHandle, message: Any, fds: list[int] | None = None
-        ) -> None: ...  # process.py
+        ) -> None: ...  # process_messages.py
 
-        def _read(self, worker: WorkerHandle, dying: bool = False) -> None: ...  # process.py
+        def _read(self, worker: WorkerHandle, dying: bool = False) -> None: ...  # messages
 
         def _report(
             self, task: Task, done: DoneCallback, outcome: TaskOutcome
-        ) -> None: ...  # process.py
+        ) -> None: ...  # process_messages.py
 
         def _attach_shared(
             self, worker: WorkerHandle, handles: Any, shared: list[Any], fds: list[int]

@@ -17,32 +17,26 @@ results into segments from its own pool, which it reuses once the caller says ``
 
 The "current task" slot is a few bytes of memory shared with the caller (a memfd): when this
 process dies, the caller reads it to know exactly which task was running, without a message per
-task. A watchdog thread blocks on a pipe whose write end only the caller holds: when the caller
-dies, even by SIGKILL, the read returns and this worker kills its own process group.
+task. The process's start (signals, the caller watchdog, Init) is ``process_worker_start.py``.
 """
 
 from __future__ import annotations
 
 import mmap
-import os
 import pickle
 import resource
-import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
-from ..core.shared import Shared
 from .buffers import MappingCache, Packed, map_descriptor, pack, unpack_mapped
 from .failures import exception_record, unpicklable_result_record
 from .protocol import (
     DropFunction,
     Forget,
-    Init,
     MayRunAnswer,
     Msg,
     Release,
@@ -99,16 +93,6 @@ class _Unreadable:
 
     def __init__(self, message: str) -> None:
         self.message = message
-
-
-def _watch_parent(watchdog_fd: int) -> None:
-    try:
-        os.read(watchdog_fd, 1)  # returns only when every write end (the caller) is gone
-    finally:
-        try:
-            os.killpg(0, signal.SIGKILL)  # this worker and anything its tasks started
-        finally:
-            os._exit(1)
 
 
 def _failure_records(run: ChunkRun, start: int, stop: int) -> list[tuple[Any, ...]]:
@@ -267,7 +251,7 @@ class Worker:
         functions = self.functions
         if payload is not None:
             try:
-                fn = _unpack(payload)
+                fn = unpack_prepared(payload)
             except Exception as exc:
                 fn = _Unreadable(
                     f"the function could not be unpickled in the worker: "
@@ -304,7 +288,7 @@ class Worker:
                 f"reference to it until the map has finished"
             )
         if entry[2] is _UNRESOLVED:
-            entry[2] = _unpack((entry[1], entry[0]))  # (descriptor, mapping)
+            entry[2] = unpack_prepared((entry[1], entry[0]))  # (descriptor, mapping)
         return entry[2]
 
     def run_task(self, spec: TaskSpec, fn_payload: Any, payload: Any) -> None:
@@ -324,7 +308,7 @@ class Worker:
             self.post((task_id, Reply.UNREADABLE_FUNCTION.value, 0.0, 0.0, fn.message, ()))
             return
         try:
-            items = _unpack(payload)
+            items = unpack_prepared(payload)
         except Exception as exc:
             message = (
                 f"the task's arguments could not be unpickled in the worker: "
@@ -434,7 +418,7 @@ class Worker:
 
     def prepare(self, raw: tuple[Any, ...], fds: list[int]) -> tuple[TaskSpec, Any, Any]:
         """A received task, with its function (if it came along) and its arguments mapped, each
-        as a (descriptor, mapping) pair that ``_unpack`` reads."""
+        as a (descriptor, mapping) pair that ``unpack_prepared`` reads."""
         spec = view(TaskSpec, raw)
         function = spec.function
         if function is not None:
@@ -449,79 +433,10 @@ _DONE = Reply.DONE.value
 _PARTIAL = Reply.PARTIAL.value
 
 
-def _unpack(prepared: tuple[Any, Any]) -> Any:
+def unpack_prepared(prepared: tuple[Any, Any]) -> Any:
     """Unpickle a (descriptor, mapping) pair from ``Worker.prepare``."""
     descriptor, mapping = prepared
     if mapping is None:  # an inline descriptor, (stream,)
         (stream,) = descriptor
         return pickle.loads(stream)
     return unpack_mapped(descriptor, mapping)
-
-
-def main(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
-    """Entry point of a worker process (see process.py for how it is started)."""
-    try:
-        _serve(sock_fd, watchdog_fd, slot_fd)
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        os._exit(0)  # the caller went away: nothing to report to, nobody to tell
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM (a timeout, a cancelled or abandoned task, a shutdown) unwinds the worker like
-    an exception, so ``finally`` blocks and ``atexit`` hooks (``run_on_devices``' teardown:
-    free the model, empty the CUDA cache) run before it exits; the caller sends SIGKILL after a
-    grace period if they take too long."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise SystemExit(128 + signum)
-
-
-def _die_by_sigterm_if_terminated() -> None:
-    """Registered first, so it runs last at exit: end by the signal itself, as if unhandled."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
-    import atexit
-
-    atexit.register(_die_by_sigterm_if_terminated)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    threading.Thread(target=_watch_parent, args=(watchdog_fd,), daemon=True).start()
-    sock = socket.socket(fileno=sock_fd)
-    sock.setblocking(True)
-    slot = mmap.mmap(slot_fd, SLOT.size) if slot_fd >= 0 else None
-    worker = Worker(sock, slot)
-    Shared.resolver = worker.resolve_shared
-    from .wire import close_fds, recv_frame
-
-    frame, fds = recv_frame(sock)
-    init = view(Init, pickle.loads(frame))
-    worker.receive_shared(init.shared, fds)
-    init_payload = None
-    if init.initializer is not None:
-        init_payload = worker.map_segments(init.initializer, fds, report=False)
-    close_fds(fds)
-    sys.path[:] = init.sys_path
-    os.environ["FORKJOIN_WORKER_DEPTH"] = str(init.depth)
-    os.environ["FORKJOIN_WORKER_ID"] = str(init.worker_id)
-    from multiprocessing import process as mp_process  # light: not the whole package
-
-    mp_process.current_process().authkey = init.authkey
-    from ..core.context import WorkerContext, install
-
-    context = WorkerContext(init.worker_id, "process", device=init.device, gpus=tuple(init.gpus))
-    install(context)
-    if init_payload is not None:
-        try:
-            initializer, initargs = _unpack(init_payload)
-            initializer(*initargs)
-        except BaseException as exc:
-            from .wire import short_traceback
-
-            summary = f"{type(exc).__name__}: {exc}"
-            worker.send((Msg.INIT_ERROR.value, summary, short_traceback(exc)))  # an InitError
-            sys.exit(3)
-    threading.Thread(target=worker.flush_late, name="forkjoin-flusher", daemon=True).start()
-    worker.send((Msg.READY.value, os.getpid()))  # a protocol.Ready
-    worker.serve()

@@ -5,7 +5,7 @@
     caller (manager thread)                 zygote (single thread)            new worker
     ───────────────────────                 ──────────────────────            ──────────
     Spawn(cwd, env) + fds ──socket──>       fork()  ──────────────────────>   setsid, cwd, env
-      [worker socket, slot memfd]                                              process_worker.main
+      [worker socket, slot memfd]                                          process_worker_start.main
                               <──────────   Spawned(pid)
     pidfd_open(pid): its death is seen at once
                               <──────────   Exited(pid, exit code, peak RSS)   (on SIGCHLD)
@@ -93,7 +93,7 @@ def serve(control_fd: int, watchdog_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     # What every worker imports at start-up, imported once here.
     from ..core import context, execute  # noqa: F401
-    from . import process_worker  # noqa: F401
+    from . import process_worker_start  # noqa: F401  (and process_worker)
 
     control = socket.socket(fileno=control_fd)
     control.setblocking(True)
@@ -195,7 +195,7 @@ def _fork_worker(
         os.environ.clear()
         os.environ.update(env)
         atexit._clear()  # the zygote's exit hooks are not the worker's
-        from .process_worker import main
+        from .process_worker_start import main
 
         main(sock_fd, watchdog_fd, slot_fd)
     except SystemExit as exc:
