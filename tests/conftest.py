@@ -197,7 +197,28 @@ def spark_cluster() -> Iterator[fj.Pool]:
 # -- markers ---------------------------------------------------------------------------------------
 
 _CLUSTER_FIXTURES = {"ray_cluster", "dask_cluster", "spark_cluster"}
-_SLOW_FILES = {"test_examples.py", "test_stress.py", "test_data_bench.py", "test_data_memory.py"}
+# The fast core is the engine, the backends and the data plane. Slow: whole suites that run the
+# layers above them end to end (data pipelines on worker pools, the CLI in subprocesses, reports
+# in Chromium, docs and wheel builds), and the engine tests that take seconds each (measured with
+# --durations on a 2-core machine: crash storms, multi-MB payloads, millions of items).
+_SLOW_FILES = {
+    "test_examples.py", "test_stress.py", "test_cli.py", "test_dashboard.py", "test_docs.py",
+    "test_packaging.py", "test_analysis_scaling.py", "test_joblib_integration.py",
+    "test_profiler.py", "test_run_report_option.py", "test_preload.py", "test_distribution.py",
+    "test_sklearn_bench.py", "test_gpu_check.py",
+}  # fmt: skip
+_SLOW_FILE_PREFIXES = ("test_data_",)  # forkjoin.data: pyarrow pipelines on worker pools
+_SLOW_TESTS = {
+    "test_workers_sigkill_each_other", "test_crash_while_a_large_result_is_in_flight",
+    "test_crash_while_a_large_argument_is_in_flight", "test_large_payloads_both_ways_in_parallel",
+    "test_a_chunk_over_its_timeout_blames_only_the_slow_item",
+    "test_a_finished_result_is_delivered_while_its_worker_runs_a_slow_task",
+    "test_no_file_descriptor_leak_in_the_caller",
+    "test_two_million_items_stream_with_bounded_read_ahead",
+    "test_memory_stays_flat", "test_releasing_results_while_submitting_never_loses_a_wake_up",
+    "test_normal_exit_moves_data_through_segments_and_leaves_nothing",
+    "test_run_on_devices_cpu_inference_matches_a_plain_loop",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -214,5 +235,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = item.path.name
         if name.startswith("test_train") or "_cluster" in name or "on_clusters" in name:
             item.add_marker("train" if name.startswith("test_train") else "cluster")
-        if name in _SLOW_FILES:
+        slow_test = getattr(item, "originalname", item.name) in _SLOW_TESTS
+        if name in _SLOW_FILES or name.startswith(_SLOW_FILE_PREFIXES) or slow_test:
             item.add_marker(pytest.mark.slow)
