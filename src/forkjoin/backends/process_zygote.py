@@ -161,7 +161,9 @@ def function_modules(fn: Any) -> list[str]:
         fn = fn.func
     for owner in (fn, type(fn)):
         name = getattr(owner, "__module__", None)
-        if isinstance(name, str) and name not in ("__main__", "builtins") and name in sys.modules:
+        if name == "__main__":
+            modules.append("cloudpickle")  # it travels by value (buffers.pickle_with_buffers)
+        elif isinstance(name, str) and name != "builtins" and name in sys.modules:
             modules.append(name)
     return modules
 
