@@ -137,7 +137,7 @@ def test_the_chunker_shortens_chunks_for_the_rate_of_faults():
     assert fixed.next_size() == 64
 
 
-_LEARNED_MODULE = '''
+_LEARNED_MODULE = """
 import os, signal, time
 
 with open({log!r}, "a") as log:
@@ -153,7 +153,7 @@ def kill_once(x, markers):
         except FileExistsError:
             pass
     return x + 1
-'''
+"""
 
 
 def test_replacement_workers_do_not_import_the_users_module_again(tmp_path, monkeypatch):
@@ -173,3 +173,31 @@ def test_replacement_workers_do_not_import_the_users_module_again(tmp_path, monk
     importers = [int(pid) for pid in log.read_text().split() if int(pid) != os.getpid()]
     # the first two workers, and the zygote once: not each of the five replacements
     assert len(importers) <= 3, f"{len(importers)} imports for {started} workers"
+
+
+def _pid_after(x: int, log: str, markers: str, kill_once=frozenset()) -> int:
+    _logged(x, log, markers, kill_once=kill_once)
+    return os.getpid()
+
+
+def _spares(pool: fj.Pool) -> set[int]:
+    backend = pool._backend
+    zygote = backend._zygote
+    return set(backend.service_pids()) - ({zygote.proc.pid} if zygote is not None else set())
+
+
+def test_after_a_crash_a_spare_worker_stands_by_for_the_next(tmp_path):
+    run = functools.partial(_pid_after, log=str(tmp_path / "runs.log"), markers=str(tmp_path))
+    with fj.Pool(workers=2, retries=1) as pool:
+        assert _spares(pool) == set()  # nothing extra until a worker dies
+        pool.map_list(functools.partial(run, kill_once={3}), range(10))
+        deadline = time.monotonic() + 30
+        while not _spares(pool) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (spare,) = _spares(pool)
+        assert len(pool.worker_pids()) == 2 and spare not in pool.worker_pids()
+        ran_on = set(pool.map_list(run, range(200)))
+        assert spare not in ran_on  # a spare takes no work while the pool is whole
+        pool.map_list(functools.partial(run, kill_once={5}), range(10))
+        assert spare in pool.worker_pids()  # it took the place of the worker that died
+        assert len(pool.worker_pids()) == 2

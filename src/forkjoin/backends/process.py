@@ -165,6 +165,7 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
         self._use_zygote = os.environ.get("FORKJOIN_ZYGOTE", "1") != "0"
         self._modules_run: dict[str, None] = {}
         self._modules_preloaded = 0
+        self._spare_wanted = False
         self._segments = shm.SegmentPool()  # for task arguments
         self._segments.on_close = self._segment_closed
         if self.initializer is not None:
@@ -313,11 +314,12 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
         return self.alive or (manager is not None and manager.is_alive())
 
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in list(self._workers.values())]
+        return [w.pid for w in list(self._workers.values()) if not w.spare]
 
     def service_pids(self) -> list[int]:
         zygote = self._zygote
-        return [zygote.proc.pid] if zygote is not None else []
+        spares = [w.pid for w in list(self._workers.values()) if w.spare]
+        return ([zygote.proc.pid] if zygote is not None else []) + spares
 
     def _wake(self) -> None:
         self._wake_sent = True

@@ -112,6 +112,7 @@ class Dispatcher:
     def _has_idle_worker(self) -> bool:
         return any(
             not w.in_flight and w.state is WorkerState.READY and w.kill_reason is None
+            and not w.spare
             for w in self._workers.values()
         )
 
@@ -175,6 +176,7 @@ class Dispatcher:
             for w in self._workers.values()
             if w.state is WorkerState.READY
             and w.kill_reason is None
+            and not w.spare
             and not w.exclusive
             and not w.stolen  # it still owes answers about tasks taken back: stuck
             and not (w.in_flight and self._is_stuck(w, now))
