@@ -46,7 +46,7 @@ STOP_GRACE_SECONDS = 2.0
 # This many workers in a row dying before they are ready means they cannot start at all.
 MAX_FAILED_STARTS = 3
 # Why a worker stopped, when it was a fault of the work (None: it died on its own).
-_FAULT_REASONS = (None, "timeout", "memory")
+_FAULT_REASONS = (None, KillReason.TIMEOUT, KillReason.MEMORY)
 # How often worker memory is read when memory_limit= is set (and a task is running): a task is
 # stopped within this long of crossing the limit. /proc reads cost ~20 us per worker.
 MEMORY_CHECK_SECONDS = 0.05
