@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -219,6 +220,26 @@ _SLOW_TESTS = {
     "test_normal_exit_moves_data_through_segments_and_leaves_nothing",
     "test_run_on_devices_cpu_inference_matches_a_plain_loop",
 }  # fmt: skip
+
+
+FAST_CORE = "not slow and not cluster and not train and not compat"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under exactly the fast-core expression, do not even import the suites it leaves out
+    whole (their imports of torch, pyarrow, scikit-learn, Ray cost more than the core's tests)."""
+    if " ".join((config.getoption("markexpr") or "").split()) != FAST_CORE:
+        return None
+    name = collection_path.name
+    whole = (
+        name in _SLOW_FILES
+        or name.startswith(_SLOW_FILE_PREFIXES)
+        or name.startswith("test_train")
+        or "_cluster" in name
+        or "on_clusters" in name
+        or name == "compat"
+    )
+    return True if whole else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
