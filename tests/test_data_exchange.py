@@ -20,6 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import forkjoin as fj  # noqa: E402
 from forkjoin.data import spill  # noqa: E402
+from forkjoin.data.kernels import KERNEL_ENV  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,6 +83,13 @@ def spill_root(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     assert os.listdir(root) == [], "spill files left behind"
 
 
+@pytest.fixture(params=["polars", "arrow"])
+def kernel(request, monkeypatch):  # type: ignore[no-untyped-def]
+    """The reduce side's kernel (kernels.py): each equality test runs with both."""
+    monkeypatch.setenv(KERNEL_ENV, request.param)
+    return request.param
+
+
 def force_spill(on: bool) -> None:
     if on:
         os.environ["FORKJOIN_SPILL_THRESHOLD"] = "0"
@@ -125,7 +133,7 @@ def dataset(table: Any, partitions: int = 3) -> Any:
 
 RUN = {"workers": 2, "backend": "threads"}
 FAST = settings(
-    max_examples=20,
+    max_examples=15,  # per kernel (the equality tests run with Polars and with Acero)
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -139,7 +147,7 @@ FAST = settings(
     spilled=st.booleans(),
     broadcast=st.sampled_from([None, False]),
 )
-def test_join_equals_pandas_merge(spill_root, data, how, key_type, spilled, broadcast):
+def test_join_equals_pandas_merge(spill_root, kernel, data, how, key_type, spilled, broadcast):
     left = data.draw(tables(key_type, "x"))
     right = data.draw(tables(key_type, "y", max_rows=25))
     force_spill(spilled)
@@ -153,7 +161,7 @@ def test_join_equals_pandas_merge(spill_root, data, how, key_type, spilled, broa
 
 @FAST
 @given(data=st.data(), how=st.sampled_from(["inner", "left", "right", "outer"]))
-def test_join_left_on_right_on_keeps_both_keys_and_suffixes(spill_root, data, how):
+def test_join_left_on_right_on_keeps_both_keys_and_suffixes(spill_root, kernel, data, how):
     left = data.draw(tables("int", "v"))
     right = data.draw(tables("int", "v", max_rows=20)).rename_columns(["rk", "v", "n"])
     got = (
@@ -173,7 +181,7 @@ def test_join_left_on_right_on_keeps_both_keys_and_suffixes(spill_root, data, ho
     spilled=st.booleans(),
     descending=st.lists(st.booleans(), min_size=2, max_size=2),
 )
-def test_sort_equals_pandas_stable_sort(spill_root, data, key_type, spilled, descending):
+def test_sort_equals_pandas_stable_sort(spill_root, kernel, data, key_type, spilled, descending):
     table = data.draw(tables(key_type, "x", max_rows=60))
     force_spill(spilled)
     try:
@@ -199,7 +207,7 @@ def summarize(group: Any) -> Any:
 
 @FAST
 @given(data=st.data(), key_type=st.sampled_from(["int", "str"]), spilled=st.booleans())
-def test_map_groups_equals_pandas_groupby_apply(spill_root, data, key_type, spilled):
+def test_map_groups_equals_pandas_groupby_apply(spill_root, kernel, data, key_type, spilled):
     table = data.draw(tables(key_type, "x", max_rows=60))
     force_spill(spilled)
     try:
