@@ -61,12 +61,20 @@ JOIN_RIGHT = ["o_orderkey", "o_orderpriority"]
 
 
 def load_data_layer(_: int) -> None:
+    """The imports a forkjoin data job needs, done before timing (as the peers' are): the data
+    layer, pyarrow's compute and Acero, and the reduce side's kernel library (Polars)."""
     import pandas  # noqa: F401
+    import pyarrow.acero  # noqa: F401
+    import pyarrow.compute  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
+    import forkjoin.data.aggregate  # noqa: F401
     import forkjoin.data.join  # noqa: F401
     import forkjoin.data.readers  # noqa: F401
     import forkjoin.data.sort  # noqa: F401
+    from forkjoin.data.kernels import kernel_name
+
+    kernel_name()
 
 
 # -- forkjoin ------------------------------------------------------------------------------------
@@ -78,6 +86,7 @@ def forkjoin(workload: str, data: str, out: str, workers: int) -> Run:
     # The shared pool started and the data layer imported in its workers, as the peers' imports
     # are done before timing too.
     fj.map(load_data_layer, range(8 * workers), workers=workers)
+    load_data_layer(0)  # the caller merges aggregates and collects: its imports too
     left, right = paths(data, workload)
     stats: dict[str, Any] = {}
 

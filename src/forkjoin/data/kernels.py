@@ -153,7 +153,7 @@ def polars_join(
         how=polars_how,
         coalesce=coalesce,
         maintain_order=order,
-        nulls_equal=False,  # SQL: a null key matches nothing
+        nulls_equal=False,  # SQL: a null key matches nothing (polars >= 1.25)
     )
     # A coalesced right join keeps the right side's key names: give them the left ones.
     keep = {r: lk for r, lk in zip(join_right_keys, join_left_keys, strict=True)}
