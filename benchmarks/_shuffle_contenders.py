@@ -80,12 +80,13 @@ def load_data_layer(_: int) -> None:
 # -- forkjoin ------------------------------------------------------------------------------------
 
 
-def forkjoin(workload: str, data: str, out: str, workers: int) -> Run:
+def forkjoin(workload: str, data: str, out: str, workers: int, backend: str = "process") -> Run:
     import forkjoin as fj
 
     # The shared pool started and the data layer imported in its workers, as the peers' imports
     # are done before timing too.
-    fj.map(load_data_layer, range(8 * workers), workers=workers)
+    run_options = {"workers": workers, "backend": backend}
+    fj.map(load_data_layer, range(8 * workers), **run_options)
     load_data_layer(0)  # the caller merges aggregates and collects: its imports too
     left, right = paths(data, workload)
     stats: dict[str, Any] = {}
@@ -98,17 +99,17 @@ def forkjoin(workload: str, data: str, out: str, workers: int) -> Run:
                 right_on="o_orderkey",
             )
             agg = ds.groupby("o_orderpriority").agg({"l_extendedprice": "sum"})
-            frame = agg.to_pandas(workers=workers)
+            frame = agg.to_pandas(**run_options)
             stats["spill_bytes"] = ds.stats().bytes_spilled + agg.stats().bytes_spilled
             return agg_result(frame.o_orderpriority, frame.l_extendedprice)
         if workload == "sort":
             ds = fj.data.read_parquet(left).sort("l_extendedprice")
-            result = ds.write_parquet(out, workers=workers)
+            result = ds.write_parquet(out, **run_options)
             stats["spill_bytes"] = result.bytes_spilled
             return None
         ds = fj.data.read_parquet(left, columns=GROUP_COLUMNS).groupby("l_suppkey")
         grouped = ds.map_groups(fit_numpy, batch_format="numpy")
-        frame = grouped.to_pandas(workers=workers)
+        frame = grouped.to_pandas(**run_options)
         stats["spill_bytes"] = grouped.stats().bytes_spilled
         return groups_result(frame.l_suppkey, frame.a, frame.b)
 
