@@ -402,3 +402,88 @@ def test_stale_spill_directories_are_cleaned_only_when_their_owner_is_gone(tmp_p
     assert removed == [str(dead)] and os.path.isdir(live_path)
     live.close()
     assert os.listdir(tmp_path) == []
+
+
+# -- the reduce side's kernels (kernels.py): Polars and Acero give the same tables --------------
+
+
+def kernel_tables() -> tuple[Any, Any]:
+    import datetime
+
+    left = pa.table(
+        {
+            "k": pa.array([1, 2, None, 2, 5], pa.int32()),
+            "s": ["a", "ß", None, "日本", ""],
+            "d": pa.array([datetime.date(2024, 1, i) for i in range(1, 6)], pa.date32()),
+            "t": pa.array([1, 2, 3, None, 5], pa.timestamp("ms", tz="UTC")),
+            "v": [1.5, None, 2.5, 3.5, 4.5],
+        }
+    )
+    right = pa.table(
+        {
+            "k": pa.array([2, 2, 1, None, 7], pa.int64()),
+            "s": ["x", "y", "z", "w", "v"],
+            "b": [True, False, None, True, False],
+        }
+    )
+    return left, right
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_polars_and_acero_joins_give_the_same_table(how, monkeypatch):
+    from forkjoin.data.join import JoinSpec
+    from forkjoin.data.kernels import polars_module
+
+    assert polars_module() is not None, "polars is in the test extra"
+    left, right = kernel_tables()
+    spec = JoinSpec(("k",), ("k",), how, ("_l", "_r"))
+    out = {}
+    for kernel in ("polars", "arrow"):
+        monkeypatch.setenv(KERNEL_ENV, kernel)
+        out[kernel] = spec([left, right])
+    assert out["polars"].schema == out["arrow"].schema
+    key = [(c, "ascending") for c in out["arrow"].column_names if c != "t"]
+    assert out["polars"].sort_by(key).equals(out["arrow"].sort_by(key))
+    # a dictionary column is not one Polars gives back exactly: Acero joins it
+    coded = left.set_column(1, "s", left.column("s").dictionary_encode())
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    assert spec([coded, right]).schema.field(1).type == coded.schema.field("s").type
+
+
+def test_polars_sort_keeps_acero_order_for_nulls_ties_and_nan(monkeypatch):
+    from forkjoin.data.kernels import stable_sort
+
+    table = pa.table(
+        {
+            "k": [3.0, None, 1.0, 3.0, 2.0, None, 1.0],
+            "s": ["b", "a", None, "a", "c", "b", "a"],
+            "n": list(range(7)),
+        }
+    )
+    keys = [("k", "descending"), ("s", "ascending")]
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    fast = stable_sort(table, keys)
+    monkeypatch.setenv(KERNEL_ENV, "arrow")
+    assert fast.equals(stable_sort(table, keys))
+    assert fast.column("n").to_pylist() == [3, 0, 4, 6, 2, 1, 5]  # nulls last, ties in order
+    with_nan = table.set_column(0, "k", pa.array([3.0, None, float("nan"), 3.0, 2.0, None, 1.0]))
+    monkeypatch.setenv(KERNEL_ENV, "polars")  # NaN: Acero's order (after numbers), not Polars'
+    assert stable_sort(with_nan, keys).column("n").to_pylist() == [3, 0, 4, 6, 2, 1, 5]
+
+
+def test_kernel_choice_from_the_environment(monkeypatch):
+    from forkjoin.data import kernels
+
+    monkeypatch.setenv(KERNEL_ENV, "arrow")
+    assert kernels.kernel_name() == "arrow"
+    monkeypatch.setenv(KERNEL_ENV, "auto")
+    assert kernels.kernel_name() == "polars"
+    monkeypatch.setenv(KERNEL_ENV, "duckdb")
+    with pytest.raises(ValueError, match="FORKJOIN_DATA_KERNEL"):
+        kernels.kernel_name()
+    monkeypatch.setattr(kernels, "_polars", False)  # as if polars were not installed
+    monkeypatch.setenv(KERNEL_ENV, "auto")
+    assert kernels.kernel_name() == "arrow"
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    with pytest.raises(fj.BackendUnavailableError, match="pip install"):
+        kernels.kernel_name()
