@@ -137,3 +137,91 @@ def mp_label() -> str:
     import multiprocessing
 
     return f"multiprocessing.Pool ({multiprocessing.get_start_method()})"
+
+
+# -- contenders in fresh interpreters (bench_shuffle; bench_data and bench_inference can share) ---
+
+RSS_SAMPLE_SECONDS = 0.1
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants now (0 if it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(command: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``command`` (a contender in a fresh interpreter, its own session, killed whole at
+    the end) and return the last JSON line it printed plus ``peak_rss``, the peak resident bytes
+    of its process tree (sampled every RSS_SAMPLE_SECONDS). On failure: ``{"error": [last
+    lines of stderr], "peak_rss": ...}``, so a contender that fails or runs out of memory is
+    a row that says so."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(RSS_SAMPLE_SECONDS):
+            peak = max(peak, tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = "", f"timed out after {timeout:.0f} s"
+    finally:
+        done.set()
+        sampler.join()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the contender left behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        why = (stderr or stdout).strip().splitlines()[-3:] or [f"exit status {proc.returncode}"]
+        if proc.returncode == -signal.SIGKILL:
+            why.append("(SIGKILL: out of memory?)")
+        return {"error": why, "peak_rss": peak}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["peak_rss"] = peak
+    return result
+
+
+def library_versions(modules: tuple[str, ...]) -> dict[str, str | None]:
+    """``{module: __version__ or None}`` for a benchmark's JSON metadata."""
+    versions: dict[str, str | None] = {}
+    for module in modules:
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    return versions
