@@ -3,16 +3,17 @@
     python benchmarks/bench_observe.py [--quick] [--json PATH] [--check]
 
     submit   trivial tasks through Pool.submit, then gather: a pool without a dashboard,    tasks/s
-             one with the dashboard up and its state fetched twice a second (the page
-             fetches once), one with profile=True; multiprocessing.Pool.apply_async for scale
+             one with the dashboard up and its state fetched twice a second by another
+             process (the page fetches once), one with profile=True;
+             multiprocessing.Pool.apply_async for scale
     cpu      16 pure-Python tasks of ~0.25 s with fj.map: profile off, profile on (speed-   seconds
              scope JSON written each run); multiprocessing.Pool.map for scale
 
 Goals (forkjoin issue 20): the dashboard costs < 2% of Pool.submit throughput; profile=True
-costs <= 5% on the CPU-bound map. Contenders take turns within each round (round-robin); each
-goal is judged on the median of the per-round on/off ratios (a pair runs back to back, so load
-elsewhere on this shared machine moves both alike), the ratio of best runs shown beside it.
-Every run is in the JSON.
+costs <= 5% on the CPU-bound map. Contenders take turns within each round (round-robin, the
+order reversed every other round); each goal is judged on the median of the per-round on/off
+ratios (a pair runs back to back, so load elsewhere on this shared machine moves both alike),
+the ratio of best runs shown beside it. Every run is in the JSON.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import functools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +40,19 @@ from _harness import (  # noqa: E402
     WORKERS,
     Clock,
     Log,
+    apply_async_and_gather,
+    calibrate_spin,
     check_equal,
     mp_label,
+    paired_ratio,
+    progress_log,
     round_robin,
     shutdown_shared,
+    submit_and_gather,
     timed,
     wait_until_ready,
 )
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
-from _throughput import calibrate_spin  # noqa: E402
 from _workloads import identity, spin  # noqa: E402
 from bench_engine import metadata  # noqa: E402
 
@@ -66,37 +70,53 @@ MAP_ON = "fj.map, profile=True"
 
 @dataclass(frozen=True)
 class ObserveSettings:
-    submit_tasks: int = 20_000
-    submit_repeats: int = 7
+    submit_tasks: int = 10_000
+    submit_repeats: int = 21  # dashboard off / on, alternating: enough pairs to resolve 2%
+    submit_other_repeats: int = 5  # profile=True and multiprocessing, for scale
     cpu_tasks: int = 16
     cpu_task_seconds: float = 0.25
-    cpu_repeats: int = 5
+    cpu_repeats: int = 9  # profile off / on, alternating
+    cpu_other_repeats: int = 3  # multiprocessing, for scale
     warmup_tasks: int = 200
 
 
 FULL = ObserveSettings()
-QUICK = ObserveSettings(submit_tasks=5_000, submit_repeats=5, cpu_task_seconds=0.1, cpu_repeats=3)
+QUICK = ObserveSettings(
+    submit_tasks=5_000, submit_repeats=5, submit_other_repeats=3, cpu_task_seconds=0.1,
+    cpu_repeats=3, cpu_other_repeats=2,
+)  # fmt: skip
+
+
+# A browser tab left open, in its own process as a browser would be: it fetches the state every
+# POLL_SECONDS until its stdin closes.
+_POLLER = """
+import sys, threading, urllib.request
+url, period = sys.argv[1], float(sys.argv[2])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+while not stop.wait(period):
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        reply.read()
+"""
 
 
 class Poller:
-    """Fetches the dashboard's state like a browser tab left open, until stopped."""
+    """Fetches the dashboard's state like a browser tab left open, from another process."""
 
     def __init__(self, url: str) -> None:
-        self.url = url.replace("/?token=", "/api/state?token=")
-        self.fetches = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-poller", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            with urllib.request.urlopen(self.url, timeout=10) as reply:
-                reply.read()
-            self.fetches += 1
+        state_url = url.replace("/?token=", "/api/state?token=")
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _POLLER, state_url, str(POLL_SECONDS)], stdin=subprocess.PIPE
+        )
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            self._process.wait(15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
 
 _tick_ms = 0.0
@@ -132,29 +152,26 @@ def bench_submit(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
     poller = Poller(watched.dashboard_url)
     try:
 
-        def submit_all(pool: Any, count: int) -> list[Any]:
-            futures = [pool.submit(identity, i) for i in range(count)]
-            return [future.result() for future in futures]
-
-        def run_mp(count: int) -> list[Any]:
-            handles = [mp_pool.apply_async(identity, (i,)) for i in range(count)]
-            return [handle.get() for handle in handles]
-
+        mp_name = f"{mp_label()}.apply_async"
         runners: dict[str, Callable[[int], list[Any]]] = {
-            OFF: functools.partial(submit_all, plain),
-            ON: functools.partial(submit_all, watched),
-            PROFILED_SUBMIT: functools.partial(submit_all, profiled),
-            f"{mp_label()}.apply_async": run_mp,
+            OFF: functools.partial(submit_and_gather, plain.submit, identity),
+            ON: functools.partial(submit_and_gather, watched.submit, identity),
+            PROFILED_SUBMIT: functools.partial(submit_and_gather, profiled.submit, identity),
+            mp_name: functools.partial(apply_async_and_gather, mp_pool, identity),
         }
         log(f"submit: warming {len(runners)} pools")
         for pool in (plain, watched, profiled):
-            submit_all(pool, settings.warmup_tasks)
+            submit_and_gather(pool.submit, identity, settings.warmup_tasks)
             wait_until_ready(pool.stats)
         for name, run in runners.items():
             check_equal(name, run(settings.warmup_tasks), list(range(settings.warmup_tasks)))
+        # The pair the goal compares runs every round, in alternating order; the others fewer.
+        repeats = {name: settings.submit_repeats for name in runners}
+        repeats[PROFILED_SUBMIT] = repeats[mp_name] = settings.submit_other_repeats
         log(f"submit: {n} tasks x {settings.submit_repeats} rounds")
         cases = {name: timed(functools.partial(run, n)) for name, run in runners.items()}
-        samples = round_robin(cases, settings.submit_repeats, clock)
+        samples = round_robin(cases, repeats, clock, alternate=True)
+        fetches = watched._observer.dashboard.state_requests
         state_ms = _state_cost_ms(watched)
     finally:
         poller.stop()
@@ -170,9 +187,10 @@ def bench_submit(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
         higher_is_better=True,
         statistic="best",
         reference=OFF,
-        params={"tasks": n, "repeats": settings.submit_repeats, "poll_seconds": POLL_SECONDS},
+        params={"tasks": n, "repeats": repeats, "poll_seconds": POLL_SECONDS},
         notes=[
-            f"the dashboard's state was fetched {poller.fetches} times during the section",
+            f"the dashboard's state was fetched {fetches} times during the section, by a "
+            f"poller in another process (as a browser tab would)",
             f"building it costs {state_ms:.2f} ms of the caller's CPU (a full timeline), a "
             f"tick {_tick_ms:.3f} ms: at the page's 1 fetch/s, "
             f"{(state_ms + _tick_ms) / 10:.2f}% of one core",
@@ -209,7 +227,9 @@ def bench_cpu(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
             f"{mp_label()}.map": timed(lambda: mp_pool.map(spin, tasks)),
         }
         log(f"cpu: {len(cases)} cases x {settings.cpu_repeats} rounds")
-        samples = round_robin(cases, settings.cpu_repeats, clock)
+        repeats = dict.fromkeys(cases, settings.cpu_repeats)
+        repeats[f"{mp_label()}.map"] = settings.cpu_other_repeats
+        samples = round_robin(cases, repeats, clock, alternate=True)
         from forkjoin.observe.runs import last_profile
 
         profile = last_profile()
@@ -227,7 +247,7 @@ def bench_cpu(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
         higher_is_better=False,
         statistic="best",
         reference=MAP_OFF,
-        params={"tasks": settings.cpu_tasks, "steps": steps, "repeats": settings.cpu_repeats},
+        params={"tasks": settings.cpu_tasks, "steps": steps, "repeats": repeats},
         notes=[
             f"the last profile put {100 * share:.0f}% of user time in spin()",
             f"its samplers used {100 * cost:.2f}% of the sampled worker time as CPU (steadier "
@@ -244,9 +264,8 @@ def bench_cpu(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
 
 
 def _paired(on: Row, off: Row) -> float:
-    """The median of the round-by-round ratios on/off: each pair ran back to back, so load
-    elsewhere on the machine moves both alike (the ratio of bests is shown beside it)."""
-    return statistics.median(a / b for a, b in zip(on.runs, off.runs, strict=True))
+    """The median of the round-by-round ratios on/off (the ratio of bests is shown beside it)."""
+    return paired_ratio(on.runs[: len(off.runs)], off.runs[: len(on.runs)])
 
 
 def evaluate_goals(sections: dict[str, Section]) -> list[Goal]:
@@ -284,10 +303,7 @@ def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
     console = console or make_console()
     clock = time.perf_counter
     started = clock()
-
-    def log(message: str) -> None:
-        console.print(f"[{clock() - started:6.1f}s] {message}", style="dim")
-
+    log = progress_log(console, clock, style="dim")
     meta = metadata(settings, args.quick)  # type: ignore[arg-type]  (any dataclass will do)
     only = [key.strip() for key in args.only.split(",") if key.strip()]
     sections = [SECTIONS[key](settings, clock, log) for key in SECTIONS if key in only]
