@@ -151,7 +151,6 @@ def bench_submit(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
     assert watched.dashboard_url is not None
     poller = Poller(watched.dashboard_url)
     try:
-
         mp_name = f"{mp_label()}.apply_async"
         runners: dict[str, Callable[[int], list[Any]]] = {
             OFF: functools.partial(submit_and_gather, plain.submit, identity),

@@ -25,6 +25,7 @@ TICK_SECONDS = 1.0
 HISTORY_TICKS = 600  # ten minutes of throughput history per pool
 TIMELINE_SECONDS = 30.0  # the task timeline shows this much of the recent past
 TIMELINE_MAX_TASKS = 1500  # ...and at most this many tasks (the most recent)
+TIMELINE_PIXEL_SECONDS = TIMELINE_SECONDS / 900  # the page draws it 900 pixels wide
 RATE_WINDOW_TICKS = 5  # throughput for the ETA: items per second over the last few ticks
 ENDED_AFTER_SECONDS = 2.0  # a pool with no worker alive and no task for this long has ended
 MAX_ENDED_SHOWN = 20  # ended pools are listed in one line each, the most recent first
@@ -234,11 +235,11 @@ class LiveView:
     @staticmethod
     def _sample(log: EventLog, watched: _Watched, now: float) -> None:
         stats = log.stats()
-        previous = watched.last_stats
+        last = watched.last_stats
         if (
-            previous is None
-            or stats.tasks_submitted != previous.tasks_submitted
-            or stats.tasks_done != previous.tasks_done
+            last is None
+            or stats.tasks_submitted != last.tasks_submitted
+            or stats.tasks_done != last.tasks_done
             or stats.tasks_submitted > stats.tasks_done
         ):
             watched.last_active = now
@@ -354,12 +355,21 @@ def _series(history: list[tuple[float, int, int]], now: float) -> dict[str, list
     return {"t": t, "items_per_s": rate}
 
 
+_processes: dict[int, Any] = {}  # pid -> psutil.Process: created once (it parses /proc)
+
+
 def _rss(pid: int) -> int | None:
     try:
         import psutil
 
-        return int(psutil.Process(pid).memory_info().rss)
+        process = _processes.get(pid)
+        if process is None:
+            if len(_processes) > 256:  # pids of workers long gone
+                _processes.clear()
+            process = _processes[pid] = psutil.Process(pid)
+        return int(process.memory_info().rss)
     except Exception:  # gone, or not ours to read
+        _processes.pop(pid, None)
         return None
 
 
@@ -368,8 +378,10 @@ def _running_starts(records: list[Any], running: dict[int, Running]) -> dict[int
     ``dispatched``; if it waited in the worker's queue, it began when the worker's previous
     task ended (the worker picks the next one up at once)."""
     last_end: dict[int, float] = {}
-    for record in records:
-        if record.worker in running and record.end_time > last_end.get(record.worker, 0.0):
+    for record in reversed(records):  # newest first: stop once every running worker is found
+        if len(last_end) == len(running):
+            break
+        if record.worker in running and record.worker not in last_end:
             last_end[record.worker] = record.end_time
     return {
         worker: max(task.dispatched, last_end.get(worker, 0.0))
@@ -404,19 +416,34 @@ def _workers(
 def _timeline(
     records: list[Any], running: dict[int, Running], starts: dict[int, float], now: float
 ) -> list[list[Any]]:
-    """[worker, start, end, status] of the recent tasks, seconds before now; the tasks running
-    now end at 0 with status "running"."""
-    rows = []
-    for record in records:
-        if now - record.end_time > TIMELINE_SECONDS:
+    """[worker, start, end, status] bars of the recent tasks, seconds before now; the tasks
+    running now end at 0 with status "running".
+
+    Back-to-back tasks of a worker with the same outcome are merged into one bar when the gap
+    between them is under one pixel of the page's timeline: at thousands of tasks a second
+    the page gets a few bars instead of a row per task (what it costs the caller to answer).
+    """
+    rows: list[list[Any]] = []
+    open_bars: dict[int, list[Any]] = {}  # worker -> its latest bar, still growing
+    oldest = now - TIMELINE_SECONDS
+    for _, worker, _, _, _, start, end, _, _, _, status in records:  # TaskRecord fields
+        if end < oldest:
             continue
-        start = record.start_time if record.start_time > 0 else record.end_time
-        rows.append([
-            record.worker, round(start - now, 4), round(record.end_time - now, 4),
-            _STATUS_NAMES.get(record.status, "?"),
-        ])  # fmt: skip
+        if start <= 0:
+            start = end
+        bar = open_bars.get(worker)
+        if bar is not None and bar[3] == status and start - bar[2] <= TIMELINE_PIXEL_SECONDS:
+            if end > bar[2]:
+                bar[2] = end
+            continue
+        bar = open_bars[worker] = [worker, start, end, status]
+        rows.append(bar)
+    for bar in rows:
+        bar[1] = round(bar[1] - now, 3)
+        bar[2] = round(bar[2] - now, 3)
+        bar[3] = _STATUS_NAMES.get(bar[3], "?")
     for worker in running:
-        start = round(max(starts[worker] - now, -TIMELINE_SECONDS), 4)
+        start = round(max(starts[worker] - now, -TIMELINE_SECONDS), 3)
         rows.append([worker, start, 0.0, "running"])
     return rows
 
