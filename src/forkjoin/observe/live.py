@@ -226,7 +226,8 @@ class LiveView:
                 if entry is None or entry[0] is not log:
                     self._numbered += 1
                     entry = self._watched[key] = (log, _Watched("", self._numbered, now))
-                    entry[1].last_active = now
+                    latest = log.recent_tasks(1)  # a pool seen late: when it last did something
+                    entry[1].last_active = latest[0].merge_time if latest else log.created
                 self._relabel(log, entry[1])
                 self._sample(log, entry[1], now)
             for key in set(self._watched) - seen:
@@ -236,11 +237,9 @@ class LiveView:
     def _sample(log: EventLog, watched: _Watched, now: float) -> None:
         stats = log.stats()
         last = watched.last_stats
-        if (
-            last is None
-            or stats.tasks_submitted != last.tasks_submitted
-            or stats.tasks_done != last.tasks_done
-            or stats.tasks_submitted > stats.tasks_done
+        if stats.tasks_submitted > stats.tasks_done or (
+            last is not None
+            and (stats.tasks_submitted, stats.tasks_done) != (last.tasks_submitted, last.tasks_done)
         ):
             watched.last_active = now
         previous = watched.history[-1] if watched.history else None
