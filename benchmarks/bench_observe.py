@@ -6,8 +6,8 @@
              one with the dashboard up and its state fetched twice a second by another
              process (the page fetches once), one with profile=True;
              multiprocessing.Pool.apply_async for scale
-    cpu      16 pure-Python tasks of ~0.25 s with fj.map: profile off, profile on (speed-   seconds
-             scope JSON written each run); multiprocessing.Pool.map for scale
+    cpu      16 pure-Python tasks of ~0.25 s of CPU with fj.map: profile off, profile on    seconds
+             (speedscope JSON written each run); multiprocessing.Pool.map for scale
 
 Goals (forkjoin issue 20): the dashboard costs < 2% of Pool.submit throughput; profile=True
 costs <= 5% on the CPU-bound map. Contenders take turns within each round (round-robin, the
@@ -76,8 +76,8 @@ class ObserveSettings:
     submit_other_repeats: int = 3  # profile=True and multiprocessing, for scale
     cpu_tasks: int = 16
     cpu_task_seconds: float = 0.25
-    cpu_repeats: int = 7  # profile off / on, alternating
-    cpu_other_repeats: int = 2  # multiprocessing, for scale
+    cpu_repeats: int = 5  # profile off / on, alternating
+    cpu_other_repeats: int = 1  # multiprocessing, for scale
     warmup_tasks: int = 200
 
 
@@ -277,7 +277,7 @@ def bench_cpu(settings: ObserveSettings, clock: Clock, log: Log) -> Section:
 
     import forkjoin as fj
 
-    steps = calibrate_spin(settings.cpu_task_seconds)
+    steps = calibrate_spin(settings.cpu_task_seconds, cpu_time=True)
     tasks = [steps] * settings.cpu_tasks
     log(f"cpu: {settings.cpu_tasks} tasks of {steps:,} steps (~{settings.cpu_task_seconds} s)")
     mp_pool = multiprocessing.Pool(WORKERS)
