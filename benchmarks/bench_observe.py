@@ -88,8 +88,9 @@ QUICK = ObserveSettings(
 )  # fmt: skip
 
 
-# A browser tab left open, in its own process as a browser would be: it fetches the state every
-# POLL_SECONDS while told to ("1" on stdin), pauses on "0", ends when stdin closes.
+# A browser tab left open, in its own process as a browser would be: it fetches the state at
+# once and then every POLL_SECONDS while told to ("1" on stdin), pauses on "0", ends when
+# stdin closes.
 _POLLER = """
 import sys, threading, urllib.request
 url, period = sys.argv[1], float(sys.argv[2])
@@ -101,12 +102,13 @@ def commands():
     stop.set()
     polling.set()
 threading.Thread(target=commands, daemon=True).start()
-while not stop.is_set():
+while True:
     polling.wait()
-    if stop.wait(period) or not polling.is_set():
-        continue
-    with urllib.request.urlopen(url, timeout=10) as reply:
+    if stop.is_set():
+        break
+    with urllib.request.urlopen(url, timeout=10) as reply:  # at once: a short run gets one too
         reply.read()
+    stop.wait(period)
 """
 
 
