@@ -49,6 +49,26 @@ def test_crashing_items_are_found_by_bisection(k):
         assert pool.map_list(_tasks.square, range(3)) == [0, 1, 4]
 
 
+# On a cluster engine the poison item kills the engine's worker process (os._exit, as on the
+# process backend); the engine reports the lost worker (Ray: WorkerCrashedError, Dask:
+# KilledWorker, its allowed-failures being 0) and forkjoin's scheduler bisects as it does for its
+# own processes. Each crash costs a worker restart (Ray starts a new worker process, Dask's
+# nanny restarts its worker): about 0.3-3 s each on a busy 2-core machine, so k=7 (~75 crashes)
+# is the slow case.
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 7])
+@pytest.mark.parametrize("backend", ["ray", "dask"], indirect=True)
+def test_crashing_items_are_found_by_bisection_on_clusters(backend, k):
+    bad = _poison(k, seed=k)
+    fn = functools.partial(_tasks.crash_at, bad=bad)
+    with fj.Pool(workers=2, backend=backend, retries=0) as pool:
+        results = pool.map_list(fn, range(N), chunksize=N, on_error="collect")
+        _check(pool, results, bad, WorkerCrashedError)
+        assert all(results[i].index == i for i in bad)
+        # the engine's workers came back: the same pool still runs work
+        assert pool.map_list(_tasks.square, range(3)) == [0, 1, 4]
+
+
 @pytest.mark.parametrize("k", [1, 2, 7])
 def test_unreadable_results_are_found_by_bisection(backend, k):
     if backend in ("inline", "threads"):
