@@ -55,23 +55,22 @@ def test_crashing_items_are_found_by_bisection(k):
 # KilledWorker, its allowed-failures being 0) and forkjoin's scheduler bisects as it does for its
 # own processes. Each crash costs the engine a new worker process: Dask's nanny restarts one in
 # ~0.2-0.5 s, Ray starts one (an interpreter importing ray) in ~1 s on an idle 2-core machine and
-# 3-5 s on a busy one. k poison items in 10,000 cost ~k*log2(10,000/k) + 2k crashes (7: ~85), so
-# Ray with k=7 takes minutes: it runs only with FORKJOIN_LONG_CLUSTER_TESTS=1.
+# 3-5 s on a busy one. k poison items in 10,000 cost ~k*log2(10,000/k) + 2k crashes (1: ~16,
+# 2: ~30, 7: ~85), so Ray beyond k=1 takes minutes: it runs with FORKJOIN_LONG_CLUSTER_TESTS=1.
 _LONG = os.environ.get("FORKJOIN_LONG_CLUSTER_TESTS") == "1"
-_RAY_SEVEN = pytest.param(
-    "ray", 7, marks=[
-        pytest.mark.skipif(
-            not _LONG, reason="~85 Ray worker restarts (minutes): FORKJOIN_LONG_CLUSTER_TESTS=1"
-        ),
-        pytest.mark.timeout(900),
-    ],
-)  # fmt: skip
+
+
+def _long(backend: str, k: int):  # type: ignore[no-untyped-def]
+    reason = f"~{k * 12 + 2} {backend} worker restarts: set FORKJOIN_LONG_CLUSTER_TESTS=1"
+    marks = [pytest.mark.skipif(not _LONG, reason=reason), pytest.mark.timeout(900)]
+    return pytest.param(backend, k, marks=marks)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)  # Dask with k=7 takes ~45 s on an idle machine, minutes on a busy one
 @pytest.mark.parametrize(
     ("backend", "k"),
-    [("dask", 1), ("dask", 2), ("dask", 7), ("ray", 1), ("ray", 2), _RAY_SEVEN],
+    [("dask", 1), ("dask", 2), ("dask", 7), ("ray", 1), _long("ray", 2), _long("ray", 7)],
     indirect=["backend"],
 )
 def test_crashing_items_are_found_by_bisection_on_clusters(backend, k):
