@@ -9,6 +9,7 @@ import functools
 import math
 import os
 import random
+import warnings
 
 import _tasks
 import pytest
@@ -108,3 +109,27 @@ def test_a_chunk_over_its_timeout_blames_only_the_slow_item():
         )
     assert isinstance(results[5], fj.TaskTimeoutError)
     assert [r for i, r in enumerate(results) if i != 5] == [0.0] * 7
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("allowed_failures", [3, 0])
+def test_joining_a_dask_scheduler_that_reruns_tasks_of_dead_workers_warns(allowed_failures):
+    # Dask's default (3) re-runs a task whose worker died before forkjoin sees the death: a
+    # poison item then kills 4 workers per attempt (and per bisection step); forkjoin's own
+    # local cluster sets 0, a scheduler the user started keeps its own setting
+    import dask
+    import distributed
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+        # in this process, over Dask's in-process transport: no port, no child process
+        cluster = distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None)
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fj.Pool(1, "dask", address=client) as pool:
+                assert pool.map_list(abs, [-1, -2]) == [1, 2]
+    named = [str(w.message) for w in caught if "allowed-failures" in str(w.message)]
+    if allowed_failures:
+        assert len(named) == 1 and "kills 4 workers per attempt" in named[0], named
+    else:
+        assert named == []
