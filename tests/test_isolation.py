@@ -57,12 +57,13 @@ def test_crashing_items_are_found_by_bisection(k):
 # own processes. Each crash costs the engine a new worker process: Dask's nanny restarts one in
 # ~0.2-0.5 s, Ray starts one (an interpreter importing ray) in ~1 s on an idle 2-core machine and
 # 3-5 s on a busy one. k poison items in 10,000 cost ~k*log2(10,000/k) + 2k crashes (1: ~16,
-# 2: ~30, 7: ~85), so Ray beyond k=1 takes minutes: it runs with FORKJOIN_LONG_CLUSTER_TESTS=1.
+# 2: ~30, 7: ~90), so Ray beyond k=1 takes 1-3 minutes: it runs with FORKJOIN_LONG_CLUSTER_TESTS=1.
 _LONG = os.environ.get("FORKJOIN_LONG_CLUSTER_TESTS") == "1"
 
 
 def _long(backend: str, k: int):  # type: ignore[no-untyped-def]
-    reason = f"~{k * 12 + 2} {backend} worker restarts: set FORKJOIN_LONG_CLUSTER_TESTS=1"
+    crashes = k * math.ceil(math.log2(N / k)) + 2 * k
+    reason = f"~{crashes} {backend} worker restarts: set FORKJOIN_LONG_CLUSTER_TESTS=1"
     marks = [pytest.mark.skipif(not _LONG, reason=reason), pytest.mark.timeout(900)]
     return pytest.param(backend, k, marks=marks)
 
