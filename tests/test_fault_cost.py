@@ -7,6 +7,7 @@ file, so what was computed twice is counted outside the code under test."""
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import signal
 import time
@@ -162,9 +163,9 @@ def test_replacement_workers_do_not_import_the_users_module_again(tmp_path, monk
     log = tmp_path / "imports.log"
     (tmp_path / "fj_learned_module.py").write_text(_LEARNED_MODULE.format(log=str(log)))
     monkeypatch.syspath_prepend(str(tmp_path))
-    import fj_learned_module
+    learned = importlib.import_module("fj_learned_module")  # written above, not installed
 
-    fn = functools.partial(fj_learned_module.kill_once, markers=str(tmp_path))
+    fn = functools.partial(learned.kill_once, markers=str(tmp_path))
     with fj.Pool(workers=2, retries=0) as pool:
         results = pool.map_list(fn, range(500), chunksize=50)
         started = pool.stats().workers_started
