@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import forkjoin as fj
-from forkjoin.engine.chunking import TARGET_TASK_SECONDS, AutoChunker
+from forkjoin.engine.chunking import TARGET_TASK_SECONDS, TASK_OVERHEAD_SECONDS, AutoChunker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -128,8 +129,9 @@ def test_the_chunker_shortens_chunks_for_the_rate_of_faults():
         chunker.observe_compute(1_000, 0.002)
         chunker.observe_fault()
     # 10 faults in the 40 ms of compute it remembers: one per ~4 ms; Young's interval is then
-    # sqrt(2 * 100 us * 4 ms) ~ 0.89 ms, ~447 items of 2 us
-    assert 400 <= chunker.next_size() <= 460, chunker.next_size()
+    # sqrt(2 * round trip * 4 ms) (0.89 ms for 100 us: ~447 items of 2 us)
+    expected = math.sqrt(2 * TASK_OVERHEAD_SECONDS * 0.004) / 2e-6
+    assert 0.9 * expected <= chunker.next_size() <= 1.05 * expected, chunker.next_size()
     for _ in range(2000):  # no faults for a long while: back to the usual length
         chunker.observe_compute(1_000, 0.002)
     assert chunker.next_size() == round(TARGET_TASK_SECONDS / 2e-6)
