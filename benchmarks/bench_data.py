@@ -43,6 +43,7 @@ if str(HERE) not in sys.path:
 
 from _data_contenders import CONTENDERS  # noqa: E402
 from _data_workloads import generate  # noqa: E402
+from _harness import progress_log  # noqa: E402
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_data.json"
@@ -300,10 +301,7 @@ def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     console = console or make_console()
     started = time.perf_counter()
-
-    def log(message: str) -> None:
-        console.print(f"[{time.perf_counter() - started:6.1f}s] {message}")
-
+    log = progress_log(console)
     data = args.data or os.path.join(tempfile.gettempdir(), f"fj-bench-data-{args.rows}")
     log(f"generating {args.rows:,} rows in {data} (reused when present)")
     info = generate(data, args.rows)
