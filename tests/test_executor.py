@@ -49,6 +49,8 @@ def test_as_completed_yields_in_completion_order(backend):
     if backend == "inline":
         pytest.skip("inline runs each task inside submit")
     with fj.Pool(3, backend) as pool:
+        # warm: a cluster starts its worker processes lazily (seconds on a busy machine)
+        assert pool.map_list(_tasks.sleep_for, [0.2] * 3) == [0.2] * 3
         futures = {pool.submit(_tasks.sleep_for, d): d for d in (2.0, 0.1, 1.0)}
         order = [futures[f] for f in as_completed(futures, timeout=30)]
     assert order == [0.1, 1.0, 2.0]

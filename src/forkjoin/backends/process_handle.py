@@ -95,6 +95,7 @@ class WorkerHandle:
         self.next_seq = 0
         self.tasks_left: int | None = None  # before it retires (max_tasks_per_child=)
         self.stolen: set[int] = set()
+        self.granted = 0  # tasks up to this number are promised to it (answered MayRun)
         self.seen_seq = 0  # the last started number seen in the slot, and since when
         self.seen_at = time.monotonic()
 

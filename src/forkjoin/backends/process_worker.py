@@ -137,7 +137,9 @@ class Worker:
         # Reentrant: a garbage-collection callback (on_unmapped) may run while it is held.
         self.lock = threading.RLock()
         self.results_waiting = threading.Event()  # set when the outbox becomes non-empty
-        self.answers: dict[int, bool] = {}  # replies to "may run", by sequence number
+        self.answers: dict[int, list[int]] = {}  # replies to "may run", by sequence number
+        self.granted = 0  # the caller takes back no task up to this number (see may_run)
+        self.refused: set[int] = set()  # tasks up to it that the caller took back
         self.functions: OrderedDict[int, Any] = OrderedDict()
         self.outbox: list[tuple[Any, ...]] = []
         self.outbox_segments = 0  # fds the next results message will carry
@@ -300,7 +302,12 @@ class Worker:
             SLOT.pack_into(self.slot, 0, task_id, seq)
         fn = self.resolve_function(fn_key, fn_payload)  # cached even if the task is not run
         # The clock is read after the slot write: see ASK_AFTER_SECONDS.
-        if time.monotonic() - sent_at >= ASK_AFTER_SECONDS and not self.may_run(seq):
+        if seq in self.refused or (
+            seq > self.granted
+            and time.monotonic() - sent_at >= ASK_AFTER_SECONDS
+            and not self.may_run(seq)
+        ):
+            self.refused.discard(seq)
             if self.slot is not None:
                 SLOT.pack_into(self.slot, 0, 0, seq)  # taken back: nothing of ours runs
             return
@@ -339,14 +346,21 @@ class Worker:
         )
 
     def may_run(self, seq: int) -> bool:
-        """Ask the caller whether this long-queued task is still ours (it may have been given to
-        an idle worker meanwhile); other messages are handled while the answer comes."""
+        """Ask the caller whether this long-queued task, and every task queued behind it, is
+        still ours (some may have been given to an idle worker meanwhile); other messages are
+        handled while the answer comes."""
+        newest = seq
+        for entry in self.inbox:
+            if entry is not None:
+                newest = max(newest, entry[0][7])  # TaskSpec.seq
         self.flush()  # results finished before this task should not wait for the answer
-        self.send((Msg.MAY_RUN.value, seq))  # a protocol.MayRun
-        while seq not in self.answers:
+        self.send((Msg.MAY_RUN.value, newest))  # a protocol.MayRun
+        while newest not in self.answers:
             if not self.receive():
                 raise EOFError
-        return self.answers.pop(seq)
+        self.refused.update(self.answers.pop(newest))
+        self.granted = newest
+        return seq not in self.refused
 
     def serve(self) -> None:
         import select
@@ -411,7 +425,7 @@ class Worker:
                 self.functions.pop(view(DropFunction, message).fn_key, None)
             case Msg.MAY_RUN:
                 answer = view(MayRunAnswer, message)
-                self.answers[answer.seq] = answer.allowed
+                self.answers[answer.seq] = answer.refused
             case _:
                 raise RuntimeError(f"unknown message from the caller: {kind!r}")
         return True

@@ -13,7 +13,8 @@ The process backend, one worker (time flows down; ``──sock──>`` is the w
          ─────────────────────sock──[argument, function, fj.shared segments]──> inbox
                                                    each task: slot <- (task id, seq), then runs
                                            <──sock── MayRun(seq)   a task that waited long asks
-    MayRunAnswer(seq, allowed) ──sock──>           ...whether it was given to another worker
+    MayRunAnswer(seq, refused) ──sock──>           ...for it and every task queued behind it (up
+                                                   to seq): which were given to another worker
                                            <──sock── Results([ResultEntry...], peak RSS, released)
                                                      [result segments]  batched every ~2 ms; a
                                                      streaming chunk sends Reply.PARTIAL entries
@@ -176,8 +177,8 @@ class Tasks(NamedTuple):
 
 class MayRunAnswer(NamedTuple):
     kind: str  # Msg.MAY_RUN
-    seq: int
-    allowed: bool  # False: the task was given to another worker meanwhile
+    seq: int  # the question's: the caller takes back no task up to it from now on
+    refused: list[int]  # the tasks up to ``seq`` that were given to another worker meanwhile
 
 
 class Release(NamedTuple):
@@ -220,7 +221,7 @@ class InitError(NamedTuple):
 
 class MayRun(NamedTuple):
     kind: str  # Msg.MAY_RUN
-    seq: int
+    seq: int  # the newest task this worker holds: the question covers every one up to it
 
 
 class ResultEntry(NamedTuple):
