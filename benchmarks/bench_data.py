@@ -31,12 +31,10 @@ import argparse
 import json
 import os
 import platform
-import signal
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +46,9 @@ if str(HERE) not in sys.path:
 
 from _data_contenders import CONTENDERS  # noqa: E402
 from _data_workloads import generate  # noqa: E402
+
+# RSS_SAMPLE_SECONDS and tree_rss are also bench_shuffle's (it imports them from here)
+from _process_tree import RSS_SAMPLE_SECONDS, run_sampled, tree_rss  # noqa: E402, F401
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_data.json"
@@ -55,10 +56,6 @@ DEFAULT_ROWS = 400_000  # ~100 MB of Arrow data: every contender, both workloads
 QUICK_ROWS = 60_000
 WORKERS = 2
 CONTENDER_TIMEOUT_SECONDS = 900
-# Peak RSS sampling period: each sample walks /proc (psutil children), ~5 ms of CPU on a busy
-# machine; at 0.1 s it costs the contenders ~5% of one core instead of ~25% at 0.02 s.
-RSS_SAMPLE_SECONDS = 0.1
-
 # Goals, from issue 18 (they replace issue 6's; "peak RSS < 1/4 of the dataset" cannot hold at
 # millions of rows: each worker's pyarrow import alone is ~100 MB).
 POLARS = "polars + Python UDF"
@@ -71,59 +68,21 @@ RSS_FLAT_GOAL = 1.2  # forkjoin's peak RSS at the largest size <= 1.2x at the sm
 REFERENCE = "forkjoin"
 
 
-def tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def run_contender(name: str, workload: str, data: str, workers: int) -> dict[str, Any]:
     """One run in a fresh interpreter: its JSON line plus the peak RSS of its process tree."""
     out = tempfile.mkdtemp(prefix="fj-bench-out-")
     command = [sys.executable, str(HERE / "_data_contenders.py"), name, workload, data,
                os.path.join(out, "o"), str(workers)]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)  # fmt: skip
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(RSS_SAMPLE_SECONDS):
-            peak = max(peak, tree_rss(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     try:
-        stdout, stderr = proc.communicate(timeout=CONTENDER_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        stdout, stderr = "", "timed out"
+        finished = run_sampled(command, env, CONTENDER_TIMEOUT_SECONDS)
     finally:
-        done.set()
-        sampler.join()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the contender left behind
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        subprocess.run(["rm", "-rf", out], check=False)
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (stderr or stdout).strip().splitlines()[-3:], "peak_rss": peak}
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["peak_rss"] = peak
+        shutil.rmtree(out, ignore_errors=True)
+    line = finished.json_line()
+    if finished.returncode != 0 or line is None:
+        return {"error": finished.error(), "peak_rss": finished.peak_rss}
+    result: dict[str, Any] = json.loads(line)
+    result["peak_rss"] = finished.peak_rss
     return result
 
 

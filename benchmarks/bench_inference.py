@@ -26,10 +26,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ if str(HERE) not in sys.path:
 
 from _inference_contenders import CONTENDERS  # noqa: E402
 from _inference_corpus import corpus  # noqa: E402
+from _process_tree import run_sampled  # noqa: E402
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_inference.json"
@@ -49,7 +48,6 @@ QUICK_ROWS = 2_000
 WORKERS = 2
 BATCH = 64  # texts per model call: the usual sentence-transformers batch on CPU
 CONTENDER_TIMEOUT_SECONDS = 1800
-RSS_SAMPLE_SECONDS = 0.1
 TOLERANCE = 1e-4  # embeddings are unit vectors; padding to other lengths moves ~1e-6
 
 # Goals, from issue 18.
@@ -57,23 +55,6 @@ RAY_GOAL = 1.5
 HF_GOAL = 1.2
 IDEAL_GOAL = 0.9  # forkjoin rows/s >= 0.9 x workers x single-process rows/s
 REFERENCE = "forkjoin"
-
-
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
 
 
 def run_contender(name: str, path: str, rows: int, workers: int, batch: int,
@@ -86,31 +67,12 @@ def run_contender(name: str, path: str, rows: int, workers: int, batch: int,
            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     command = [sys.executable, str(HERE / "_inference_contenders.py"), name, path, str(rows),
                str(workers), str(batch), out]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(RSS_SAMPLE_SECONDS):
-            peak = max(peak, _tree_rss(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        stdout, stderr = proc.communicate(timeout=CONTENDER_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return {"error": f"timed out after {CONTENDER_TIMEOUT_SECONDS} s"}
-    finally:
-        stop.set()
-        sampler.join()
-    if proc.returncode != 0:
-        return {"error": (stderr or stdout).strip().splitlines()[-1:] or ["failed"]}
-    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_rss"] = peak
+    finished = run_sampled(command, env, CONTENDER_TIMEOUT_SECONDS)
+    line = finished.json_line()
+    if finished.returncode != 0 or line is None:
+        return {"error": finished.error()}
+    result: dict[str, Any] = json.loads(line)
+    result["peak_rss"] = finished.peak_rss
     result["loads"] = len(os.listdir(loads))
     result["vectors"] = np.load(out)
     os.unlink(out)

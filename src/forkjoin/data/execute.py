@@ -188,7 +188,7 @@ def run_partitions(
     if has_stages(ops):  # stages on workers of their own, streaming into each other
         from .pipeline import run_pipeline
 
-        yield from run_pipeline(parts, spec, ops, terminal, config, stats, ordered=ordered)
+        yield from run_pipeline(parts, spec, ops, terminal, config, stats, ordered)
         return
     if not ops and terminal.kind == "collect" and all(p.kind == "table" for p in parts):
         for part in parts:  # already in memory, nothing to do: no need to ship it anywhere

@@ -7,7 +7,7 @@
                         ▼  Channel: at most CHANNEL_BLOCKS waiting; a full one blocks the feeder
                  stage 1: actors (one 1-worker Pool each, pinned to its GPUs), each
                         │  ACTOR_IN_FLIGHT blocks in flight; grows min -> max while it is the
-                        │  bottleneck (its inbox full and every actor busy)
+                        │  bottleneck (blocks waiting in its inbox, every actor busy)
                         ▼  Channel
                  stage 2 ... the last stage applies the terminal (collect, count, write)
                         ▼
@@ -54,7 +54,7 @@ ACTOR_IN_FLIGHT = 2
 # Batches of the next stage's batch_size per block: large enough that the per-task overhead
 # (~1 ms) is small next to a model call, small enough that blocks spread over actors.
 BATCHES_PER_BLOCK = 4
-# A stage whose inbox stays full with every actor busy this long starts another actor (up to
+# A stage with blocks waiting and every actor busy this long starts another actor (up to
 # its max): long enough not to react to one slow block, short next to a model's load time.
 GROW_AFTER_SECONDS = 1.0
 # How long a feeder waits to hand on a block before it checks whether the run was stopped.
@@ -100,8 +100,9 @@ class Channel:
     def get_nowait(self) -> Any:
         return self._queue.get_nowait()
 
-    def full(self) -> bool:
-        return self._queue.full()
+    def waiting(self) -> bool:
+        """Whether blocks are waiting here for the consumer (approximate, as qsize is)."""
+        return not self._queue.empty()
 
 
 @dataclass
@@ -244,15 +245,20 @@ def run_stage(
     pending: deque[_Pending] = deque()
     exhausted = False
     busy_since: float | None = None
+    # Whether the newest actor has finished a block: the stage's speed is judged only once it
+    # has loaded (a model load alone would otherwise look like a bottleneck).
+    newest_warm = False
     while True:
         wake.clear()
         if stop.is_set():
             raise _Stopped()
+        done = [p for p in pending if p.future.done()]
+        newest_warm = newest_warm or any(p.actor is stage.actors[-1] for p in done)
         if ordered:
             while pending and pending[0].future.done():
                 yield _result(pending.popleft(), stage)
         else:
-            for entry in [p for p in pending if p.future.done()]:
+            for entry in done:
                 pending.remove(entry)
                 yield _result(entry, stage)
         while not exhausted and len(pending) < stage.capacity:
@@ -268,14 +274,19 @@ def run_stage(
             pending.append(stage.submit(item, wake))
         if exhausted and not pending:
             return
-        # The stage is the bottleneck when blocks wait for it and every actor is busy.
-        if len(pending) >= stage.capacity and inbox.full() and stage.can_grow():
+        # The stage is the bottleneck when blocks still wait for it after every actor got all
+        # it can hold. (Not "the inbox is full": right after taking a block out, the inbox is
+        # one short until the feeder thread refills it, which on a busy machine is most of
+        # the time, so that test kept a bottleneck stage from ever growing.)
+        bottleneck = len(pending) >= stage.capacity and inbox.waiting()
+        if bottleneck and newest_warm and stage.can_grow():
             now = time.monotonic()
             if busy_since is None:
                 busy_since = now
             elif now - busy_since >= GROW_AFTER_SECONDS:
                 stage.start_actor()
                 busy_since = None
+                newest_warm = False
                 continue
         else:
             busy_since = None
@@ -333,21 +344,14 @@ def _split_ops(ops: Sequence[Op]) -> tuple[list[Op], list[tuple[StageOp, list[Op
     return head, stages
 
 
-def run_pipeline(
-    parts: Sequence[Partition],
-    spec: ReadSpec,
-    ops: Sequence[Op],
-    terminal: Terminal,
-    config: RunConfig,
-    stats: DataStats,
-    *,
-    ordered: bool = True,
-) -> Generator[PartResult, None, None]:
-    """Results of a plan segment that holds stages (see the module docstring)."""
+def run_pipeline(parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op],
+                 terminal: Terminal, config: RunConfig, stats: DataStats,
+                 ordered: bool) -> Generator[PartResult, None, None]:  # fmt: skip
+    """Results of a plan segment that holds stages (see the module docstring): what
+    ``execute.run_partitions`` runs instead of its partition loop when ``ops`` hold a stage
+    (it has checked that there are partitions and settled ``ordered``)."""
     from .execute import run_partitions
 
-    if not parts:
-        return
     head, stage_ops = _split_ops(ops)
     cluster = _is_cluster(config.backend)
     stop = threading.Event()

@@ -31,15 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import ForkjoinError
-from .plan import (
-    BATCH_FORMATS,
-    Op,
-    concat,
-    describe_function,
-    from_batch,
-    function_name,
-    to_format,
-)
+from .plan import Op, check_batching, describe_function, function_name, map_in_batches
 
 __all__ = ["StageError", "StageOp", "close_instances"]
 
@@ -91,14 +83,7 @@ class StageOp(Op):
     stage = True
 
     def __post_init__(self) -> None:
-        if self.batch_format not in BATCH_FORMATS:
-            raise ValueError(
-                f"batch_format must be one of {BATCH_FORMATS}, got {self.batch_format!r}"
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(
-                f"batch_size must be a positive integer or None, got {self.batch_size!r}"
-            )
+        check_batching(self.batch_size, self.batch_format)
         if not self.label:
             self.label = f"map_batches({function_name(self.fn)})"
         is_class = isinstance(self.fn, type)
@@ -134,15 +119,9 @@ class StageOp(Op):
 
     def apply(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:
-            return table
-        fn = self.callable()
-        size = self.batch_size or table.num_rows
-        fmt, kwargs, where = self.batch_format, self.fn_kwargs, self.label
-        outputs = [
-            from_batch(fn(to_format(table.slice(lo, size), fmt), **kwargs), where)
-            for lo in range(0, table.num_rows, size)
-        ]
-        return concat(outputs)
+            return table  # no instance built for an empty partition
+        return map_in_batches(table, self.callable(), self.batch_size, self.batch_format,
+                              self.fn_kwargs, self.label)  # fmt: skip
 
 
 def has_stages(ops: Sequence[Op]) -> bool:
