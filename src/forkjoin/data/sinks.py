@@ -191,6 +191,10 @@ class Committer:
                 )
         self.spec = SinkSpec(fmt, self.directory, uuid.uuid4().hex[:8], compression)
         self._prepare(mode, resume)
+        # The manifest exists before any worker commits a file: a caller killed between a
+        # worker's commit and its own manifest update leaves a directory that a rerun resumes
+        # (part files it does not list are written again), not one it must refuse.
+        self._write(complete=False)
 
     def _prepare(self, mode: str, resume: bool) -> None:
         directory, storage = self.directory, self.storage
