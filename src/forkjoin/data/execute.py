@@ -198,6 +198,8 @@ def run_partitions(
             _account(stats, result, config)
             yield result
         return
+    if not ordered:  # the largest first: the run does not end on one worker finishing a big one
+        parts = sorted(parts, key=lambda p: -p.nbytes)
     fn = functools.partial(process_partition, spec=spec, ops=tuple(ops), terminal=terminal)
     options: dict[str, Any] = {"chunksize": 1, "ordered": ordered, "max_in_flight": config.window(),
                "progress": False}  # fmt: skip

@@ -51,9 +51,12 @@ from .stages import StageError, StageOp, close_instances
 CHANNEL_BLOCKS = 4
 # Blocks submitted to one actor: 2 lets the next block's input arrive while one computes.
 ACTOR_IN_FLIGHT = 2
-# Batches of the next stage's batch_size per block: large enough that the per-task overhead
-# (~1 ms) is small next to a model call, small enough that blocks spread over actors.
-BATCHES_PER_BLOCK = 4
+# Batches of the next stage's batch_size per block. One: the per-task overhead (~1 ms) is small
+# next to a model call (what a stage is for), and the run's tail, where one actor still works
+# through the blocks it was given while another has none left, lasts at most one model call
+# per block in flight (with 4 it could last 8 calls: bench_inference.py's batches take seconds
+# each on a 2-core CPU, so that tail was a visible share of the run).
+BATCHES_PER_BLOCK = 1
 # A stage with blocks waiting and every actor busy this long starts another actor (up to
 # its max): long enough not to react to one slow block, short next to a model's load time.
 GROW_AFTER_SECONDS = 1.0
