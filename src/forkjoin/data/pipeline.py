@@ -43,7 +43,7 @@ from ..errors import DataError, ResourceError, TaskError
 from .execute import COLLECT, DataStats, PartResult, RunConfig, Terminal, process_partition
 from .plan import Op
 from .sources import Partition, ReadCounts, ReadSpec
-from .stages import StageError, StageOp, close_instances
+from .stages import StageError, StageOp, close_instances, warm_up
 
 # Blocks waiting between two stages. With ACTOR_IN_FLIGHT per actor this bounds what a stage
 # holds: (CHANNEL_BLOCKS + actors * ACTOR_IN_FLIGHT) blocks; 4 covers a slow upstream hiccup
@@ -196,6 +196,8 @@ class StageRun:
             )
         self.started_actors += 1
         self.actors.append(_Actor(pool))
+        if op.is_class and not self.cluster:  # the model loads now, while upstream reads
+            pool.submit(warm_up, op).add_done_callback(_leave_to_first_block)
 
     @property
     def capacity(self) -> int:
@@ -220,6 +222,12 @@ class StageRun:
             actor.pool.shutdown(wait=True, cancel_futures=cancel)
         if self.op.is_class:
             close_instances(self.op.uid)  # instances built in this process (threads, inline)
+
+
+def _leave_to_first_block(future: Future[Any]) -> None:
+    """A warm-up that failed: the first block builds the class again and reports the error
+    (a StageError naming the stage), so nothing is raised here."""
+    future.exception()
 
 
 def _result(pending: _Pending, stage: StageRun) -> PartResult:

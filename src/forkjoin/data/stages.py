@@ -13,9 +13,10 @@ A plain function becomes a stage too when it asks for ``resources=`` or ``worker
 runs on workers of its own instead of being fused into the reading task.
 
 The instance is kept per worker (``forkjoin.worker_context().state``; per thread on the threads
-backend, per process on Ray and Dask, whose engines own the processes), built lazily so that a
-worker that never receives a batch never loads the model. A constructor that raises stops the
-run with a ``StageError`` that names the stage: every batch of that stage would need it.
+backend, per process on Ray and Dask, whose engines own the processes). A stage worker started
+by the pipeline builds it as it starts (``warm_up``), so the model loads while upstream stages
+read; on Ray and Dask it is built on the first batch a process gets. A constructor that raises
+stops the run with a ``StageError`` that names the stage: every batch of that stage needs it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import pyarrow as pa
 from ..errors import ForkjoinError
 from .plan import Op, check_batching, describe_function, function_name, map_in_batches
 
-__all__ = ["StageError", "StageOp", "close_instances"]
+__all__ = ["StageError", "StageOp", "close_instances", "warm_up"]
 
 
 class StageError(ForkjoinError):
@@ -122,6 +123,15 @@ class StageOp(Op):
             return table  # no instance built for an empty partition
         return map_in_batches(table, self.callable(), self.batch_size, self.batch_format,
                               self.fn_kwargs, self.label)  # fmt: skip
+
+
+def warm_up(op: StageOp) -> None:
+    """A task sent to each new stage worker before its first block: the class is built while
+    upstream stages still read and decode (as Ray Data's actors are), not once a block has
+    arrived. Returns nothing (the instance stays in the worker). A constructor that raises
+    here raises again on the first block, which reports it as a StageError."""
+    if op.is_class:
+        _instance(op)
 
 
 def has_stages(ops: Sequence[Op]) -> bool:
