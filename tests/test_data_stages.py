@@ -19,6 +19,7 @@ from _stage_tasks import (  # noqa: E402
     BrokenModel,
     CountingModel,
     DiesOnce,
+    LoggedModel,
     WhereAmI,
     count,
     logged,
@@ -218,6 +219,20 @@ def test_a_stage_that_keeps_up_does_not_grow(tmp_path: Path) -> None:
     out = ds.to_arrow(workers=1)  # one reader at 0.15 s a block: > GROW_AFTER_SECONDS in all
     assert out.column("x").to_pylist() == list(range(160))
     assert count(tmp_path, "built") == 1
+
+
+def test_a_class_stage_is_built_while_upstream_still_reads(tmp_path: Path) -> None:
+    """The stage's worker builds the model as it starts (stages.warm_up), not once the first
+    block arrives: here reading takes 4 s, and the model is built before it ends."""
+    ds = (
+        items(20, partitions=1)
+        .map_batches(functools.partial(logged, directory=str(tmp_path), stage="read", delay=4.0))
+        .map_batches(LoggedModel, fn_constructor_args=(str(tmp_path),), workers=1)
+    )
+    assert ds.count(workers=1) == 20
+    events = {" ".join(line.split()[:2]): float(line.split()[-1])
+              for line in (tmp_path / "log").read_text().splitlines()}  # fmt: skip
+    assert events["built -"] < events["read end"]
 
 
 def test_bad_stage_arguments_are_refused_at_once() -> None:
