@@ -71,7 +71,10 @@ def _read_parquet(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Tab
         wanted = None
     try:
         with _open(spec.filesystem, part.path) as handle:
-            parquet = pq.ParquetFile(handle)
+            # pre_buffer: the projected columns' byte ranges read in a few coalesced requests
+            # rather than one per column chunk and page (half the read time of bench_data's
+            # numeric columns here, and fewer round trips on remote storage)
+            parquet = pq.ParquetFile(handle, pre_buffer=True)
             # One call for all row groups (one footer read, decoding on Arrow's side); only if
             # that fails are they read one by one, to name (or skip) the bad one.
             try:
