@@ -83,7 +83,9 @@ def shared_pool_initializer(backend_name: str) -> dict[str, Any]:
 
 def preload_running(modules: Sequence[str], backend_name: str = "process") -> bool:
     """If the shared pool ``backend_name`` is running, have each of its workers import
-    ``modules`` in the background (returns at once); False when there is no such pool."""
+    ``modules`` in the background (returns at once); False when there is no such pool. A pool
+    started with them preloaded (``preload_shared_pools``) gets no task at all: each import
+    task holds a worker for IMPORT_TASK_MIN_SECONDS, which a short job would feel."""
     from .api import shared_pools
     from .options import RunOptions
     from .scheduler import Job
@@ -93,6 +95,8 @@ def preload_running(modules: Sequence[str], backend_name: str = "process") -> bo
     if entry is None or not entry[1].alive:
         return False
     _, backend, events = entry
+    if backend.initializer is _start and set(modules) <= set(backend.initargs[0]):
+        return True  # its workers imported them as they started: nothing to do, no task sent
     workers = max(1, backend.workers)
     # Two import tasks per worker, all submitted at once: a worker that finishes its first
     # (or had the modules already) takes another, so a slow-starting one still gets its own.
