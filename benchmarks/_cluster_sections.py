@@ -19,9 +19,18 @@ from typing import Any
 
 from _cluster_engines import Engine
 from _cluster_workloads import split
-from _harness import WORKERS, Case, Clock, Log, check_equal, round_robin, shutdown_shared, timed
+from _harness import (
+    WORKERS,
+    Case,
+    Clock,
+    Log,
+    calibrate_spin,
+    check_equal,
+    round_robin,
+    shutdown_shared,
+    timed,
+)
 from _report import Row, Section
-from _throughput import calibrate_spin
 from _workloads import identity, spin
 
 HERE = Path(__file__).resolve().parent

@@ -5,8 +5,9 @@ Shared by the section modules (``_throughput``, ``_latency``); ``bench_engine`` 
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,19 +72,82 @@ def timed(fn: Callable[[], Any]) -> Case:
 
 
 def round_robin(
-    cases: dict[str, Case], repeats: int | dict[str, int], clock: Clock
+    cases: dict[str, Case],
+    repeats: int | dict[str, int],
+    clock: Clock,
+    alternate: bool = False,
 ) -> dict[str, list[tuple[float, Any]]]:
     """Run every case ``repeats`` times, taking turns: round 1 runs each case once, then round 2.
 
     ``repeats`` may differ per case; a case drops out of the rounds once it has its runs.
+    ``alternate`` runs the cases in reverse order every other round, so that a case that warms
+    or tires the machine for the next one favours neither side of an on/off pair.
     """
     wanted = repeats if isinstance(repeats, dict) else dict.fromkeys(cases, repeats)
     samples: dict[str, list[tuple[float, Any]]] = {name: [] for name in cases}
+    order = list(cases.items())
     for round_number in range(max(wanted.values(), default=0)):
-        for name, case in cases.items():
+        turn = order[::-1] if alternate and round_number % 2 else order
+        for name, case in turn:
             if round_number < wanted[name]:
                 samples[name].append(case(clock))
     return samples
+
+
+def submit_and_gather(
+    submit: Callable[..., Any], fn: Callable[[Any], Any], count: int
+) -> list[Any]:
+    """Submit ``fn(i)`` for i in range(count) through an Executor-style ``submit``, then gather:
+    how the submit sections time forkjoin's Pool, ProcessPoolExecutor and the like."""
+    futures = [submit(fn, i) for i in range(count)]
+    return [future.result() for future in futures]
+
+
+def apply_async_and_gather(mp_pool: Any, fn: Callable[[Any], Any], count: int) -> list[Any]:
+    """The same for ``multiprocessing.Pool.apply_async``."""
+    handles = [mp_pool.apply_async(fn, (i,)) for i in range(count)]
+    return [handle.get() for handle in handles]
+
+
+def paired_ratio(on: Sequence[float], off: Sequence[float]) -> float:
+    """The median of the round-by-round ratios on/off. ``round_robin`` runs a pair back to back,
+    so load elsewhere on a shared machine moves both alike: steadier than a ratio of bests."""
+    return statistics.median(a / b for a, b in zip(on, off, strict=True))
+
+
+def progress_log(console: Any, clock: Clock = time.perf_counter, style: str | None = None) -> Log:
+    """A ``log(message)`` that prints seconds since its creation before each message."""
+    started = clock()
+
+    def log(message: str) -> None:
+        console.print(f"[{clock() - started:6.1f}s] {message}", style=style)
+
+    return log
+
+
+def calibrate_spin(target_seconds: float, cpu_time: bool = False) -> int:
+    """The ``spin`` step count that takes ``target_seconds`` here (best of 2, up to 6 tries).
+
+    ``cpu_time``: seconds of CPU rather than of wall time. On a machine shared with other jobs
+    a wall-time calibration gives tasks a fraction of the asked work (the process waits for a
+    core), and a fixed per-call cost then looks several times larger than it is.
+    """
+    from _workloads import spin
+
+    def timed_spin(steps: int) -> float:
+        if not cpu_time:
+            return spin(steps)
+        start = time.thread_time()
+        spin(steps)
+        return time.thread_time() - start
+
+    steps = 100_000
+    for _ in range(6):
+        seconds = min(timed_spin(steps) for _ in range(2))
+        steps = max(1, int(steps * target_seconds / max(seconds, 1e-6)))
+        if abs(seconds - target_seconds) < 0.05 * target_seconds:
+            break
+    return steps
 
 
 def check_equal(name: str, got: Any, expected: Any) -> None:
@@ -137,3 +201,91 @@ def mp_label() -> str:
     import multiprocessing
 
     return f"multiprocessing.Pool ({multiprocessing.get_start_method()})"
+
+
+# -- contenders in fresh interpreters (bench_shuffle; bench_data and bench_inference can share) ---
+
+RSS_SAMPLE_SECONDS = 0.1
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants now (0 if it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(command: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``command`` (a contender in a fresh interpreter, its own session, killed whole at
+    the end) and return the last JSON line it printed plus ``peak_rss``, the peak resident bytes
+    of its process tree (sampled every RSS_SAMPLE_SECONDS). On failure: ``{"error": [last
+    lines of stderr], "peak_rss": ...}``, so a contender that fails or runs out of memory is
+    a row that says so."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(RSS_SAMPLE_SECONDS):
+            peak = max(peak, tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = "", f"timed out after {timeout:.0f} s"
+    finally:
+        done.set()
+        sampler.join()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the contender left behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        why = (stderr or stdout).strip().splitlines()[-3:] or [f"exit status {proc.returncode}"]
+        if proc.returncode == -signal.SIGKILL:
+            why.append("(SIGKILL: out of memory?)")
+        return {"error": why, "peak_rss": peak}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["peak_rss"] = peak
+    return result
+
+
+def library_versions(modules: tuple[str, ...]) -> dict[str, str | None]:
+    """``{module: __version__ or None}`` for a benchmark's JSON metadata."""
+    versions: dict[str, str | None] = {}
+    for module in modules:
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    return versions

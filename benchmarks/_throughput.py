@@ -16,12 +16,15 @@ from _harness import (
     Clock,
     Log,
     Settings,
+    apply_async_and_gather,
+    calibrate_spin,
     check_equal,
     have_joblib,
     mp_label,
     round_robin,
     shared_pool_stats,
     shutdown_shared,
+    submit_and_gather,
     timed,
     wait_until_ready,
 )
@@ -45,17 +48,9 @@ def bench_submit(settings: Settings, clock: Clock, log: Log) -> Section:
     pool = fj.Pool(WORKERS)
     try:
 
-        def run_forkjoin(count: int) -> list[Any]:
-            futures = [pool.submit(identity, i) for i in range(count)]
-            return [future.result() for future in futures]
-
-        def run_mp(count: int) -> list[Any]:
-            handles = [mp_pool.apply_async(identity, (i,)) for i in range(count)]
-            return [handle.get() for handle in handles]
-
-        def run_executor(count: int) -> list[Any]:
-            futures = [executor.submit(identity, i) for i in range(count)]
-            return [future.result() for future in futures]
+        run_forkjoin = functools.partial(submit_and_gather, pool.submit, identity)
+        run_mp = functools.partial(apply_async_and_gather, mp_pool, identity)
+        run_executor = functools.partial(submit_and_gather, executor.submit, identity)
 
         def run_joblib(count: int) -> list[Any]:
             from joblib import Parallel, delayed
@@ -237,17 +232,6 @@ def bench_map(settings: Settings, clock: Clock, log: Log) -> Section:
 
 
 # -- 3. cpu --------------------------------------------------------------------------------------
-
-
-def calibrate_spin(target_seconds: float) -> int:
-    """The ``spin`` step count that takes ``target_seconds`` here (best of 3 at the end)."""
-    steps = 100_000
-    for _ in range(6):
-        seconds = min(spin(steps) for _ in range(2))
-        steps = max(1, int(steps * target_seconds / max(seconds, 1e-6)))
-        if abs(seconds - target_seconds) < 0.05 * target_seconds:
-            break
-    return steps
 
 
 def bench_cpu(settings: Settings, clock: Clock, log: Log) -> Section:

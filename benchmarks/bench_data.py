@@ -46,6 +46,7 @@ if str(HERE) not in sys.path:
 
 from _data_contenders import CONTENDERS  # noqa: E402
 from _data_workloads import generate  # noqa: E402
+from _harness import progress_log  # noqa: E402
 
 # RSS_SAMPLE_SECONDS and tree_rss are also bench_shuffle's (it imports them from here)
 from _process_tree import RSS_SAMPLE_SECONDS, run_sampled, tree_rss  # noqa: E402, F401
@@ -320,10 +321,7 @@ def main(argv: Sequence[str] | None = None, console: Any = None) -> int:
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     console = console or make_console()
     started = time.perf_counter()
-
-    def log(message: str) -> None:
-        console.print(f"[{time.perf_counter() - started:6.1f}s] {message}")
-
+    log = progress_log(console)
     datasets = {}
     for rows in sizes:
         data = os.path.join(args.data or tempfile.gettempdir(), f"fj-bench-data-{rows}")

@@ -39,10 +39,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from _harness import library_versions, run_measured  # noqa: E402
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 from _shuffle_contenders import CONTENDERS  # noqa: E402
 from _shuffle_workloads import generate  # noqa: E402
-from bench_data import RSS_SAMPLE_SECONDS, tree_rss  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_shuffle.json"
 DEFAULT_ROWS = 10_000_000
@@ -55,56 +55,6 @@ SLOW_PEER_GOAL = 2.0  # >= 2x Dask DataFrame and Ray Data on every figure
 FAST_PEER_GOAL = 0.8  # >= 0.8x the faster of Polars and DuckDB on the join and the sort
 TOLERANCE = 1e-6
 CONTENDER_TIMEOUT_SECONDS = 900
-
-
-def run_contender_command(command: list[str], timeout: float) -> dict[str, Any]:
-    """One contender in a fresh interpreter (its own session, killed whole at the end): its
-    JSON line plus the peak RSS of its process tree; ``error`` when it failed."""
-    import json
-    import signal
-    import subprocess
-    import threading
-
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(RSS_SAMPLE_SECONDS):
-            peak = max(peak, tree_rss(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stdout, stderr = "", f"timed out after {timeout:.0f} s"
-    finally:
-        done.set()
-        sampler.join()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the contender left behind
-        except ProcessLookupError:
-            pass
-        proc.wait()
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        why = (stderr or stdout).strip().splitlines()[-3:] or [f"exit status {proc.returncode}"]
-        if proc.returncode == -signal.SIGKILL:
-            why.append("(SIGKILL: out of memory?)")
-        return {"error": why, "peak_rss": peak}
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["peak_rss"] = peak
-    return result
 
 
 def check_sort(out: str, expected_rows: int, expected_sum: float) -> str | None:
@@ -169,7 +119,7 @@ def bench(
             os.path.join(out, "o"),
             str(WORKERS),
         ]
-        result = run_contender_command(command, info["timeout"])
+        result = run_measured(command, info["timeout"])
         if "error" not in result and workload == "sort":
             result["problem"] = check_sort(os.path.join(out, "o"), *info["truth"])
         shutil.rmtree(out, ignore_errors=True)
@@ -310,17 +260,15 @@ def goals_of(sections: list[Section]) -> list[Goal]:
 
 
 def metadata(args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Any]:
-    versions = {}
-    for module in ("forkjoin", "pyarrow", "pandas", "polars", "duckdb", "dask", "ray", "daft"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
+    modules = ("forkjoin", "pyarrow", "pandas", "polars", "duckdb", "dask", "ray", "daft")
+    from forkjoin.data.kernels import kernel_name
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "workers": WORKERS,
-        "versions": versions,
+        "versions": library_versions(modules),
+        "forkjoin_kernel": kernel_name(),
         "rows": args.rows,
         "dataset": info,
         "loadavg_start": os.getloadavg(),

@@ -57,6 +57,19 @@ def test_goals_compare_against_the_named_peers():
     assert goals["sort: peak RSS / lowest peer's"].measured == 50 / 80
 
 
+def test_run_measured_returns_the_json_line_and_peak_rss_or_the_error():
+    from _harness import run_measured
+
+    code = (
+        "import json, time; x = b'x' * (50 << 20); time.sleep(0.5); "
+        "print(json.dumps({'seconds': 1.5}))"
+    )
+    result = run_measured([sys.executable, "-c", code], timeout=60)
+    assert result["seconds"] == 1.5 and result["peak_rss"] > 50 * 2**20
+    failed = run_measured([sys.executable, "-c", "raise SystemExit('no luck')"], timeout=60)
+    assert "no luck" in " ".join(failed["error"])
+
+
 @pytest.mark.timeout(300)
 def test_a_tiny_real_run(tmp_path):
     out = tmp_path / "r.json"

@@ -20,6 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import forkjoin as fj  # noqa: E402
 from forkjoin.data import spill  # noqa: E402
+from forkjoin.data.kernels import KERNEL_ENV  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,6 +83,13 @@ def spill_root(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     assert os.listdir(root) == [], "spill files left behind"
 
 
+@pytest.fixture(params=["polars", "arrow"])
+def kernel(request, monkeypatch):  # type: ignore[no-untyped-def]
+    """The reduce side's kernel (kernels.py): each equality test runs with both."""
+    monkeypatch.setenv(KERNEL_ENV, request.param)
+    return request.param
+
+
 def force_spill(on: bool) -> None:
     if on:
         os.environ["FORKJOIN_SPILL_THRESHOLD"] = "0"
@@ -125,7 +133,7 @@ def dataset(table: Any, partitions: int = 3) -> Any:
 
 RUN = {"workers": 2, "backend": "threads"}
 FAST = settings(
-    max_examples=20,
+    max_examples=15,  # per kernel (the equality tests run with Polars and with Acero)
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -139,7 +147,7 @@ FAST = settings(
     spilled=st.booleans(),
     broadcast=st.sampled_from([None, False]),
 )
-def test_join_equals_pandas_merge(spill_root, data, how, key_type, spilled, broadcast):
+def test_join_equals_pandas_merge(spill_root, kernel, data, how, key_type, spilled, broadcast):
     left = data.draw(tables(key_type, "x"))
     right = data.draw(tables(key_type, "y", max_rows=25))
     force_spill(spilled)
@@ -153,7 +161,7 @@ def test_join_equals_pandas_merge(spill_root, data, how, key_type, spilled, broa
 
 @FAST
 @given(data=st.data(), how=st.sampled_from(["inner", "left", "right", "outer"]))
-def test_join_left_on_right_on_keeps_both_keys_and_suffixes(spill_root, data, how):
+def test_join_left_on_right_on_keeps_both_keys_and_suffixes(spill_root, kernel, data, how):
     left = data.draw(tables("int", "v"))
     right = data.draw(tables("int", "v", max_rows=20)).rename_columns(["rk", "v", "n"])
     got = (
@@ -173,7 +181,7 @@ def test_join_left_on_right_on_keeps_both_keys_and_suffixes(spill_root, data, ho
     spilled=st.booleans(),
     descending=st.lists(st.booleans(), min_size=2, max_size=2),
 )
-def test_sort_equals_pandas_stable_sort(spill_root, data, key_type, spilled, descending):
+def test_sort_equals_pandas_stable_sort(spill_root, kernel, data, key_type, spilled, descending):
     table = data.draw(tables(key_type, "x", max_rows=60))
     force_spill(spilled)
     try:
@@ -199,7 +207,7 @@ def summarize(group: Any) -> Any:
 
 @FAST
 @given(data=st.data(), key_type=st.sampled_from(["int", "str"]), spilled=st.booleans())
-def test_map_groups_equals_pandas_groupby_apply(spill_root, data, key_type, spilled):
+def test_map_groups_equals_pandas_groupby_apply(spill_root, kernel, data, key_type, spilled):
     table = data.draw(tables(key_type, "x", max_rows=60))
     force_spill(spilled)
     try:
@@ -394,3 +402,88 @@ def test_stale_spill_directories_are_cleaned_only_when_their_owner_is_gone(tmp_p
     assert removed == [str(dead)] and os.path.isdir(live_path)
     live.close()
     assert os.listdir(tmp_path) == []
+
+
+# -- the reduce side's kernels (kernels.py): Polars and Acero give the same tables --------------
+
+
+def kernel_tables() -> tuple[Any, Any]:
+    import datetime
+
+    left = pa.table(
+        {
+            "k": pa.array([1, 2, None, 2, 5], pa.int32()),
+            "s": ["a", "ß", None, "日本", ""],
+            "d": pa.array([datetime.date(2024, 1, i) for i in range(1, 6)], pa.date32()),
+            "t": pa.array([1, 2, 3, None, 5], pa.timestamp("ms", tz="UTC")),
+            "v": [1.5, None, 2.5, 3.5, 4.5],
+        }
+    )
+    right = pa.table(
+        {
+            "k": pa.array([2, 2, 1, None, 7], pa.int64()),
+            "s": ["x", "y", "z", "w", "v"],
+            "b": [True, False, None, True, False],
+        }
+    )
+    return left, right
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_polars_and_acero_joins_give_the_same_table(how, monkeypatch):
+    from forkjoin.data.join import JoinSpec
+    from forkjoin.data.kernels import polars_module
+
+    assert polars_module() is not None, "polars is in the test extra"
+    left, right = kernel_tables()
+    spec = JoinSpec(("k",), ("k",), how, ("_l", "_r"))
+    out = {}
+    for kernel in ("polars", "arrow"):
+        monkeypatch.setenv(KERNEL_ENV, kernel)
+        out[kernel] = spec([left, right])
+    assert out["polars"].schema == out["arrow"].schema
+    key = [(c, "ascending") for c in out["arrow"].column_names if c != "t"]
+    assert out["polars"].sort_by(key).equals(out["arrow"].sort_by(key))
+    # a dictionary column is not one Polars gives back exactly: Acero joins it
+    coded = left.set_column(1, "s", left.column("s").dictionary_encode())
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    assert spec([coded, right]).schema.field(1).type == coded.schema.field("s").type
+
+
+def test_polars_sort_keeps_acero_order_for_nulls_ties_and_nan(monkeypatch):
+    from forkjoin.data.kernels import stable_sort
+
+    table = pa.table(
+        {
+            "k": [3.0, None, 1.0, 3.0, 2.0, None, 1.0],
+            "s": ["b", "a", None, "a", "c", "b", "a"],
+            "n": list(range(7)),
+        }
+    )
+    keys = [("k", "descending"), ("s", "ascending")]
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    fast = stable_sort(table, keys)
+    monkeypatch.setenv(KERNEL_ENV, "arrow")
+    assert fast.equals(stable_sort(table, keys))
+    assert fast.column("n").to_pylist() == [3, 0, 4, 6, 2, 1, 5]  # nulls last, ties in order
+    with_nan = table.set_column(0, "k", pa.array([3.0, None, float("nan"), 3.0, 2.0, None, 1.0]))
+    monkeypatch.setenv(KERNEL_ENV, "polars")  # NaN: Acero's order (after numbers), not Polars'
+    assert stable_sort(with_nan, keys).column("n").to_pylist() == [3, 0, 4, 6, 2, 1, 5]
+
+
+def test_kernel_choice_from_the_environment(monkeypatch):
+    from forkjoin.data import kernels
+
+    monkeypatch.setenv(KERNEL_ENV, "arrow")
+    assert kernels.kernel_name() == "arrow"
+    monkeypatch.setenv(KERNEL_ENV, "auto")
+    assert kernels.kernel_name() == "polars"
+    monkeypatch.setenv(KERNEL_ENV, "duckdb")
+    with pytest.raises(ValueError, match="FORKJOIN_DATA_KERNEL"):
+        kernels.kernel_name()
+    monkeypatch.setattr(kernels, "_polars", False)  # as if polars were not installed
+    monkeypatch.setenv(KERNEL_ENV, "auto")
+    assert kernels.kernel_name() == "arrow"
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    with pytest.raises(fj.BackendUnavailableError, match="pip install"):
+        kernels.kernel_name()

@@ -19,14 +19,18 @@ function and the pool initializer are pickled once and unpickled once per worker
 objects are scattered once to every worker (``client.scatter(broadcast=True)``), so a worker
 deserialises each once and keeps it. Dask's
 ``retries`` are off and forkjoin's local cluster sets ``allowed-failures`` to 0: forkjoin's
-scheduler retries a task whose worker died, counting attempts as on every backend. Dask runs
-tasks on worker threads, which nothing can interrupt, so ``timeout=`` is refused here.
+scheduler retries a task whose worker died, counting attempts as on every backend. A scheduler
+forkjoin did not start keeps its own setting (Dask's default: 3), so a task that kills its worker
+kills up to that many more before forkjoin hears of it, and isolating a poison item by bisection
+costs that many times the worker deaths: joining such a scheduler warns once, naming the setting.
+Dask runs tasks on worker threads, which nothing can interrupt, so ``timeout=`` is refused here.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -114,6 +118,31 @@ def _start_local(workers: int) -> _Connection:
     return _Connection(client, cluster, True, workers)
 
 
+def _allowed_failures(dask_scheduler: Any) -> int:
+    """Runs on the scheduler: how often it re-runs a task whose worker died."""
+    return int(dask_scheduler.allowed_failures)
+
+
+def _warn_if_dask_retries_deaths(client: Any) -> None:
+    """A scheduler that re-runs tasks whose worker died hides worker deaths from forkjoin."""
+    try:
+        allowed = client.run_on_scheduler(_allowed_failures)
+    except Exception:  # an old scheduler, or one that refuses remote calls: nothing to say
+        return
+    if allowed:
+        warnings.warn(
+            f"the Dask scheduler at {client.scheduler.address} re-runs a task whose worker "
+            f"died up to {allowed} more time(s) (distributed.scheduler.allowed-failures) "
+            f"before forkjoin sees the death: a task that crashes its worker kills "
+            f"{allowed + 1} workers per attempt, and isolating a bad item costs that many "
+            f"times more. Start the scheduler with allowed-failures set to 0 "
+            f"(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0) so that forkjoin's retries= "
+            f"counts every death",
+            RuntimeWarning,
+            stacklevel=6,  # the fj.Pool(...) call that joined the scheduler
+        )
+
+
 def acquire(workers: int = 0, address: Any = None, options: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
     """The connection for ``address``, opened (or a local cluster started) if needed."""
     if address is None:
@@ -134,6 +163,8 @@ def acquire(workers: int = 0, address: Any = None, options: dict[str, Any] | Non
                 connection = _Connection(client, None, True)
             else:
                 connection = _Connection(address, None, False)
+            if connection.cluster is None:
+                _warn_if_dask_retries_deaths(connection.client)
             _connections[key] = connection
         connection.users += 1
         return key, connection

@@ -41,13 +41,15 @@ def unpicklable_result_record(position: int, value: Any, exc: BaseException) -> 
     return (position, None, "SerializationError", message, "")
 
 
-def failure_from_record(task: Task, record: tuple[Any, ...]) -> ItemFailure:
-    """The caller's ItemFailure for a worker's record."""
+def failure_from_record(task: Task, record: tuple[Any, ...], base: int = 0) -> ItemFailure:
+    """The caller's ItemFailure for a worker's record; the record's position counts from
+    ``base`` (a message carrying a streaming chunk's results from its item ``base`` on)."""
     from ..engine.task import ItemFailure
     from ..errors import SerializationError
     from .base import task_error
 
     position, exc_payload, type_name, message, tb_text = record
+    position += base
     if type_name == "SerializationError" and exc_payload is None:
         error: BaseException = SerializationError(
             f"{task.describe(position)}: {message}",

@@ -54,7 +54,7 @@ from .base import Backend, Capabilities, DoneCallback, report_outcome
 from .process_dispatch import STEAL_AFTER_SECONDS, Dispatcher, _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState
 from .process_lifecycle import ABANDONED_TASK_GRACE_SECONDS, WorkerLifecycle
-from .process_outcomes import decode_results
+from .process_outcomes import decode_results, with_partial_results
 from .process_zygote import ZygoteClient
 
 __all__ = ["ProcessBackend", "STEAL_AFTER_SECONDS", "TERM_GRACE_SECONDS"]
@@ -154,6 +154,9 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         self._envs: dict[int, dict[str, str]] = {}  # slot index -> worker environment
         self._zygote: ZygoteClient | None = None  # forks workers (process_zygote.py)
         self._use_zygote = os.environ.get("FORKJOIN_ZYGOTE", "1") != "0"
+        self._modules_run: dict[str, None] = {}
+        self._modules_preloaded = 0
+        self._spare_wanted = False
         self._segments = shm.SegmentPool()  # for task arguments
         self._segments.on_close = self._segment_closed
         if self.initializer is not None:
@@ -279,11 +282,12 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
         return not self._closing and self._broken is None
 
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in list(self._workers.values())]
+        return [w.pid for w in list(self._workers.values()) if not w.spare]
 
     def service_pids(self) -> list[int]:
         zygote = self._zygote
-        return [zygote.proc.pid] if zygote is not None else []
+        spares = [w.pid for w in list(self._workers.values()) if w.spare]
+        return ([zygote.proc.pid] if zygote is not None else []) + spares
 
     def _wake(self) -> None:
         self._wake_sent = True
@@ -493,12 +497,19 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
 
     def _on_result(self, worker: WorkerHandle, entry: tuple[Any, ...], fds: list[int]) -> None:
         task_id, status, start, end, payload, failures = entry
-        held = worker.in_flight.pop(task_id, None)
+        held = (
+            worker.in_flight.get(task_id)
+            if status == "partial"
+            else worker.in_flight.pop(task_id, None)
+        )
         if held is None:  # nobody waits for it: hand the worker its segment back at once
-            if status == "done" and len(payload) > 1 and payload[4]:
+            if status in ("done", "partial") and len(payload) > 1 and payload[4]:
                 self._commands.append(("release", (worker.worker_id, payload[4])))
             return
         task, done = held
+        if status == "partial":
+            self._on_partial(worker, task, payload, failures, fds)
+            return
         if worker.tasks_left == 0 and not worker.in_flight:
             self._retire(worker)
         if task.timeout is not None:
@@ -515,9 +526,25 @@ class ProcessBackend(WorkerLifecycle, Dispatcher, Backend):
             self._report(task, done, TaskOutcome(Status.UNREADABLE, error=error))
             return
         self._measure(task.function.key, end - start)
-        task.bytes_received = buffers.descriptor_bytes(payload)
+        task.bytes_received += buffers.descriptor_bytes(payload)
         on_unmapped = partial(_result_unmapped, weakref.ref(self), worker.worker_id)
-        self._report(task, done, decode_results(task, payload, failures, fds, on_unmapped))
+        outcome = decode_results(task, payload, failures, fds, on_unmapped)
+        self._report(task, done, with_partial_results(task, outcome))
+
+    def _on_partial(
+        self, worker: WorkerHandle, task: Task, payload: Any, failures: Any, fds: list[int]
+    ) -> None:
+        """The results of a streaming task's first items, sent while it still runs."""
+        task.bytes_received += buffers.descriptor_bytes(payload)
+        if task.partial_error is not None:
+            return
+        on_unmapped = partial(_result_unmapped, weakref.ref(self), worker.worker_id)
+        outcome = decode_results(task, payload, failures, fds, on_unmapped)
+        if outcome.status is Status.DONE:
+            task.partial += outcome.values
+            task.partial_failed = task.partial_failed or outcome.any_failed
+        else:
+            task.partial_error = outcome
 
     def _report(self, task: Task, done: DoneCallback, outcome: TaskOutcome) -> None:
         _release(task)

@@ -68,6 +68,8 @@ class Dispatcher:
             self, worker: WorkerHandle, message: Any, fds: list[int] | None = None
         ) -> None: ...  # process.py
 
+        def _learn_modules(self, fn: Any) -> None: ...  # process_lifecycle.py
+
     def _prefetch_budget(self, function_key: int) -> int:
         """Tasks of this function a worker may hold (running + queued), from their measured
         duration; 1 until measured, so an unknown (maybe slow) function is never queued."""
@@ -105,6 +107,7 @@ class Dispatcher:
     def _has_idle_worker(self) -> bool:
         return any(
             not w.in_flight and w.state is WorkerState.READY and w.kill_reason is None
+            and not w.spare
             for w in self._workers.values()
         )
 
@@ -168,6 +171,7 @@ class Dispatcher:
             for w in self._workers.values()
             if w.state is WorkerState.READY
             and w.kill_reason is None
+            and not w.spare
             and not w.exclusive
             and not w.stolen  # it still owes answers about tasks taken back: stuck
             and not (w.in_flight and self._is_stuck(w, now))
@@ -227,6 +231,7 @@ class Dispatcher:
             functions.move_to_end(function.key)
         else:
             functions[function.key] = None
+            self._learn_modules(function.fn)
             if len(functions) > FUNCTION_CACHE_SIZE:
                 functions.popitem(last=False)
             self._attach_shared(worker, function.payload.handles, shared, fds)
@@ -251,6 +256,7 @@ class Dispatcher:
             task.seed,
             task.dispatch_seq,
             task.dispatch_time,
+            task.stream,
         )
 
     @staticmethod
@@ -280,7 +286,9 @@ class Dispatcher:
         """A task that goes to another worker gets a fresh copy of its arguments: the dead
         worker may have written to the segment it mapped (tasks may modify their arguments)."""
         payload = task.payload
-        if isinstance(payload, buffers.Packed) and payload.segment is not None:
+        # Only out-of-band buffers are mapped in place (a pickle stream is copied as it is
+        # read), so a payload without them is as it was sent: send it again as it is.
+        if isinstance(payload, buffers.Packed) and payload.segment is not None and payload.spans:
             payload.release()
             task.payload = buffers.pack(task.items, self._segments)
 

@@ -71,6 +71,7 @@ class WorkerHandle:
         self.reader = wire.FrameReader()
         self.writer = wire.FrameWriter()
         self.slot_index = 0  # which of the pool's slots (GPUs, cpus) it fills
+        self.spare = False  # started ahead, idle until a worker dies (process_lifecycle.py)
         self.holding: list[Segment] = []  # argument segments sent to it and not yet released
         self.shared_sent: set[int] = set()  # fj.shared ids it has been sent
         self.want_write = False

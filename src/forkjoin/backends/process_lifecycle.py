@@ -7,6 +7,8 @@
       TERM_GRACE_SECONDS; abandoned tasks; memory_limit= checks every MEMORY_CHECK_SECONDS
     death (pidfd readable): reap exit code and peak RSS, read the "current task" slot, blame
       that task (death_outcome), requeue the others it held, spawn a replacement
+    spare: after the first death, one worker more is kept started and idle; the next death's
+      replacement is then ready at once (and a new spare starts in the background)
     max_tasks_per_child=: a worker that ran its share gets "stop" and is replaced
     shutdown: finish (or cancel) what is pending, "stop" each worker, SIGKILL stragglers
 
@@ -31,8 +33,8 @@ from . import buffers
 from .base import DoneCallback, EventSink
 from .process_dispatch import _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
-from .process_outcomes import death_outcome
-from .process_zygote import ZygoteClient
+from .process_outcomes import death_outcome, with_partial_results
+from .process_zygote import ZygoteClient, function_modules
 
 # A task whose caller stopped waiting (broke out of imap) may finish within this long; after
 # that its worker is stopped so the pool is free for the next call.
@@ -41,6 +43,8 @@ ABANDONED_TASK_GRACE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 2.0
 # This many workers in a row dying before they are ready means they cannot start at all.
 MAX_FAILED_STARTS = 3
+# Why a worker stopped, when it was a fault of the work (None: it died on its own).
+_FAULT_REASONS = (None, "timeout", "memory")
 # How often worker memory is read when memory_limit= is set (and a task is running): a task is
 # stopped within this long of crossing the limit. /proc reads cost ~20 us per worker.
 MEMORY_CHECK_SECONDS = 0.05
@@ -67,6 +71,9 @@ class WorkerLifecycle:
     _segments: Any
     _zygote: ZygoteClient | None
     _use_zygote: bool
+    _modules_run: dict[str, None]  # modules of the functions sent to workers, in order
+    _modules_preloaded: int  # how many of them the zygote has imported
+    _spare_wanted: bool  # a worker died: keep one started ahead (see _spawn_missing)
     workers: int
     slots: list[Slot]
     memory_limit: int | None
@@ -134,23 +141,42 @@ class WorkerLifecycle:
     # -- starting and stopping workers -----------------------------------------------------------
 
     def _spawn_missing(self) -> None:
-        """Keep the pool at full strength; while closing, only as needed to finish the queue."""
+        """Keep the pool at full strength; while closing, only as needed to finish the queue.
+
+        A pool whose workers have died keeps a spare: a worker started ahead that takes no
+        task until it fills the place of the next one to die, so that a job whose items crash
+        their worker does not wait for a start-up per crash (issue 21). Only where every slot
+        is alike (no GPU pinning), since a spare must fit any place."""
         if self._broken is not None or (self._closing and not self._pending):
             return
-        if len(self._workers) >= self.workers:
-            return
-        taken = {worker.slot_index for worker in self._workers.values()}
-        for slot in self.slots:
-            if slot.index not in taken:  # a replacement takes the dead worker's GPUs
-                self._spawn(slot)
+        spare = next((w for w in self._workers.values() if w.spare), None)
+        if len(self._workers) - (spare is not None) < self.workers:
+            taken = {worker.slot_index for worker in self._workers.values() if not worker.spare}
+            for slot in self.slots:
+                if slot.index in taken:
+                    continue
+                if spare is not None and spare.kill_reason is None:
+                    spare.spare, spare.slot_index, spare = False, slot.index, None
+                else:
+                    self._spawn(slot)  # a replacement takes the dead worker's GPUs
+        if spare is None and self._spare_wanted and not self._closing:
+            self._spawn(self.slots[0], spare=True)
 
-    def _spawn(self, slot: Slot) -> None:
+    def _want_a_spare(self, worker: WorkerHandle) -> None:
+        """A worker died on its own, or was stopped for a task's timeout or memory: the next
+        death will find a replacement ready."""
+        alike = len({(slot.threads, tuple(slot.environment().items())) for slot in self.slots})
+        if self._zygote is not None and alike == 1 and worker.kill_reason in _FAULT_REASONS:
+            self._spare_wanted = True
+
+    def _spawn(self, slot: Slot, spare: bool = False) -> None:
         assert self._selector is not None and self._watchdog_r is not None
         env = self._envs.get(slot.index)
         if env is None:
             env = self._envs[slot.index] = worker_environment(slot, self._depth)
         worker = self._start_worker(env)
         worker.slot_index = slot.index
+        worker.spare = spare
         worker.memory_limit = self.memory_limit
         worker.tasks_left = self.max_tasks_per_child
         self._next_worker_id += 1
@@ -175,9 +201,11 @@ class WorkerLifecycle:
         answering, start interpreters directly from then on."""
         assert self._watchdog_r is not None
         if self._zygote is None and self._use_zygote:
-            zygote_env = dict(os.environ, FORKJOIN_WORKER_DEPTH=str(self._depth))
-            self._zygote = ZygoteClient.start(self._watchdog_r, zygote_env)
+            self._zygote = ZygoteClient.start(self._watchdog_r, self._zygote_environment())
             self._use_zygote = self._zygote is not None
+            self._modules_preloaded = 0
+        if self._zygote is not None and self._next_worker_id >= self.workers:
+            self._preload_in_zygote(self._zygote)  # a replacement: see process_zygote.py
         if self._zygote is not None:
             try:
                 return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env, self._zygote)
@@ -185,6 +213,30 @@ class WorkerLifecycle:
                 self._stop_zygote()
                 self._use_zygote = False
         return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
+
+    def _zygote_environment(self) -> dict[str, str]:
+        """The caller's environment with the workers' thread caps (when every worker has the
+        same), so what the zygote imports is capped as it would be in a worker."""
+        from ..machine import thread_cap_env
+
+        env = dict(os.environ, FORKJOIN_WORKER_DEPTH=str(self._depth))
+        caps = {slot.threads for slot in self.slots}
+        if len(caps) == 1:
+            for name, value in thread_cap_env(caps.pop()).items():
+                env.setdefault(name, value)
+        return env
+
+    def _learn_modules(self, fn: Any) -> None:
+        """Note the modules ``fn`` needs in a worker (the zygote imports them: see
+        _preload_in_zygote)."""
+        for name in function_modules(fn):
+            self._modules_run.setdefault(name, None)
+
+    def _preload_in_zygote(self, zygote: ZygoteClient) -> None:
+        modules = list(self._modules_run)[self._modules_preloaded :]
+        if modules and len({slot.threads for slot in self.slots}) == 1:
+            zygote.preload(modules)
+            self._modules_preloaded += len(modules)
 
     def _stop_zygote(self) -> None:
         if self._zygote is not None:
@@ -237,6 +289,8 @@ class WorkerLifecycle:
                     f"their output above. Is forkjoin importable by {sys.executable}?"
                 )
                 self._fail_everything(self._broken)
+        if not worker.spare:
+            self._want_a_spare(worker)
         requeue = []
         for task_id, (task, done) in worker.in_flight.items():
             if worker.kill_reason == "cancelled" and task.cancelled:
@@ -245,10 +299,12 @@ class WorkerLifecycle:
             if worker.kill_reason == "shutdown":
                 self._report(task, done, TaskOutcome(Status.CANCELLED))
             elif task_id == blamed_id:
-                self._report(task, done, death_outcome(worker, task, exitcode))
+                outcome = death_outcome(worker, task, exitcode)
+                self._report(task, done, with_partial_results(task, outcome))
             else:
                 requeue.append((task, done))
         for task, done in reversed(requeue):
+            task.partial, task.partial_failed, task.partial_error = [], False, None  # runs anew
             self._repack(task)
             self._pending.appendleft((task, done))
 

@@ -58,8 +58,9 @@ def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> Tas
         if signal_name == "SIGKILL"
         else "the task crashed the interpreter or called exit"
     )
+    done = len(task.partial)  # results it streamed before it died: not what killed it
     items = (
-        f"item {task.first_index} (one of {len(task)} in its chunk)"
+        f"item {task.first_index + done} or a later one of its chunk of {len(task)}"
         if len(task) > 1
         else task.describe()
     )
@@ -71,7 +72,7 @@ def death_outcome(worker: WorkerHandle, task: Task, exitcode: int | None) -> Tas
             exitcode=exitcode,
             signal_name=signal_name,
             peak_rss=peak,
-            index=task.first_index,
+            index=task.first_index + done,
             attempts=task.attempt + 1,
         ),
     )
@@ -104,6 +105,25 @@ def decode_results(
             index=task.first_index,
         )
         return TaskOutcome(Status.UNREADABLE, error=unreadable)
+    base = len(task.partial)  # the items whose results came in earlier messages
     for record in failures:
-        values[record[0]] = failure_from_record(task, record)  # never raises
+        values[record[0]] = failure_from_record(task, record, base)  # never raises
     return TaskOutcome(Status.DONE, values, any_failed=bool(failures))
+
+
+def with_partial_results(task: Task, outcome: TaskOutcome) -> TaskOutcome:
+    """The task's outcome with the results its worker streamed before (``Task.stream``) in
+    front: all of them for a task that finished; the ones before the failure for a task whose
+    worker died or was stopped, so that the scheduler sends only the rest again."""
+    if task.partial_error is not None:
+        return task.partial_error if outcome.status is Status.DONE else outcome
+    if not task.partial:
+        return outcome
+    if outcome.status is Status.DONE:
+        outcome.values = task.partial + outcome.values
+        outcome.any_failed = outcome.any_failed or task.partial_failed
+    elif outcome.status in (Status.CRASHED, Status.TIMED_OUT, Status.OVER_MEMORY):
+        outcome.values = task.partial
+        outcome.any_failed = task.partial_failed
+    task.partial = []
+    return outcome

@@ -42,13 +42,16 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine.shared import Shared
 from .buffers import MappingCache, Packed, map_descriptor, pack, unpack_mapped
 from .failures import exception_record, unpicklable_result_record
 from .shm import SegmentPool
 from .wire import MAX_FDS_PER_FRAME
+
+if TYPE_CHECKING:
+    from ..engine.execute import ChunkRun
 
 # The "current task" slot: (id of the task running, or 0; sequence number of the last task this
 # worker started). The caller reads the id when the worker dies (whom to blame) and the sequence
@@ -67,6 +70,12 @@ ASK_AFTER_SECONDS = 0.02
 # stream back and can refill this worker's queue before it runs dry. Larger: fewer messages;
 # smaller: lower latency. 2 ms keeps messages under ~1% of a core (benchmarks/bench_engine.py).
 RESULT_FLUSH_SECONDS = 0.002
+
+# A task of a job that has seen a worker die (the caller marks it ``stream``) sends the results
+# of its items so far at least this often while it runs: a crash then costs the last few
+# milliseconds of work, not the chunk (issue 21). Off until a fault is seen: one message more per
+# 5 ms of a long chunk is cheap, but not free.
+PARTIAL_SECONDS = 0.005
 
 # Must match the caller's mirror of this cache (process.py: FUNCTION_CACHE_SIZE).
 FUNCTION_CACHE_SIZE = 64
@@ -92,6 +101,18 @@ def _watch_parent(watchdog_fd: int) -> None:
             os.killpg(0, signal.SIGKILL)  # this worker and anything its tasks started
         finally:
             os._exit(1)
+
+
+def _failure_records(run: ChunkRun, start: int, stop: int) -> list[tuple[Any, ...]]:
+    """The failures of items ``start..stop-1`` of ``run``, placed relative to ``start`` (each
+    results message numbers its own values from 0)."""
+    records = []
+    failures = run.failures
+    while run.failures_sent < len(failures) and failures[run.failures_sent][0] < stop:
+        position, exc, tb = failures[run.failures_sent]
+        records.append(exception_record(position - start, exc, tb))
+        run.failures_sent += 1
+    return records
 
 
 def _peak_rss() -> int:
@@ -135,6 +156,8 @@ class Worker:
         self.shared: dict[int, list[Any]] = {}  # fj.shared id -> [mapping, descriptor, object]
         self.inbox: deque[tuple[Any, ...] | None] = deque()  # tasks received, None = stop
         self.mappings = MappingCache()  # the caller's argument segments
+        # The streaming task running now (its id and its results so far), read by the flusher.
+        self.running: tuple[int, Any] | None = None
 
     def send(self, message: Any, fds: list[int] | None = None) -> None:
         from .wire import send_frame
@@ -157,10 +180,12 @@ class Worker:
         """The flusher thread: results older than RESULT_FLUSH_SECONDS go out even while the
         main thread is busy with a long task (one finished at +0 s is not held until +5 s)."""
         while True:
-            self.results_waiting.wait()
+            self.results_waiting.wait(None if self.running is None else PARTIAL_SECONDS)
             time.sleep(RESULT_FLUSH_SECONDS)
             with self.lock:
                 self.results_waiting.clear()
+                if self.running is not None:
+                    self._post_partial_locked()
                 if self.outbox and time.monotonic() - self.last_flush >= RESULT_FLUSH_SECONDS:
                     self._flush_locked()
                 elif self.outbox:
@@ -169,6 +194,23 @@ class Worker:
     def flush(self) -> None:
         with self.lock:
             self._flush_locked()
+
+    def _post_partial_locked(self) -> None:
+        """Send the streaming task's results since the last partial (flusher thread)."""
+        assert self.running is not None
+        task_id, run = self.running
+        start, stop = run.sent, len(run.values)
+        if stop == start or time.monotonic() - run.start_time < PARTIAL_SECONDS:
+            return
+        values = run.values[start:stop]
+        failures = _failure_records(run, start, stop)
+        payload = _encode_values(values, failures, self.pool)
+        run.sent = stop
+        now = time.monotonic()
+        self.outbox.append((task_id, "partial", run.start_time, now, payload, failures))
+        if payload.segment is not None:
+            self.outbox_segments += 1
+        self._flush_locked()  # now: a crash right after must not take it along
 
     def _flush_locked(self) -> None:
         from .wire import send_frame
@@ -257,9 +299,9 @@ class Worker:
         return entry[2]
 
     def run_task(self, spec: tuple[Any, ...]) -> None:
-        from ..engine.execute import run_chunk
+        from ..engine.execute import ChunkRun, run_chunk  # after start-up: a light zygote
 
-        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at = spec
+        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at, stream = spec
         if self.slot is not None:  # from here on, a crash is this task's doing
             SLOT.pack_into(self.slot, 0, task_id, seq)
         fn = self.resolve_function(fn_key, fn_payload)  # cached even if the task is not run
@@ -281,10 +323,22 @@ class Worker:
             self.post((task_id, "unreadable argument", 0.0, 0.0, message, ()))
             return
         del payload, spec  # the task's segment is released once the items are gone
-        run = run_chunk(fn, kind, items, first_index, seed, catch_interrupt=True)
+        run = ChunkRun()
+        if stream and len(items) > 1:
+            with self.lock:
+                self.running = (task_id, run)
+            self.results_waiting.set()  # the flusher now wakes every PARTIAL_SECONDS
+        try:
+            run_chunk(fn, kind, items, first_index, seed, catch_interrupt=True, run=run)
+        finally:
+            if self.running is not None:
+                with self.lock:
+                    self.running = None
         del items
-        failures = [exception_record(pos, exc, tb) for pos, exc, tb in run.failures]
-        values_payload = _encode_values(run.values, failures, self.pool)
+        start = run.sent  # the items before it went out as partial results
+        values = run.values[start:] if start else run.values
+        failures = _failure_records(run, start, len(run.values))
+        values_payload = _encode_values(values, failures, self.pool)
         self.post(
             (task_id, "done", run.start_time, run.end_time, values_payload, failures),
             segment=values_payload.segment is not None,
@@ -361,11 +415,11 @@ class Worker:
         return True
 
     def prepare(self, spec: tuple[Any, ...], fds: list[int]) -> tuple[Any, ...]:
-        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at = spec
+        task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at, stream = spec
         if fn_payload is not None:
             fn_payload = self.map_segments(fn_payload, fds, report=False)
         payload = self.map_segments(payload, fds, report=True)
-        return (task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at)
+        return (task_id, fn_key, fn_payload, kind, payload, first_index, seed, seq, sent_at, stream)
 
 
 _UNRESOLVED: Any = object()

@@ -7,13 +7,20 @@
        ▼
     Dataset: lazy operations, row-wise ones fused into one task per partition      (plan.py)
        │  map_batches, map, flat_map, filter, select/rename/add_column, limit,
-       │  repartition, sort, groupby().agg()                                 (aggregate.py)
+       │  repartition, groupby().agg()                                       (aggregate.py)
+       │  join, sort, map_groups, random_shuffle, distinct: exchanges   (join.py, sort.py...)
        ▼
     execution on any backend, a bounded number of partitions in flight           (execute.py)
        │
        ▼
     consumers (to_arrow, to_pandas, iter_batches, take, count...) or sinks: write_parquet /
     write_csv / write_json, committed atomically with _manifest.json; reruns resume (sinks.py)
+
+All-to-all operations (exchange.py): ``join`` (broadcast or partitioned hash join, every
+``how``), a global ``sort`` that never collects, ``groupby().map_groups()``, ``random_shuffle``,
+``repartition(n, keys=)``, ``distinct`` and ``unique``. Each input partition is split into
+buckets by key (hash or range), buckets move through memory or spill files (spill.py), and one
+task per bucket runs a library's kernel on it (kernels.py: Polars when installed, else Acero).
 
 >>> import forkjoin as fj
 >>> fj.data.from_items([{"k": i % 2, "x": i} for i in range(6)]).groupby("k").agg(

@@ -38,10 +38,11 @@ from .spill import Segment, SpillDir, read_segments, write_buckets
 
 # Exchanges whose input is estimated (from metadata) below this many bytes move their buckets
 # through the caller and the zero-copy data plane; larger ones spill to local disk, so the
-# caller holds only bucket locations. 64 MiB: below it the caller's copy is noise next to a
-# worker's partition in flight; above it disk (page cache) is as fast and memory stays flat
-# (benchmarks/bench_shuffle.py). Overridable with FORKJOIN_SPILL_THRESHOLD (bytes).
-EXCHANGE_IN_MEMORY_BYTES = 64 * 1024 * 1024
+# caller holds only bucket locations. 8 MiB: the in-memory path holds every bucket in the caller
+# at once (at 2 M lineitem rows in bench_shuffle.py the sort's caller peaked at 366 MB with a
+# 64 MiB line, 150 MB spilled), and spilling (page cache, memory-mapped by the reduce) was as
+# fast there. Overridable with FORKJOIN_SPILL_THRESHOLD (bytes).
+EXCHANGE_IN_MEMORY_BYTES = 8 * 1024 * 1024
 # Bytes per reduce bucket: what one reduce task holds (its input, plus the kernel's output).
 # The same 32 MiB as an input partition (sources.TARGET_PARTITION_BYTES).
 TARGET_BUCKET_BYTES = 32 * 1024 * 1024

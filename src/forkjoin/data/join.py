@@ -1,5 +1,6 @@
 """``ds.join(other, ...)``: a broadcast join when one side is small, else a partitioned hash join.
-The join inside a bucket is Acero's (``pyarrow.Table.join``); forkjoin only moves the rows.
+The join inside a bucket is a library's: Polars' when installed (faster), else Acero's
+(``pyarrow.Table.join``), with identical results (kernels.py); forkjoin only moves the rows.
 
 ::
 
@@ -36,6 +37,7 @@ from .exchange import (
     choose_buckets,
     estimate_bytes,
 )
+from .kernels import kernel_name, polars_join
 from .plan import Op, plan_hash
 from .shuffle import HashSplit, check_columns
 from .sources import Partition, ReadSpec
@@ -88,6 +90,13 @@ class JoinSpec:
         check_columns(left, self.left_keys, "join (left side)")
         check_columns(right, self.right_keys, "join (right side)")
         left, right = _common_key_types(left, right, self.left_keys, self.right_keys)
+        names = self.output_names(left.column_names, right.column_names)
+        if kernel_name() == "polars":
+            joined = polars_join(
+                left, right, self.left_keys, self.right_keys, self.how, names, self.coalesce
+            )
+            if joined is not None:
+                return joined
         if self.how in ("semi", "anti"):
             right = right.select(list(self.right_keys))
         joined = left.join(
@@ -100,7 +109,7 @@ class JoinSpec:
             coalesce_keys=self.coalesce,
             use_threads=False,  # one thread per worker, and a deterministic row order
         )
-        return joined.select(self.output_names(left.column_names, right.column_names))
+        return joined.select(names)
 
     def output_names(self, left: list[str], right: list[str]) -> list[str]:
         if self.how in ("semi", "anti"):

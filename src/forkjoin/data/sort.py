@@ -8,12 +8,15 @@
                 otherwise the processed partition is kept (spilled) so no function runs twice.
     2. boundaries  N-1 rows at even quantiles of the samples, in the caller
     3. map      each partition sorted and cut at the boundaries (partitioning.split_by_ranges)
-    4. reduce   bucket i sorted by Acero (sort) or cut into groups and given to fn (map_groups);
-                buckets come out in key order, so the output partitions are in order.
+    4. reduce   bucket i sorted (kernels.stable_sort: Polars or Acero) or cut into groups and
+                given to fn (map_groups); buckets come out in key order, so the output
+                partitions are in order.
 
-The sort is stable: ties keep their input order, because every row carries its position
-(partition, row) as the last sort key. That also splits a key that fills half the data across
-as many buckets as its rows need, so a skewed key finishes in bounded memory. ``map_groups``
+The sort is stable: ties keep their input order. On the map side every row carries its position
+(partition, row) as the last sort key, which splits a key that fills half the data across as
+many buckets as its rows need, so a skewed key finishes in bounded memory. The positions are not
+shipped: a bucket's pieces are read in partition order, each in row order, so a stable sort by
+the keys alone puts ties in input order. ``map_groups``
 must keep a group in one bucket, so it cuts by key only; one group must fit a worker.
 """
 
@@ -44,6 +47,7 @@ from .exchange import (
     estimate_bytes,
     with_positions,
 )
+from .kernels import stable_sort
 from .partitioning import (
     choose_boundaries,
     key_nulls,
@@ -121,12 +125,16 @@ class RangeSplit:
                 table = table.filter(pa.array(~nulls))
         first, direction = self.sort_keys[0]
         if self.boundaries.num_rows == 0:
-            return [table]
+            return [drop_positions(table)]
         fast = searchsorted_buckets(table.column(first), direction, self.boundaries.column(first))
         if fast is not None:
-            return split_by_bucket(table, fast, self.boundaries.num_rows + 1)
-        keys = [*self.sort_keys, *(_POSITIONS if self.positions else [])]
-        return split_by_ranges(table, keys, self.boundaries)
+            buckets = split_by_bucket(table, fast, self.boundaries.num_rows + 1)
+        else:
+            keys = [*self.sort_keys, *(_POSITIONS if self.positions else [])]
+            buckets = split_by_ranges(table, keys, self.boundaries)
+        # Positions are not shipped: a bucket is read in (partition, row) order, so a stable
+        # sort by the keys alone gives the same order (and 16 bytes a row less to move).
+        return [drop_positions(b) for b in buckets]
 
 
 @dataclass(frozen=True)
@@ -134,10 +142,7 @@ class SortReduce:
     sort_keys: tuple[tuple[str, str], ...]
 
     def __call__(self, tables: list[pa.Table]) -> pa.Table:
-        table = tables[0]
-        if table.num_rows:
-            table = table.sort_by([*self.sort_keys, *_POSITIONS])
-        return drop_positions(table)
+        return stable_sort(tables[0], self.sort_keys)
 
 
 def range_exchange(
@@ -236,9 +241,8 @@ class GroupsReduce:
     def __call__(self, tables: list[pa.Table]) -> pa.Table:
         table = tables[0]
         if not table.num_rows:
-            return drop_positions(table).slice(0, 0)
-        table = table.sort_by([*((k, "ascending") for k in self.keys), *_POSITIONS])
-        table = drop_positions(table)
+            return table.slice(0, 0)
+        table = stable_sort(table, [(k, "ascending") for k in self.keys])
         starts = _group_starts(table, self.keys)
         where = f"map_groups({function_name(self.fn)})"
         outputs = []

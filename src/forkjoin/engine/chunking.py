@@ -30,6 +30,15 @@ TARGET_TASK_BYTES = 8 * 2**20
 MAX_AUTO_CHUNKSIZE = 50_000
 # Smoothing of the per-item measurements: the weight older measurements lose at each new one.
 SMOOTHING = 0.3
+# Under faults (workers dying), a chunk's expected loss is half its length per fault, and its
+# cost is one round trip: the length that minimises both is sqrt(2 * round trip * mean compute
+# time between faults), Young's optimal checkpoint interval (Young, CACM 1974). These are the
+# round trip it assumes (measured: 2M trivial items in chunks of 500 vs 5000 cost 0.2 ms more
+# per task) and how slowly the fault rate forgets (per measured chunk).
+TASK_OVERHEAD_SECONDS = 2e-4
+FAULT_MEMORY = 0.99
+# ...and the least work per chunk it goes down to (a fault in the very first chunk tells little).
+MIN_FAULT_TASK_SECONDS = 0.0005
 
 
 class AutoChunker:
@@ -45,6 +54,8 @@ class AutoChunker:
         self._bytes_per_item = {"sent": 0.0, "received": 0.0}
         self._seconds = 0.0  # decayed sums behind seconds_per_item
         self._items = 0.0
+        self._faults = 0.0  # decayed count of faults, and of compute seconds, for fault_seconds
+        self._fault_window = 0.0
 
     def next_size(self) -> int:
         if self.fixed is not None:
@@ -53,15 +64,30 @@ class AutoChunker:
         if self.seconds_per_item is None:
             size = 1
         else:
-            size = min(size, max(1, int(TARGET_TASK_SECONDS / max(self.seconds_per_item, 1e-7))))
+            seconds = TARGET_TASK_SECONDS
+            if self._faults:
+                seconds = min(seconds, self.fault_seconds())
+            size = min(size, max(1, int(seconds / max(self.seconds_per_item, 1e-7))))
         if self.bytes_per_item:
             size = min(size, max(1, int(TARGET_TASK_BYTES / self.bytes_per_item)))
         return size
+
+    def fault_seconds(self) -> float:
+        """The work per chunk that loses least to the faults seen so far (see FAULT_MEMORY)."""
+        between_faults = self._fault_window / self._faults
+        return max(MIN_FAULT_TASK_SECONDS, math.sqrt(2 * TASK_OVERHEAD_SECONDS * between_faults))
+
+    def observe_fault(self) -> None:
+        """A chunk's worker died or was stopped: shorter chunks lose less to the next one."""
+        if self.fixed is None:
+            self._faults += 1
 
     def observe_compute(self, items: int, seconds: float) -> None:
         """A task of ``items`` items took ``seconds`` of compute in its worker."""
         if items <= 0 or self.fixed is not None:
             return
+        self._faults *= FAULT_MEMORY
+        self._fault_window = self._fault_window * FAULT_MEMORY + seconds
         # Decayed sums, so each measurement counts by its number of items: the first one-item
         # task (mostly fixed overhead) must not hold back the estimate from a 5000-item chunk.
         keep = 1.0 - SMOOTHING

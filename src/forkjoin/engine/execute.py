@@ -20,9 +20,15 @@ _CAUGHT_WITH_INTERRUPT = (Exception, KeyboardInterrupt)
 
 
 class ChunkRun:
-    """What running a chunk produced: a value per item, and the failures by position."""
+    """What running a chunk produced: a value per item, and the failures by position.
 
-    __slots__ = ("values", "failures", "start_time", "end_time")
+    Another thread may read it while the chunk runs (a process worker streams the results so
+    far, see process_worker.PARTIAL_SECONDS): both lists only grow, and an item's failure is
+    recorded before its placeholder value, so any prefix ``values[:n]`` has its failures in
+    ``failures`` already. ``sent`` counts the values already streamed.
+    """
+
+    __slots__ = ("values", "failures", "start_time", "end_time", "sent", "failures_sent")
 
     def __init__(self) -> None:
         self.values: list[Any] = []
@@ -30,6 +36,8 @@ class ChunkRun:
         self.failures: list[tuple[int, BaseException, str]] = []
         self.start_time = 0.0
         self.end_time = 0.0
+        self.sent = 0
+        self.failures_sent = 0
 
 
 def run_chunk(
@@ -41,6 +49,7 @@ def run_chunk(
     *,
     seed_globals: bool = True,
     catch_interrupt: bool = False,
+    run: ChunkRun | None = None,
 ) -> ChunkRun:
     """Apply ``fn`` to every item, catching each item's exception so the others still run.
 
@@ -52,7 +61,8 @@ def run_chunk(
     and propagates.
     """
     caught: Any = _CAUGHT_WITH_INTERRUPT if catch_interrupt else Exception
-    run = ChunkRun()
+    if run is None:
+        run = ChunkRun()
     values = run.values
     run.start_time = time.monotonic()
     if seed is None and kind == CallKind.MAP:
@@ -61,8 +71,8 @@ def run_chunk(
             try:
                 values.append(fn(item))
             except caught as exc:
-                values.append(None)
                 run.failures.append((position, exc, _format_traceback()))
+                values.append(None)
     else:
         for position, item in enumerate(items):
             if seed is not None:
@@ -76,8 +86,8 @@ def run_chunk(
                     args, kwargs = item
                     values.append(fn(*args, **kwargs))
             except caught as exc:
-                values.append(None)
                 run.failures.append((position, exc, _format_traceback()))
+                values.append(None)
             finally:
                 if seed is not None:
                     seeding.leave_item()

@@ -50,6 +50,8 @@ _SKIPPED = object()
 _ISOLATE = frozenset(
     {Status.CRASHED, Status.UNREADABLE, Status.TIMED_OUT, Status.OVER_MEMORY}
 )
+# A worker died or was stopped: the job streams results and sizes chunks for faults from then on.
+_FAULTS = frozenset({Status.CRASHED, Status.TIMED_OUT, Status.OVER_MEMORY})
 
 
 def _length(items: Iterable[Any]) -> int | None:
@@ -109,6 +111,9 @@ class Job:
         self.failure_reached: BaseException | None = None
         self.total = total
         self.progress: ProgressBar | None = None
+        # Stream results (see _fault_seen) once a fault is seen, or from the start where the
+        # engine itself stops workers: a timeout, a memory limit.
+        self.stream = options.timeout is not None or bool(getattr(backend, "memory_limit", None))
         # Called once when the job ends (api.py: lets go of a shared backend); None for a Pool's.
         self.finished: Callable[[], Any] | None = None
 
@@ -143,6 +148,8 @@ class Job:
             self._submit(task)
 
     def _submit(self, task: Task) -> None:
+        if self.stream:
+            task.stream = True
         self.outstanding[task.task_id] = task
         try:
             self.backend.submit(task, self._done)
@@ -241,6 +248,10 @@ class Job:
             if outcome.any_failed:
                 return self._with_failures(task, outcome.values)
             return self._emit(task.first_index, outcome.values)
+        if status in _FAULTS:
+            self._fault_seen(status)
+            if outcome.values and len(task) > 1:
+                return self._salvage(task, outcome)
         if status in _ISOLATE and len(task) > 1:
             return self._isolate(task, status)
         if status is Status.CRASHED and retries_left(task, options):
@@ -251,6 +262,24 @@ class Job:
             raise CancelledError("the pool was shut down while this call was running")
         assert outcome.error is not None
         return self._with_failures(task, [ItemFailure(outcome.error)] * len(task))
+
+    def _fault_seen(self, status: Status) -> None:
+        """A worker died or was stopped: from now on this job's chunks stream their results
+        (a crash loses only the last few milliseconds of a chunk), and the chunker sizes
+        chunks for the rate of faults (chunking.AutoChunker.observe_fault)."""
+        self.stream = True
+        self.chunker.observe_fault()
+
+    def _salvage(self, task: Task, outcome: TaskOutcome) -> list[Any]:
+        """A chunk failed after its worker streamed the results of its first items: keep those,
+        and send the rest as a new chunk. Progress was made, so the failure is held against
+        no item yet; a rest that fails before reporting anything is isolated by bisection."""
+        done = len(outcome.values)
+        self.events.task_retried()
+        self._submit(task.tail(done))
+        if outcome.any_failed:
+            return self._with_failures(task.head(done), outcome.values)
+        return self._emit(task.first_index, outcome.values)
 
     def _isolate(self, task: Task, status: Status) -> list[Any]:
         """A chunk failed as a whole (its worker died, ran past timeout= or memory_limit=, or

@@ -115,11 +115,14 @@ class Task:
 
     __slots__ = (
         "function", "kind", "items", "first_index", "attempt", "timeout", "seed", "resources",
-        "future", "task_id", "cancelled", "claimed", "resent",
+        "future", "task_id", "cancelled", "claimed", "resent", "stream",
         # Filled by the backend: the encoded items, where and when the task ran, bytes moved,
         # and (process backend) its place in its worker's queue and when it was sent there.
         "payload", "worker", "submit_time", "start_time", "end_time", "bytes_sent",
         "bytes_received", "dispatch_seq", "dispatch_time",
+        # Results a worker streamed before the task ended (``stream``): decoded values, and
+        # whether any is an ItemFailure; or the outcome that says they could not be read.
+        "partial", "partial_failed", "partial_error",
     )  # fmt: skip
 
     def __init__(
@@ -148,6 +151,9 @@ class Task:
         self.cancelled = False
         self.claimed = claimed
         self.resent = False  # a chunk sent again whole after its worker died (once at most)
+        # Set once its job has seen a worker die or a timeout: the worker then streams the
+        # results of a long chunk as it goes, so a crash loses only the last few milliseconds.
+        self.stream = False
         self.payload: Any = None
         self.worker = -1
         self.submit_time = 0.0
@@ -157,6 +163,9 @@ class Task:
         self.bytes_received = 0
         self.dispatch_seq = 0
         self.dispatch_time = 0.0
+        self.partial: list[Any] = []
+        self.partial_failed = False
+        self.partial_error: TaskOutcome | None = None
 
     def __repr__(self) -> str:
         return (
@@ -212,6 +221,21 @@ class Task:
             halves.append(half)
         return halves
 
+    def head(self, stop: int) -> Task:
+        """The items before ``stop``, same attempt: the ones a failed chunk's worker reported."""
+        task = self._copy(self.attempt)
+        task.items = self.items[:stop]
+        return task
+
+    def tail(self, start: int) -> Task:
+        """The items from ``start`` on, same attempt, not marked as sent again: the rest of a
+        chunk whose worker reported the items before ``start`` and then failed. Progress was
+        made, so the failure is not yet held against this part (see scheduler._salvage)."""
+        task = self._copy(self.attempt)
+        task.items = self.items[start:]
+        task.first_index = self.first_index + start
+        return task
+
     def single(self, position: int) -> Task:
         """A task of just the item at ``position``, with the same attempt and limits."""
         return Task(
@@ -239,7 +263,7 @@ class Task:
         return self._copy(self.attempt + 1)
 
     def _copy(self, attempt: int) -> Task:
-        return Task(
+        task = Task(
             function=self.function,
             kind=self.kind,
             items=self.items,
@@ -251,6 +275,8 @@ class Task:
             future=self.future,
             claimed=self.claimed,
         )
+        task.stream = self.stream
+        return task
 
 
 class ItemFailure:

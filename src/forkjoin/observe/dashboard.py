@@ -65,6 +65,7 @@ class Dashboard:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._closed = False
+        self.state_requests = 0  # state fetches served (the page's polls): for benchmarks
         self._thread = threading.Thread(
             target=self._serve, args=(port,), name="fj-dashboard", daemon=True
         )
@@ -169,6 +170,7 @@ class Dashboard:
         return self._web.Response(text=page, content_type="text/html")
 
     async def _state(self, request: Any) -> Any:
+        self.state_requests += 1
         return self._web.json_response(self.view.state())
 
     # -- stopping --------------------------------------------------------------------------------

@@ -19,12 +19,16 @@ from typing import Any
 
 from ..engine.events import EventLog, Stats, live_logs
 from ..engine.task import Status
+from .running import Running, running_tasks
 
 TICK_SECONDS = 1.0
 HISTORY_TICKS = 600  # ten minutes of throughput history per pool
 TIMELINE_SECONDS = 30.0  # the task timeline shows this much of the recent past
 TIMELINE_MAX_TASKS = 1500  # ...and at most this many tasks (the most recent)
+TIMELINE_PIXEL_SECONDS = TIMELINE_SECONDS / 900  # the page draws it 900 pixels wide
 RATE_WINDOW_TICKS = 5  # throughput for the ETA: items per second over the last few ticks
+ENDED_AFTER_SECONDS = 2.0  # a pool with no worker alive and no task for this long has ended
+MAX_ENDED_SHOWN = 20  # ended pools are listed in one line each, the most recent first
 MAX_TRACEBACK_CHARS = 4000
 
 _STATUS_NAMES = {int(s): s.name.lower() for s in Status}
@@ -36,6 +40,8 @@ class _Watched:
     lock)."""
 
     label: str
+    number: int  # in the order the view first saw the logs: "Pool #3" keeps its name
+    first_seen: float
     history: deque[tuple[float, int, int]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_TICKS)
     )  # (time, items done, tasks done) per tick
@@ -45,6 +51,20 @@ class _Watched:
     job_items: int | None = None
     job_base: int = 0
     last_stats: Stats | None = None
+    last_active: float = 0.0  # the latest tick that saw a task submitted or done, or in flight
+    shared_name: str = ""  # the backend name while it was fj.map's shared pool
+
+    def ended(self, now: float) -> bool:
+        """No worker alive, nothing in flight, for a while: the pool was shut down (or its
+        workers are gone). Only backends that report worker exits (process) can end here."""
+        stats = self.last_stats
+        return (
+            stats is not None
+            and bool(stats.workers)
+            and not any(usage.alive for usage in stats.workers.values())
+            and stats.tasks_submitted <= stats.tasks_done
+            and now - self.last_active > ENDED_AFTER_SECONDS
+        )
 
 
 TRAINING_RECORDS = 2000  # metric lines kept per training run (the chart's history)
@@ -135,21 +155,31 @@ class LiveView:
         self._watched: dict[int, tuple[EventLog, _Watched]] = {}
         self._training: list[_Training] = []
         self._data: deque[_DataStage] = deque(maxlen=20)  # the most recent stages
+        self._numbered = 0
         self._lock = threading.Lock()
         self.started = time.monotonic()
 
     def _logs(self) -> list[EventLog]:
         return list(self._fixed) if self._fixed is not None else list(live_logs)
 
-    def _label(self, log: EventLog, number: int) -> str:
+    def _relabel(self, log: EventLog, watched: _Watched) -> None:
+        """Name the pool: fj.map's shared pool of a backend while it is the current one; one it
+        replaced (another workers= asked) or shut down says so, so that two never look alike."""
         if self._fixed is not None:
-            return self.title if len(self._fixed) == 1 else f"{self.title} #{number}"
+            fixed = len(self._fixed) == 1
+            watched.label = self.title if fixed else f"{self.title} #{watched.number}"
+            return
         from ..engine.api import shared_pools
 
         for name, (_, _, events) in list(shared_pools._pools.items()):
             if events is log:
-                return f"fj.map / fj.imap ({name} backend)"
-        return f"Pool #{number}"
+                watched.shared_name = name
+                watched.label = f"fj.map / fj.imap ({name} backend)"
+                return
+        if watched.shared_name:
+            watched.label = f"fj.map / fj.imap ({watched.shared_name} backend, earlier pool)"
+        else:
+            watched.label = f"Pool #{watched.number}"
 
     def follow_training(self, path: str, ranks: int, label: str = "") -> Any:
         """Show a training gang's metrics (the JSON lines file its rank 0 appends to); returns
@@ -189,12 +219,16 @@ class LiveView:
                 if stage.running:
                     stage.history.append((now, stage.rows_in))
             seen = set()
-            for log in self._logs():
+            for log in sorted(self._logs(), key=lambda log: log.created):
                 key = id(log)
                 seen.add(key)
                 entry = self._watched.get(key)
                 if entry is None or entry[0] is not log:
-                    entry = self._watched[key] = (log, _Watched(self._label(log, len(seen))))
+                    self._numbered += 1
+                    entry = self._watched[key] = (log, _Watched("", self._numbered, now))
+                    latest = log.recent_tasks(1)  # a pool seen late: when it last did something
+                    entry[1].last_active = latest[0].merge_time if latest else log.created
+                self._relabel(log, entry[1])
                 self._sample(log, entry[1], now)
             for key in set(self._watched) - seen:
                 del self._watched[key]
@@ -202,6 +236,12 @@ class LiveView:
     @staticmethod
     def _sample(log: EventLog, watched: _Watched, now: float) -> None:
         stats = log.stats()
+        last = watched.last_stats
+        if stats.tasks_submitted > stats.tasks_done or (
+            last is not None
+            and (stats.tasks_submitted, stats.tasks_done) != (last.tasks_submitted, last.tasks_done)
+        ):
+            watched.last_active = now
         previous = watched.history[-1] if watched.history else None
         watched.history.append((now, stats.items_done, stats.tasks_done))
         span = now - previous[0] if previous else 0.0
@@ -230,14 +270,20 @@ class LiveView:
         """Everything the page draws, as JSON-ready values (times in seconds before now)."""
         now = time.monotonic()
         with self._lock:
-            entries = list(self._watched.values())
+            entries = [(log, w) for log, w in self._watched.values() if w.last_stats]
             training = [run.state() for run in self._training]
             data = [stage.state(now) for stage in self._data]
+        # The pool that did something last comes first: a running job is at the top of the
+        # page however many pools the process made before it.
+        entries.sort(key=lambda entry: (entry[1].last_active, entry[1].number), reverse=True)
+        ended = [entry for entry in entries if entry[1].ended(now)]
         return {
             "title": self.title,
             "pid": os.getpid(),
             "uptime": now - self.started,
-            "pools": [self._pool_state(log, w, now) for log, w in entries if w.last_stats],
+            "pools": [self._pool_state(log, w, now) for log, w in entries if not w.ended(now)],
+            "ended": [_ended_state(w, now) for _, w in ended[:MAX_ENDED_SHOWN]],
+            "ended_count": len(ended),
             "training": training,
             "data": data,
         }
@@ -254,6 +300,10 @@ class LiveView:
             if watched.job_items is not None:
                 left = max(0, watched.job_items - done)
                 job["eta"] = left / rate if rate > 0 else (0.0 if left == 0 else None)
+        records = log.recent_tasks(TIMELINE_MAX_TASKS)
+        known = running_tasks(log)
+        running = known or {}
+        starts = _running_starts(records, running)
         return {
             "label": watched.label,
             "stats": {
@@ -270,11 +320,22 @@ class LiveView:
                 "throughput": rate,
             },
             "job": job,
-            "workers": _workers(stats, watched),
+            "current_known": known is not None,
+            "workers": _workers(stats, watched, running, starts, now),
             "throughput": _series(history, now),
-            "timeline": _timeline(log, now),
+            "timeline": _timeline(records, running, starts, now),
             "failures": _failures(log, now),
         }
+
+
+def _ended_state(watched: _Watched, now: float) -> dict[str, Any]:
+    """One line for a pool that has shut down: what it did, and when it last did it."""
+    stats = watched.last_stats
+    assert stats is not None
+    return {
+        "label": watched.label, "tasks_done": stats.tasks_done, "items_done": stats.items_done,
+        "tasks_failed": stats.tasks_failed, "ago": round(now - watched.last_active, 1),
+    }  # fmt: skip
 
 
 def _rate(history: list[tuple[float, int, int]]) -> float:
@@ -293,21 +354,55 @@ def _series(history: list[tuple[float, int, int]], now: float) -> dict[str, list
     return {"t": t, "items_per_s": rate}
 
 
+_processes: dict[int, Any] = {}  # pid -> psutil.Process: created once (it parses /proc)
+
+
 def _rss(pid: int) -> int | None:
     try:
         import psutil
 
-        return int(psutil.Process(pid).memory_info().rss)
+        process = _processes.get(pid)
+        if process is None:
+            if len(_processes) > 256:  # pids of workers long gone
+                _processes.clear()
+            process = _processes[pid] = psutil.Process(pid)
+        return int(process.memory_info().rss)
     except Exception:  # gone, or not ours to read
+        _processes.pop(pid, None)
         return None
 
 
-def _workers(stats: Stats, watched: _Watched) -> list[dict[str, Any]]:
+def _running_starts(records: list[Any], running: dict[int, Running]) -> dict[int, float]:
+    """When each running task began, as near as the caller knows: it was sent at
+    ``dispatched``; if it waited in the worker's queue, it began when the worker's previous
+    task ended (the worker picks the next one up at once)."""
+    last_end: dict[int, float] = {}
+    for record in reversed(records):  # newest first: stop once every running worker is found
+        if len(last_end) == len(running):
+            break
+        if record.worker in running and record.worker not in last_end:
+            last_end[record.worker] = record.end_time
+    return {
+        worker: max(task.dispatched, last_end.get(worker, 0.0))
+        for worker, task in running.items()
+    }  # fmt: skip
+
+
+def _workers(
+    stats: Stats,
+    watched: _Watched,
+    running: dict[int, Running],
+    starts: dict[int, float],
+    now: float,
+) -> list[dict[str, Any]]:
     rows = []
     for worker, usage in sorted(stats.workers.items()):
         if worker < 0:
             continue  # tasks that never reached a worker
+        task = running.get(worker) if usage.alive else None
         rows.append({
+            "current": task.what if task else None,
+            "running_for": round(now - starts[worker], 2) if task else None,
             "worker": worker, "pid": usage.pid or None, "alive": usage.alive,
             "tasks": usage.tasks, "items": usage.items,
             "busy": watched.busy.get(worker), "busy_seconds": usage.busy_seconds,
@@ -317,17 +412,38 @@ def _workers(stats: Stats, watched: _Watched) -> list[dict[str, Any]]:
     return rows
 
 
-def _timeline(log: EventLog, now: float) -> list[list[Any]]:
-    """[worker, start, end, status] of the recent tasks, seconds before now."""
-    rows = []
-    for record in log.recent_tasks(TIMELINE_MAX_TASKS):
-        if now - record.end_time > TIMELINE_SECONDS:
+def _timeline(
+    records: list[Any], running: dict[int, Running], starts: dict[int, float], now: float
+) -> list[list[Any]]:
+    """[worker, start, end, status] bars of the recent tasks, seconds before now; the tasks
+    running now end at 0 with status "running".
+
+    Back-to-back tasks of a worker with the same outcome are merged into one bar when the gap
+    between them is under one pixel of the page's timeline: at thousands of tasks a second
+    the page gets a few bars instead of a row per task (what it costs the caller to answer).
+    """
+    rows: list[list[Any]] = []
+    open_bars: dict[int, list[Any]] = {}  # worker -> its latest bar, still growing
+    oldest = now - TIMELINE_SECONDS
+    for _, worker, _, _, _, start, end, _, _, _, status in records:  # TaskRecord fields
+        if end < oldest:
             continue
-        start = record.start_time if record.start_time > 0 else record.end_time
-        rows.append([
-            record.worker, round(start - now, 4), round(record.end_time - now, 4),
-            _STATUS_NAMES.get(record.status, "?"),
-        ])  # fmt: skip
+        if start <= 0:
+            start = end
+        bar = open_bars.get(worker)
+        if bar is not None and bar[3] == status and start - bar[2] <= TIMELINE_PIXEL_SECONDS:
+            if end > bar[2]:
+                bar[2] = end
+            continue
+        bar = open_bars[worker] = [worker, start, end, status]
+        rows.append(bar)
+    for bar in rows:
+        bar[1] = round(bar[1] - now, 3)
+        bar[2] = round(bar[2] - now, 3)
+        bar[3] = _STATUS_NAMES.get(bar[3], "?")
+    for worker in running:
+        start = round(max(starts[worker] - now, -TIMELINE_SECONDS), 3)
+        rows.append([worker, start, 0.0, "running"])
     return rows
 
 

@@ -32,17 +32,18 @@ import threading
 import time
 from typing import Any
 
-# Sampling period. The GIL hands over every ``sys.getswitchinterval()`` (5 ms) to a waiting
-# thread, so asking for less mostly adds wake-ups; 5 ms gives ~200 samples/s per worker at
-# < 1% CPU (benchmarks/bench_observe.py measures the overhead on a CPU-bound map).
-SAMPLE_SECONDS = 0.005
+# Sampling period: 100 samples/s per worker, py-spy's default rate. Each wake-up costs the
+# worker a GIL hand-over and a timer (~50-100 us of CPU on a loaded machine, more than the
+# sample itself, ~5 us), so the rate, not the stack walk, sets the overhead; at 100/s a
+# share of 70% over a couple of worker-seconds is still within +-3 points (one sigma).
+SAMPLE_SECONDS = 0.01
 # The longest period a sampler backs off to on an oversubscribed machine (see ``_loop``).
-MAX_SAMPLE_SECONDS = 0.02
+MAX_SAMPLE_SECONDS = 0.04
 LATE_FACTOR = 4  # a wake-up this many periods late counts as very late
 # While a sampler runs, the GIL is handed over this often instead of every 5 ms. Otherwise the
 # sampler, waiting up to 5 ms for the GIL, mostly gets it where the worker releases it (a send,
-# a read): samples would pile up on I/O calls. Only the sampler contends, so the cost is one
-# extra hand-over per sample.
+# a read): samples would pile up on I/O calls. Only the sampler contends, so the cost stays
+# one hand-over per sample; this sets only how soon the sampler gets in.
 SWITCH_INTERVAL_SECONDS = 0.0005
 # A sample stands for the time since the previous one, but at most this many periods: when the
 # machine is oversubscribed and the worker was descheduled for a while, that time would

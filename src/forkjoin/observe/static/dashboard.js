@@ -5,7 +5,7 @@
   const POLL_MS = 1000;
   const COLOURS = { done: "#3fa45b", crashed: "#c0392b", timed_out: "#e67e22",
                     unreadable: "#8e44ad", cancelled: "#95a5a6", failed: "#c0392b",
-                    over_memory: "#d35400" };
+                    over_memory: "#d35400", running: "#9ad0a8" };
   const charts = {};
 
   function el(tag, attrs, text) {
@@ -60,7 +60,7 @@
     const chartBox = el("div", { class: "chart" });
     chartBox.appendChild(el("h3", {}, "Throughput (items/s)"));
     row.appendChild(chartBox);
-    row.appendChild(workerTable(pool.workers));
+    row.appendChild(workerTable(pool.workers, pool.current_known));
     section.appendChild(row);
 
     section.appendChild(el("h3", {}, "Tasks, last 30 s (one lane per worker)"));
@@ -69,12 +69,13 @@
     return [section, chartBox];
   }
 
-  function workerTable(workers) {
+  function workerTable(workers, currentKnown) {
     const box = el("div", {});
     box.appendChild(el("h3", {}, "Workers"));
     const table = el("table", { class: "workers" });
     const head = el("tr", {});
-    for (const h of ["worker", "pid", "state", "tasks", "items", "busy", "RSS", "peak RSS"]) {
+    for (const h of ["worker", "pid", "state", "current item", "tasks", "items", "busy", "RSS",
+                     "peak RSS"]) {
       head.appendChild(el("th", {}, h));
     }
     table.appendChild(head);
@@ -86,8 +87,12 @@
         busyCell.appendChild(el("span", { class: "bar", style: "width:" + busy / 2 + "px" }));
         busyCell.appendChild(document.createTextNode(" " + busy + "%"));
       } else busyCell.textContent = "–";
+      const current = w.current ? w.current + " · " + fmtSeconds(w.running_for) : "–";
       tr.append(el("td", {}, String(w.worker)), el("td", {}, String(w.pid || "–")),
-                el("td", {}, w.alive ? "running" : "exited"), el("td", {}, String(w.tasks)),
+                el("td", {}, !w.alive ? "exited" : w.current ? "running" :
+                             currentKnown ? "idle" : "alive"),
+                el("td", { class: "current", "data-key": "current" }, current),
+                el("td", {}, String(w.tasks)),
                 el("td", {}, String(w.items)), busyCell, el("td", {}, fmtBytes(w.rss)),
                 el("td", {}, fmtBytes(w.peak_rss)));
       table.appendChild(tr);
@@ -228,17 +233,40 @@
     return section;
   }
 
+  function drawEnded(pools, count) {
+    const section = el("section", { class: "pool ended" });
+    section.appendChild(el("h2", {}, "Pools that have shut down (" + count + ", most recent first)"));
+    const table = el("table", { class: "stages" });
+    const head = el("tr", {});
+    for (const h of ["pool", "tasks done", "items done", "failed", "last active"]) {
+      head.appendChild(el("th", {}, h));
+    }
+    table.appendChild(head);
+    for (const p of pools) {
+      const tr = el("tr", {});
+      tr.append(el("td", { style: "text-align:left" }, p.label), el("td", {}, String(p.tasks_done)),
+                el("td", {}, String(p.items_done)),
+                el("td", { class: p.tasks_failed ? "bad" : "" }, String(p.tasks_failed)),
+                el("td", {}, fmtSeconds(p.ago) + " ago"));
+      table.appendChild(tr);
+    }
+    section.appendChild(table);
+    return section;
+  }
   function render(state) {
     document.getElementById("meta").textContent =
       state.title + " · pid " + state.pid + " · up " + fmtSeconds(state.uptime);
     const root = document.getElementById("pools");
     root.replaceChildren();
-    if (!state.pools.length && !(state.training || []).length && !(state.data || []).length) root.appendChild(el("p", { id: "empty" }, "No pool is running in this process yet."));
+    if (!state.pools.length && !(state.training || []).length && !(state.data || []).length) {
+      root.appendChild(el("p", { id: "empty" }, "No pool is running in this process yet."));
+    }
     state.pools.forEach((pool, index) => {
       const [section, chartBox] = drawPool(pool, index);
       root.appendChild(section);
       chart(chartBox, pool, index);
     });
+    if ((state.ended || []).length) root.appendChild(drawEnded(state.ended, state.ended_count));
     if ((state.data || []).length) root.appendChild(drawData(state.data));
     (state.training || []).forEach((run, index) => {
       const [section, chartBox, key] = drawTraining(run, index);
