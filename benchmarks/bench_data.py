@@ -28,7 +28,6 @@ against pandas' (row count and checksum).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -46,10 +45,7 @@ if str(HERE) not in sys.path:
 
 from _data_contenders import CONTENDERS  # noqa: E402
 from _data_workloads import generate  # noqa: E402
-from _harness import progress_log  # noqa: E402
-
-# RSS_SAMPLE_SECONDS and tree_rss are also bench_shuffle's (it imports them from here)
-from _process_tree import RSS_SAMPLE_SECONDS, run_sampled, tree_rss  # noqa: E402, F401
+from _harness import progress_log, run_measured  # noqa: E402
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_data.json"
@@ -74,17 +70,10 @@ def run_contender(name: str, workload: str, data: str, workers: int) -> dict[str
     out = tempfile.mkdtemp(prefix="fj-bench-out-")
     command = [sys.executable, str(HERE / "_data_contenders.py"), name, workload, data,
                os.path.join(out, "o"), str(workers)]  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
     try:
-        finished = run_sampled(command, env, CONTENDER_TIMEOUT_SECONDS)
+        return run_measured(command, CONTENDER_TIMEOUT_SECONDS)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    line = finished.json_line()
-    if finished.returncode != 0 or line is None:
-        return {"error": finished.error(), "peak_rss": finished.peak_rss}
-    result: dict[str, Any] = json.loads(line)
-    result["peak_rss"] = finished.peak_rss
-    return result
 
 
 def section_key(workload: str, rows: int, sizes: Sequence[int]) -> str:

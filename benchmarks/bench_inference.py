@@ -23,7 +23,6 @@ single process's (max absolute difference), and model loads are counted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -37,9 +36,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from _harness import run_measured  # noqa: E402
 from _inference_contenders import CONTENDERS  # noqa: E402
 from _inference_corpus import corpus  # noqa: E402
-from _process_tree import run_sampled  # noqa: E402
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "bench_inference.json"
@@ -63,16 +62,14 @@ def run_contender(name: str, path: str, rows: int, workers: int, batch: int,
 
     loads = tempfile.mkdtemp(prefix="loads-", dir=scratch)
     out = os.path.join(scratch, f"{name.replace(' ', '_')}.npy")
-    env = {**os.environ, "FJ_BENCH_LOADS": loads, "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    # The contender inherits these (run_measured passes this process's environment on).
+    os.environ.update({"FJ_BENCH_LOADS": loads, "HF_HUB_OFFLINE": "1",
+                       "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
     command = [sys.executable, str(HERE / "_inference_contenders.py"), name, path, str(rows),
                str(workers), str(batch), out]  # fmt: skip
-    finished = run_sampled(command, env, CONTENDER_TIMEOUT_SECONDS)
-    line = finished.json_line()
-    if finished.returncode != 0 or line is None:
-        return {"error": finished.error()}
-    result: dict[str, Any] = json.loads(line)
-    result["peak_rss"] = finished.peak_rss
+    result = run_measured(command, CONTENDER_TIMEOUT_SECONDS)
+    if "error" in result:
+        return result
     result["loads"] = len(os.listdir(loads))
     result["vectors"] = np.load(out)
     os.unlink(out)
