@@ -23,13 +23,10 @@ single process's (max absolute difference), and model loads are counted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from _harness import run_measured  # noqa: E402
 from _inference_contenders import CONTENDERS  # noqa: E402
 from _inference_corpus import corpus  # noqa: E402
 from _report import Goal, Row, Section, make_console, publish  # noqa: E402
@@ -49,7 +47,6 @@ QUICK_ROWS = 2_000
 WORKERS = 2
 BATCH = 64  # texts per model call: the usual sentence-transformers batch on CPU
 CONTENDER_TIMEOUT_SECONDS = 1800
-RSS_SAMPLE_SECONDS = 0.1
 TOLERANCE = 1e-4  # embeddings are unit vectors; padding to other lengths moves ~1e-6
 
 # Goals, from issue 18.
@@ -59,58 +56,20 @@ IDEAL_GOAL = 0.9  # forkjoin rows/s >= 0.9 x workers x single-process rows/s
 REFERENCE = "forkjoin"
 
 
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
 def run_contender(name: str, path: str, rows: int, workers: int, batch: int,
                   scratch: str) -> dict[str, Any]:  # fmt: skip
     import numpy as np
 
     loads = tempfile.mkdtemp(prefix="loads-", dir=scratch)
     out = os.path.join(scratch, f"{name.replace(' ', '_')}.npy")
-    env = {**os.environ, "FJ_BENCH_LOADS": loads, "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    # The contender inherits these (run_measured passes this process's environment on).
+    os.environ.update({"FJ_BENCH_LOADS": loads, "HF_HUB_OFFLINE": "1",
+                       "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
     command = [sys.executable, str(HERE / "_inference_contenders.py"), name, path, str(rows),
                str(workers), str(batch), out]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(RSS_SAMPLE_SECONDS):
-            peak = max(peak, _tree_rss(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        stdout, stderr = proc.communicate(timeout=CONTENDER_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return {"error": f"timed out after {CONTENDER_TIMEOUT_SECONDS} s"}
-    finally:
-        stop.set()
-        sampler.join()
-    if proc.returncode != 0:
-        return {"error": (stderr or stdout).strip().splitlines()[-1:] or ["failed"]}
-    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_rss"] = peak
+    result = run_measured(command, CONTENDER_TIMEOUT_SECONDS)
+    if "error" in result:
+        return result
     result["loads"] = len(os.listdir(loads))
     result["vectors"] = np.load(out)
     os.unlink(out)

@@ -263,3 +263,25 @@ def test_cli_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     ref_manifest = json.loads((tmp_path / "ref" / "_manifest.json").read_text())
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest == ref_manifest
+
+
+def test_parquet_dictionary_only_where_it_pays(tmp_path):
+    """High-cardinality numbers are written plain (a dictionary that pyarrow would build, find
+    too big and throw away cost 3x the write: sinks.dictionary_columns); repetitive columns
+    keep theirs; the values read back equal."""
+    n = 20_000
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"id": np.arange(n), "x": rng.normal(size=n), "category": rng.integers(0, 5, n),
+         "name": ["a", "b"] * (n // 2)}
+    )  # fmt: skip
+    fd.from_pandas(frame, partitions=2).write_parquet(str(tmp_path / "out"), workers=1)
+    files = sorted((tmp_path / "out").glob("*.parquet"))
+    assert len(files) == 2
+    for path in files:
+        meta = pq.ParquetFile(path).metadata.row_group(0)
+        dictionary = {meta.column(i).path_in_schema: meta.column(i).has_dictionary_page
+                      for i in range(meta.num_columns)}  # fmt: skip
+        assert dictionary == {"id": False, "x": False, "category": True, "name": True}
+    back = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    pd.testing.assert_frame_equal(back, frame, check_dtype=False)

@@ -8,6 +8,7 @@ through the ``CUDA_VISIBLE_DEVICES`` each stage worker sees.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from _stage_tasks import (  # noqa: E402
     BrokenModel,
     CountingModel,
     DiesOnce,
+    LoggedModel,
     WhereAmI,
     count,
     logged,
@@ -192,12 +194,6 @@ def test_stage_output_is_written_per_partition(tmp_path: Path) -> None:
     assert table.column("y").to_pylist() == [x + 1 for x in range(500)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone and after the cluster suites, but twice stayed at one actor in the full "
-    "README run: the growth trigger (inbox full and every actor busy for 1 s) is not yet "
-    "understood there; issue 18 stays open for it",
-)
 def test_a_stage_grows_from_min_to_max_while_it_is_the_bottleneck(tmp_path: Path) -> None:
     # 0.25 s a batch: clearly the bottleneck even when reading is slow on a busy machine
     ds = items(600, partitions=60).map_batches(
@@ -208,6 +204,35 @@ def test_a_stage_grows_from_min_to_max_while_it_is_the_bottleneck(tmp_path: Path
     assert out.column("x").to_pylist() == list(range(600))
     assert count(tmp_path, "built") == 2
     assert len(set(out.column("pid").to_pylist())) == 2
+
+
+def test_a_stage_that_keeps_up_does_not_grow(tmp_path: Path) -> None:
+    """The other side of the growth rule: when reading is the bottleneck, blocks never wait
+    for the stage, so its second worker (and a second model) is never started."""
+    ds = (
+        items(160, partitions=16)
+        .map_batches(functools.partial(logged, directory=str(tmp_path), stage="read",
+                                       delay=0.15))  # fmt: skip
+        .map_batches(CountingModel, fn_constructor_args=(str(tmp_path),), workers=(1, 2),
+                     batch_size=10)  # fmt: skip
+    )
+    out = ds.to_arrow(workers=1)  # one reader at 0.15 s a block: > GROW_AFTER_SECONDS in all
+    assert out.column("x").to_pylist() == list(range(160))
+    assert count(tmp_path, "built") == 1
+
+
+def test_a_class_stage_is_built_while_upstream_still_reads(tmp_path: Path) -> None:
+    """The stage's worker builds the model as it starts (stages.warm_up), not once the first
+    block arrives: here reading takes 4 s, and the model is built before it ends."""
+    ds = (
+        items(20, partitions=1)
+        .map_batches(functools.partial(logged, directory=str(tmp_path), stage="read", delay=4.0))
+        .map_batches(LoggedModel, fn_constructor_args=(str(tmp_path),), workers=1)
+    )
+    assert ds.count(workers=1) == 20
+    events = {" ".join(line.split()[:2]): float(line.split()[-1])
+              for line in (tmp_path / "log").read_text().splitlines()}  # fmt: skip
+    assert events["built -"] < events["read end"]
 
 
 def test_bad_stage_arguments_are_refused_at_once() -> None:

@@ -43,3 +43,42 @@ def test_a_running_shared_pool_is_warmed_in_the_background() -> None:
         assert time.monotonic() < deadline, "the workers never imported the module"
         time.sleep(0.1)
     assert preload_running([MODULE], backend_name="threads") is False
+
+
+def test_a_shared_pool_started_after_registration_imports_the_modules_as_it_starts() -> None:
+    """What forkjoin.data's readers register: a shared pool that fj.map starts afterwards
+    (the bench's "cold" job) has them imported before its first task, not during it."""
+    from forkjoin.engine import preload
+    from forkjoin.engine.api import shared_pools
+
+    shared_pools.shutdown()  # a pool started before the registration keeps its workers
+    before = list(preload._SHARED_PRELOAD)
+    preload.preload_shared_pools([MODULE])
+    try:
+        assert all(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1))
+        assert preload.shared_pool_initializer("threads") == {}  # one interpreter: nothing to do
+    finally:
+        preload._SHARED_PRELOAD[:] = before
+        shared_pools.shutdown()
+    assert not any(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1))
+
+
+def test_a_pool_that_preloaded_the_modules_gets_no_warm_up_task() -> None:
+    """Warming a pool that already imported the modules would only hold its workers."""
+    from forkjoin.engine import preload
+    from forkjoin.engine.api import shared_pools
+
+    shared_pools.shutdown()
+    before = list(preload._SHARED_PRELOAD)
+    preload.preload_shared_pools([MODULE])
+    try:
+        fj.map(abs, range(4), workers=2, backend="process", chunksize=1)
+        events = shared_pools._pools["process"][2]
+        submitted = events.stats().tasks_submitted
+        assert submitted >= 4
+        assert preload_running([MODULE]) is True
+        time.sleep(0.2)  # the warm-up job, if one were started, submits from a thread
+        assert events.stats().tasks_submitted == submitted
+    finally:
+        preload._SHARED_PRELOAD[:] = before
+        shared_pools.shutdown()

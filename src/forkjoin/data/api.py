@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from .dataset import Dataset
+from .readers import DATA_MODULES
 from .sources import (
     TARGET_PARTITION_BYTES,
     plan_parquet,
@@ -19,9 +20,6 @@ from .sources import (
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
-# What a data task imports in a worker: loaded ahead (engine/preload.py) so the first partition
-# does not pay for it. pandas comes with pyarrow's pandas conversions and batch_format="pandas".
-DATA_MODULES = ("pyarrow", "pyarrow.parquet", "pandas", "forkjoin.data.execute")
 
 
 def _warm_workers() -> None:

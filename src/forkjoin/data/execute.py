@@ -188,7 +188,7 @@ def run_partitions(
     if has_stages(ops):  # stages on workers of their own, streaming into each other
         from .pipeline import run_pipeline
 
-        yield from run_pipeline(parts, spec, ops, terminal, config, stats, ordered=ordered)
+        yield from run_pipeline(parts, spec, ops, terminal, config, stats, ordered)
         return
     if not ops and terminal.kind == "collect" and all(p.kind == "table" for p in parts):
         for part in parts:  # already in memory, nothing to do: no need to ship it anywhere
@@ -198,6 +198,8 @@ def run_partitions(
             _account(stats, result, config)
             yield result
         return
+    if not ordered:  # the largest first: the run does not end on one worker finishing a big one
+        parts = sorted(parts, key=lambda p: -p.nbytes)
     fn = functools.partial(process_partition, spec=spec, ops=tuple(ops), terminal=terminal)
     options: dict[str, Any] = {"chunksize": 1, "ordered": ordered, "max_in_flight": config.window(),
                "progress": False}  # fmt: skip

@@ -7,7 +7,7 @@
                         ▼  Channel: at most CHANNEL_BLOCKS waiting; a full one blocks the feeder
                  stage 1: actors (one 1-worker Pool each, pinned to its GPUs), each
                         │  ACTOR_IN_FLIGHT blocks in flight; grows min -> max while it is the
-                        │  bottleneck (its inbox full and every actor busy)
+                        │  bottleneck (blocks waiting in its inbox, every actor busy)
                         ▼  Channel
                  stage 2 ... the last stage applies the terminal (collect, count, write)
                         ▼
@@ -43,7 +43,7 @@ from ..errors import DataError, ResourceError, TaskError
 from .execute import COLLECT, DataStats, PartResult, RunConfig, Terminal, process_partition
 from .plan import Op
 from .sources import Partition, ReadCounts, ReadSpec
-from .stages import StageError, StageOp, close_instances
+from .stages import StageError, StageOp, close_instances, warm_up
 
 # Blocks waiting between two stages. With ACTOR_IN_FLIGHT per actor this bounds what a stage
 # holds: (CHANNEL_BLOCKS + actors * ACTOR_IN_FLIGHT) blocks; 4 covers a slow upstream hiccup
@@ -51,10 +51,13 @@ from .stages import StageError, StageOp, close_instances
 CHANNEL_BLOCKS = 4
 # Blocks submitted to one actor: 2 lets the next block's input arrive while one computes.
 ACTOR_IN_FLIGHT = 2
-# Batches of the next stage's batch_size per block: large enough that the per-task overhead
-# (~1 ms) is small next to a model call, small enough that blocks spread over actors.
-BATCHES_PER_BLOCK = 4
-# A stage whose inbox stays full with every actor busy this long starts another actor (up to
+# Batches of the next stage's batch_size per block. One: the per-task overhead (~1 ms) is small
+# next to a model call (what a stage is for), and the run's tail, where one actor still works
+# through the blocks it was given while another has none left, lasts at most one model call
+# per block in flight (with 4 it could last 8 calls: bench_inference.py's batches take seconds
+# each on a 2-core CPU, so that tail was a visible share of the run).
+BATCHES_PER_BLOCK = 1
+# A stage with blocks waiting and every actor busy this long starts another actor (up to
 # its max): long enough not to react to one slow block, short next to a model's load time.
 GROW_AFTER_SECONDS = 1.0
 # How long a feeder waits to hand on a block before it checks whether the run was stopped.
@@ -100,8 +103,9 @@ class Channel:
     def get_nowait(self) -> Any:
         return self._queue.get_nowait()
 
-    def full(self) -> bool:
-        return self._queue.full()
+    def waiting(self) -> bool:
+        """Whether blocks are waiting here for the consumer (approximate, as qsize is)."""
+        return not self._queue.empty()
 
 
 @dataclass
@@ -192,6 +196,8 @@ class StageRun:
             )
         self.started_actors += 1
         self.actors.append(_Actor(pool))
+        if op.is_class and not self.cluster:  # the model loads now, while upstream reads
+            pool.submit(warm_up, op).add_done_callback(_leave_to_first_block)
 
     @property
     def capacity(self) -> int:
@@ -216,6 +222,12 @@ class StageRun:
             actor.pool.shutdown(wait=True, cancel_futures=cancel)
         if self.op.is_class:
             close_instances(self.op.uid)  # instances built in this process (threads, inline)
+
+
+def _leave_to_first_block(future: Future[Any]) -> None:
+    """A warm-up that failed: the first block builds the class again and reports the error
+    (a StageError naming the stage), so nothing is raised here."""
+    future.exception()
 
 
 def _result(pending: _Pending, stage: StageRun) -> PartResult:
@@ -244,15 +256,20 @@ def run_stage(
     pending: deque[_Pending] = deque()
     exhausted = False
     busy_since: float | None = None
+    # Whether the newest actor has finished a block: the stage's speed is judged only once it
+    # has loaded (a model load alone would otherwise look like a bottleneck).
+    newest_warm = False
     while True:
         wake.clear()
         if stop.is_set():
             raise _Stopped()
+        done = [p for p in pending if p.future.done()]
+        newest_warm = newest_warm or any(p.actor is stage.actors[-1] for p in done)
         if ordered:
             while pending and pending[0].future.done():
                 yield _result(pending.popleft(), stage)
         else:
-            for entry in [p for p in pending if p.future.done()]:
+            for entry in done:
                 pending.remove(entry)
                 yield _result(entry, stage)
         while not exhausted and len(pending) < stage.capacity:
@@ -268,14 +285,19 @@ def run_stage(
             pending.append(stage.submit(item, wake))
         if exhausted and not pending:
             return
-        # The stage is the bottleneck when blocks wait for it and every actor is busy.
-        if len(pending) >= stage.capacity and inbox.full() and stage.can_grow():
+        # The stage is the bottleneck when blocks still wait for it after every actor got all
+        # it can hold. (Not "the inbox is full": right after taking a block out, the inbox is
+        # one short until the feeder thread refills it, which on a busy machine is most of
+        # the time, so that test kept a bottleneck stage from ever growing.)
+        bottleneck = len(pending) >= stage.capacity and inbox.waiting()
+        if bottleneck and newest_warm and stage.can_grow():
             now = time.monotonic()
             if busy_since is None:
                 busy_since = now
             elif now - busy_since >= GROW_AFTER_SECONDS:
                 stage.start_actor()
                 busy_since = None
+                newest_warm = False
                 continue
         else:
             busy_since = None
@@ -333,21 +355,14 @@ def _split_ops(ops: Sequence[Op]) -> tuple[list[Op], list[tuple[StageOp, list[Op
     return head, stages
 
 
-def run_pipeline(
-    parts: Sequence[Partition],
-    spec: ReadSpec,
-    ops: Sequence[Op],
-    terminal: Terminal,
-    config: RunConfig,
-    stats: DataStats,
-    *,
-    ordered: bool = True,
-) -> Generator[PartResult, None, None]:
-    """Results of a plan segment that holds stages (see the module docstring)."""
+def run_pipeline(parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op],
+                 terminal: Terminal, config: RunConfig, stats: DataStats,
+                 ordered: bool) -> Generator[PartResult, None, None]:  # fmt: skip
+    """Results of a plan segment that holds stages (see the module docstring): what
+    ``execute.run_partitions`` runs instead of its partition loop when ``ops`` hold a stage
+    (it has checked that there are partitions and settled ``ordered``)."""
     from .execute import run_partitions
 
-    if not parts:
-        return
     head, stage_ops = _split_ops(ops)
     cluster = _is_cluster(config.backend)
     stop = threading.Event()

@@ -133,6 +133,34 @@ class Op:
         return self.name
 
 
+def check_batching(batch_size: int | None, batch_format: str) -> None:
+    """map_batches' batch options (plain and stage, stages.py), refused at plan time."""
+    if batch_format not in BATCH_FORMATS:
+        raise ValueError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+
+
+def map_in_batches(
+    table: pa.Table,
+    fn: Callable[..., Any],
+    batch_size: int | None,
+    batch_format: str,
+    fn_kwargs: dict[str, Any],
+    where: str,
+) -> pa.Table:
+    """``fn`` on each ``batch_size`` slice of ``table`` in ``batch_format``, outputs joined
+    (zero-copy); an empty partition is passed through: ``fn`` never sees an empty batch."""
+    if table.num_rows == 0:
+        return table
+    size = batch_size or table.num_rows
+    outputs = [
+        from_batch(fn(to_format(table.slice(lo, size), batch_format), **fn_kwargs), where)
+        for lo in range(0, table.num_rows, size)
+    ]
+    return concat(outputs)
+
+
 @dataclass
 class MapBatches(Op):
     fn: Callable[..., Any]
@@ -142,26 +170,12 @@ class MapBatches(Op):
     name = "map_batches"
 
     def __post_init__(self) -> None:
-        if self.batch_format not in BATCH_FORMATS:
-            raise ValueError(
-                f"batch_format must be one of {BATCH_FORMATS}, got {self.batch_format!r}"
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(
-                f"batch_size must be a positive integer or None, got {self.batch_size!r}"
-            )
+        check_batching(self.batch_size, self.batch_format)
 
     def apply(self, table: pa.Table) -> pa.Table:
-        if table.num_rows == 0:
-            return table  # an empty partition: the function never sees an empty batch
         where = f"map_batches({function_name(self.fn)})"
-        size = self.batch_size or table.num_rows
-        fn, fmt, kwargs = self.fn, self.batch_format, self.fn_kwargs
-        outputs = [
-            from_batch(fn(to_format(table.slice(lo, size), fmt), **kwargs), where)
-            for lo in range(0, table.num_rows, size)
-        ]
-        return concat(outputs)
+        return map_in_batches(table, self.fn, self.batch_size, self.batch_format,
+                              self.fn_kwargs, where)  # fmt: skip
 
     def key(self) -> str:
         kwargs = describe_value(dict(sorted(self.fn_kwargs.items())), "fn_kwargs")

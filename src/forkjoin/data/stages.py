@@ -13,9 +13,10 @@ A plain function becomes a stage too when it asks for ``resources=`` or ``worker
 runs on workers of its own instead of being fused into the reading task.
 
 The instance is kept per worker (``forkjoin.worker_context().state``; per thread on the threads
-backend, per process on Ray and Dask, whose engines own the processes), built lazily so that a
-worker that never receives a batch never loads the model. A constructor that raises stops the
-run with a ``StageError`` that names the stage: every batch of that stage would need it.
+backend, per process on Ray and Dask, whose engines own the processes). A stage worker started
+by the pipeline builds it as it starts (``warm_up``), so the model loads while upstream stages
+read; on Ray and Dask it is built on the first batch a process gets. A constructor that raises
+stops the run with a ``StageError`` that names the stage: every batch of that stage needs it.
 """
 
 from __future__ import annotations
@@ -31,17 +32,9 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import ForkjoinError
-from .plan import (
-    BATCH_FORMATS,
-    Op,
-    concat,
-    describe_function,
-    from_batch,
-    function_name,
-    to_format,
-)
+from .plan import Op, check_batching, describe_function, function_name, map_in_batches
 
-__all__ = ["StageError", "StageOp", "close_instances"]
+__all__ = ["StageError", "StageOp", "close_instances", "warm_up"]
 
 
 class StageError(ForkjoinError):
@@ -91,14 +84,7 @@ class StageOp(Op):
     stage = True
 
     def __post_init__(self) -> None:
-        if self.batch_format not in BATCH_FORMATS:
-            raise ValueError(
-                f"batch_format must be one of {BATCH_FORMATS}, got {self.batch_format!r}"
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(
-                f"batch_size must be a positive integer or None, got {self.batch_size!r}"
-            )
+        check_batching(self.batch_size, self.batch_format)
         if not self.label:
             self.label = f"map_batches({function_name(self.fn)})"
         is_class = isinstance(self.fn, type)
@@ -134,15 +120,18 @@ class StageOp(Op):
 
     def apply(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:
-            return table
-        fn = self.callable()
-        size = self.batch_size or table.num_rows
-        fmt, kwargs, where = self.batch_format, self.fn_kwargs, self.label
-        outputs = [
-            from_batch(fn(to_format(table.slice(lo, size), fmt), **kwargs), where)
-            for lo in range(0, table.num_rows, size)
-        ]
-        return concat(outputs)
+            return table  # no instance built for an empty partition
+        return map_in_batches(table, self.callable(), self.batch_size, self.batch_format,
+                              self.fn_kwargs, self.label)  # fmt: skip
+
+
+def warm_up(op: StageOp) -> None:
+    """A task sent to each new stage worker before its first block: the class is built while
+    upstream stages still read and decode (as Ray Data's actors are), not once a block has
+    arrived. Returns nothing (the instance stays in the worker). A constructor that raises
+    here raises again on the first block, which reports it as a StageError."""
+    if op.is_class:
+        _instance(op)
 
 
 def has_stages(ops: Sequence[Op]) -> bool:

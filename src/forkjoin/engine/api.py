@@ -160,9 +160,12 @@ class _SharedPools:
                 else:
                     stop = backend
             events = EventLog()
+            from .preload import shared_pool_initializer  # issue 18: data modules preloaded
+
             backend = backend_class(name)(
-                workers, events=events, memory_limit=memory_limit, slots=slots, **connection
-            )
+                workers, events=events, memory_limit=memory_limit, slots=slots, **connection,
+                **shared_pool_initializer(name),
+            )  # fmt: skip
             self._pools[name] = (asked, backend, events)
             self._users[id(backend)] = 1
         if stop is not None:
