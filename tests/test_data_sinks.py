@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pandas as pd
@@ -149,6 +150,12 @@ def test_failed_partition_leaves_no_partial_file(tmp_path):
     ds = fd.from_items([{"x": i} for i in range(100)], partitions=4).map_batches(explode)
     with pytest.raises(RuntimeError, match="boom"):
         ds.write_parquet(str(out), backend="threads", workers=WORKERS)
+    # A thread cannot be stopped: one still writing a good partition when another failed
+    # finishes after the call raised, renaming its file into place (see below). On a busy
+    # machine that can take a moment; what must never stay is a temporary file.
+    deadline = time.monotonic() + 10
+    while [n for n in listing(out) if n.endswith(".tmp")] and time.monotonic() < deadline:
+        time.sleep(0.05)
     names = listing(out)
     assert not [n for n in names if n.endswith(".tmp")]
     manifest = json.loads((out / "_manifest.json").read_text())
