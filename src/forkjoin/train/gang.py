@@ -129,22 +129,12 @@ def launch(
                 f"device='cuda' runs one rank per GPU: {workers} ranks asked, {found} GPU(s) "
                 f"visible; lower workers= or use device='cpu'"
             )
-    if backend == "ray":
-        from .ray_launch import launch_ray
-
-        return launch_ray(
-            train_fn,
-            workers=workers,
-            device=device,
-            args=tuple(args),
-            kwargs=kwargs,
-            max_restarts=max_restarts,
-            env=env or {},
-        )
-    if backend == "spark":
-        from .spark_launch import launch_spark
-
-        return launch_spark(
+    if backend in ("ray", "spark"):
+        if backend == "ray":
+            from .ray_launch import launch_ray as launch_elsewhere
+        else:
+            from .spark_launch import launch_spark as launch_elsewhere
+        return launch_elsewhere(
             train_fn,
             workers=workers,
             device=device,
