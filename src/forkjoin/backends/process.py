@@ -354,8 +354,9 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
                             self._manager_done = True
                             break
                 self._take_back_queued_tasks()
+                self._fill_places()
                 self._dispatch()
-                self._spawn_missing()
+                self._keep_a_spare()
                 self._wait_for_events()
         except BaseException as exc:  # a bug here must fail tasks loudly, never hang them
             broken = BrokenPoolError(f"forkjoin's process manager failed: {exc!r}")

@@ -149,7 +149,15 @@ class WorkerLifecycle:
         A pool whose workers have died keeps a spare: a worker started ahead that takes no
         task until it fills the place of the next one to die, so that a job whose items crash
         their worker does not wait for a start-up per crash (issue 21). Only where every slot
-        is alike (no GPU pinning), since a spare must fit any place."""
+        is alike (no GPU pinning), since a spare must fit any place. The manager fills the
+        places before it dispatches and starts the next spare after, so the spare that took a
+        dead worker's place gets its tasks without waiting for the next spare's fork."""
+        self._fill_places()
+        self._keep_a_spare()
+
+    def _fill_places(self) -> None:
+        """A started worker in every slot: the spare takes the first empty place, a new worker
+        each other one."""
         if self._broken is not None or (self._closing and not self._pending):
             return
         spare = next((w for w in self._workers.values() if w.spare), None)
@@ -162,7 +170,11 @@ class WorkerLifecycle:
                     spare.spare, spare.slot_index, spare = False, slot.index, None
                 else:
                     self._spawn(slot)  # a replacement takes the dead worker's GPUs
-        if spare is None and self._spare_wanted and not self._closing:
+
+    def _keep_a_spare(self) -> None:
+        if not self._spare_wanted or self._closing or self._broken is not None:
+            return
+        if not any(worker.spare for worker in self._workers.values()):
             self._spawn(self.slots[0], spare=True)
 
     def _want_a_spare(self, worker: WorkerHandle) -> None:

@@ -86,7 +86,7 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
     sys.path[:] = init.sys_path
     os.environ["FORKJOIN_WORKER_DEPTH"] = str(init.depth)
     os.environ["FORKJOIN_WORKER_ID"] = str(init.worker_id)
-    from multiprocessing import process as mp_process  # light: not the whole package
+    from multiprocessing import process as mp_process  # the zygote imported it
 
     mp_process.current_process().authkey = init.authkey
     from ..core.context import WorkerContext, install
