@@ -204,3 +204,24 @@ def test_after_a_crash_a_spare_worker_stands_by_for_the_next(tmp_path):
         pool.map_list(functools.partial(run, kill_once={5}), range(10))
         assert spare in pool.worker_pids()  # it took the place of the worker that died
         assert len(pool.worker_pids()) == 2
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_spares_grow_while_deaths_outrun_starts_but_never_past_the_pool_size(tmp_path, workers):
+    """Deaths in a burst (each item kills its worker once) find the spare still starting, so
+    the pool keeps more spares; at most as many as it has workers (and MAX_SPARES)."""
+    from forkjoin.backends.process_lifecycle import MAX_SPARES
+
+    run = functools.partial(_pid_after, log=str(tmp_path / "runs.log"), markers=str(tmp_path))
+    kills = frozenset(range(0, 40, 2))
+    with fj.Pool(workers=workers, retries=1) as pool:
+        pids = pool.map_list(functools.partial(run, kill_once=kills), range(40), chunksize=1)
+        assert len(pids) == 40
+        assert len(set(pids)) > len(kills) // 2  # the killing items ran again on new workers
+        wanted = pool._backend._spares_wanted
+        assert 1 <= wanted <= min(MAX_SPARES, workers)
+        deadline = time.monotonic() + 30
+        while len(_spares(pool)) < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_spares(pool)) == wanted
+        assert len(pool.worker_pids()) == workers

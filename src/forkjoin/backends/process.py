@@ -165,7 +165,7 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
         self._use_zygote = os.environ.get("FORKJOIN_ZYGOTE", "1") != "0"
         self._modules_run: dict[str, None] = {}
         self._modules_preloaded = 0
-        self._spare_wanted = False
+        self._spares_wanted = 0
         self._segments = shm.SegmentPool()  # for task arguments
         self._segments.on_close = self._segment_closed
         if self.initializer is not None:

@@ -8,7 +8,8 @@
     death (pidfd readable): reap exit code and peak RSS, read the "current task" slot, blame
       that task (death_outcome), requeue the others it held, spawn a replacement
     spare: after the first death, one worker more is kept started and idle; the next death's
-      replacement is then ready at once (and a new spare starts in the background)
+      replacement is then ready at once (and a new spare starts in the background); more
+      spares (up to MAX_SPARES) where deaths come faster than a worker starts
     max_tasks_per_child=: a worker that ran its share gets "stop" and is replaced
     shutdown: finish (or cancel) what is pending, "stop" each worker, SIGKILL stragglers
 
@@ -47,6 +48,8 @@ STOP_GRACE_SECONDS = 2.0
 MAX_FAILED_STARTS = 3
 # Why a worker stopped, when it was a fault of the work (None: it died on its own).
 _FAULT_REASONS = (None, KillReason.TIMEOUT, KillReason.MEMORY)
+# The most workers a pool keeps started ahead when its workers keep dying (see _want_a_spare).
+MAX_SPARES = 4
 # How often worker memory is read when memory_limit= is set (and a task is running): a task is
 # stopped within this long of crossing the limit. /proc reads cost ~20 us per worker.
 MEMORY_CHECK_SECONDS = 0.05
@@ -76,7 +79,7 @@ class WorkerLifecycle:
     _use_zygote: bool
     _modules_run: dict[str, None]  # modules of the functions sent to workers, in order
     _modules_preloaded: int  # how many of them the zygote has imported
-    _spare_wanted: bool  # a worker died: keep one started ahead (see _spawn_missing)
+    _spares_wanted: int  # workers to keep started ahead, once workers die (see _spawn_missing)
     workers: int
     slots: list[Slot]
     memory_limit: int | None
@@ -172,17 +175,25 @@ class WorkerLifecycle:
                     self._spawn(slot)  # a replacement takes the dead worker's GPUs
 
     def _keep_a_spare(self) -> None:
-        if not self._spare_wanted or self._closing or self._broken is not None:
+        if not self._spares_wanted or self._closing or self._broken is not None:
             return
-        if not any(worker.spare for worker in self._workers.values()):
+        spares = sum(worker.spare for worker in self._workers.values())
+        for _ in range(self._spares_wanted - spares):
             self._spawn(self.slots[0], spare=True)
 
     def _want_a_spare(self, worker: WorkerHandle) -> None:
         """A worker died on its own, or was stopped for a task's timeout or memory: the next
-        death will find a replacement ready."""
+        death will find a replacement ready. Where deaths come faster than a worker starts
+        (a death found no spare ready), one spare more, up to MAX_SPARES and the pool's size:
+        a start costs the same whether it is done ahead or not, but done ahead nobody waits."""
         alike = len({(slot.threads, tuple(slot.environment().items())) for slot in self.slots})
-        if self._zygote is not None and alike == 1 and worker.kill_reason in _FAULT_REASONS:
-            self._spare_wanted = True
+        if self._zygote is None or alike != 1 or worker.kill_reason not in _FAULT_REASONS:
+            return
+        ready = any(w.spare and w.state is WorkerState.READY for w in self._workers.values())
+        if not self._spares_wanted or (
+            not ready and self._spares_wanted < min(MAX_SPARES, self.workers)
+        ):
+            self._spares_wanted += 1
 
     def _spawn(self, slot: Slot, spare: bool = False) -> None:
         assert self._selector is not None and self._watchdog_r is not None

@@ -411,7 +411,8 @@ def stress(
     import psutil
 
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with tempfile.TemporaryDirectory(prefix="kill-markers-", dir=_marker_parent(marker_dir)) as markers:
+    marker_parent = _marker_parent(marker_dir)
+    with tempfile.TemporaryDirectory(prefix="kill-markers-", dir=marker_parent) as markers:
         wrapper = Faulty(
             fn, plan, markers, hang_seconds=timeout * HANG_FACTOR,
             memory_bytes=int((limit or 0) * 1.5) + (64 << 20),
