@@ -245,6 +245,26 @@ def test_max_tasks_per_child_replaces_workers():
         assert pool.map_list(_tasks.square, range(40), chunksize=1) == [x * x for x in range(40)]
 
 
+def test_per_worker_usage_adds_up_when_workers_are_many():
+    """A job whose workers are replaced all the time (here after every task) names dozens of
+    workers in one batch of task records: the per-worker sums must still add up to the job's
+    (they were computed by one pass per worker, quadratic in a long run with kills)."""
+    with fj.Pool(workers=2, max_tasks_per_child=1) as pool:
+        assert pool.map_list(_tasks.square, range(40), chunksize=1) == [x * x for x in range(40)]
+        stats = pool.stats()
+        records = pool.events.task_records()
+    assert len({r.worker for r in records}) > 16  # more than the few-workers path handles
+    usage = stats.workers
+    assert sum(u.tasks for u in usage.values()) == len(records) == 40
+    assert sum(u.items for u in usage.values()) == stats.items_done == 40
+    for worker in {r.worker for r in records}:
+        mine = [r for r in records if r.worker == worker]
+        assert usage[worker].tasks == len(mine)
+        assert usage[worker].busy_seconds == pytest.approx(
+            sum(r.end_time - r.start_time for r in mine), abs=1e-9
+        )
+
+
 def test_max_tasks_per_child_is_checked():
     with pytest.raises(ValueError, match=">= 1"):
         fj.Pool(workers=1, max_tasks_per_child=0)

@@ -45,34 +45,53 @@ def test_a_running_shared_pool_is_warmed_in_the_background() -> None:
     assert preload_running([MODULE], backend_name="threads") is False
 
 
-def test_a_shared_pool_started_after_registration_imports_the_modules_as_it_starts() -> None:
-    """What forkjoin.data's readers register: a shared pool that fj.map starts afterwards
-    (the bench's "cold" job) has them imported before its first task, not during it."""
+def test_a_shared_pool_started_by_a_call_with_preload_imports_the_modules_as_it_starts() -> None:
+    """What forkjoin.data's jobs do: the shared pool that their call starts has the modules
+    imported before its first task, not during it. A pool that a plain ``fj.map`` starts
+    imports nothing extra, even after a data job ran in the program."""
     from forkjoin.engine import preload
     from forkjoin.engine.api import shared_pools
 
-    shared_pools.shutdown()  # a pool started before the registration keeps its workers
-    before = list(preload._SHARED_PRELOAD)
-    preload.preload_shared_pools([MODULE])
+    shared_pools.shutdown()  # a running pool keeps its workers: start a fresh one
     try:
-        assert all(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1))
-        assert preload.shared_pool_initializer("threads") == {}  # one interpreter: nothing to do
-    finally:
-        preload._SHARED_PRELOAD[:] = before
+        assert all(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1,
+                          preload=[MODULE]))  # fmt: skip
+        assert preload.shared_pool_initializer("threads", [MODULE]) == {}  # one interpreter
         shared_pools.shutdown()
-    assert not any(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1))
+        assert not any(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1))
+    finally:
+        shared_pools.shutdown()
+
+
+def test_a_plain_map_after_a_data_job_starts_light_workers(tmp_path) -> None:
+    """Reading data once must not make every later shared pool import pyarrow and pandas
+    in each worker before it is ready (it made plain fj.map start ~0.5 s late, unevenly)."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from forkjoin.engine.api import shared_pools
+
+    pq.write_table(pa.table({"x": list(range(10))}), tmp_path / "a.parquet")
+    assert fj.data.read_parquet(str(tmp_path / "a.parquet")).count() == 10
+    shared_pools.shutdown()
+    try:
+        imported = fj.map(_has_pandas, range(4), workers=2, backend="process", chunksize=1)
+        assert not any(imported)
+    finally:
+        shared_pools.shutdown()
+
+
+def _has_pandas(_: object) -> bool:
+    return "pandas" in sys.modules
 
 
 def test_a_pool_that_preloaded_the_modules_gets_no_warm_up_task() -> None:
     """Warming a pool that already imported the modules would only hold its workers."""
-    from forkjoin.engine import preload
     from forkjoin.engine.api import shared_pools
 
     shared_pools.shutdown()
-    before = list(preload._SHARED_PRELOAD)
-    preload.preload_shared_pools([MODULE])
     try:
-        fj.map(abs, range(4), workers=2, backend="process", chunksize=1)
+        fj.map(abs, range(4), workers=2, backend="process", chunksize=1, preload=[MODULE])
         events = shared_pools._pools["process"][2]
         submitted = events.stats().tasks_submitted
         assert submitted >= 4
@@ -80,5 +99,4 @@ def test_a_pool_that_preloaded_the_modules_gets_no_warm_up_task() -> None:
         time.sleep(0.2)  # the warm-up job, if one were started, submits from a thread
         assert events.stats().tasks_submitted == submitted
     finally:
-        preload._SHARED_PRELOAD[:] = before
         shared_pools.shutdown()

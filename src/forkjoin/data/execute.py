@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from ..errors import DataError, TaskError
 from .plan import GroupByAgg, Limit, Op, Repartition, Sort, apply_ops, concat, split_stages
-from .readers import read_partition
+from .readers import DATA_MODULES, read_partition
 from .sources import Partition, ReadCounts, ReadSpec, SourcePlan, plan_table
 
 EXCHANGE_SPEC = ReadSpec("exchange")  # the stage after an exchange reads its buckets
@@ -210,7 +210,8 @@ def run_partitions(
 
         if config.profile:
             options["profile"] = config.profile
-        results = fj.imap(fn, parts, workers=config.workers, backend=config.backend, **options)
+        results = fj.imap(fn, parts, workers=config.workers, backend=config.backend,
+                          preload=DATA_MODULES, **options)  # fmt: skip
     watch = _dashboard_watch(ops, terminal, len(parts), config)
     try:
         for result in results:

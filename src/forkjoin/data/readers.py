@@ -14,17 +14,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..engine.preload import preload_shared_pools
 from ..errors import DataError
 from .files import _open
 from .sources import Partition, ReadCounts, ReadSpec, _compressed
 
 # What a data task imports in a worker: loaded ahead (engine/preload.py) so the first partition
-# does not pay for it. pandas comes with pyarrow's pandas conversions and batch_format="pandas".
+# does not pay for it (~0.4 s per worker, once): a running shared pool imports them while the
+# plan is built, a pool that a data job starts imports them as its workers start.
+# pandas comes with pyarrow's pandas conversions and batch_format="pandas".
 DATA_MODULES = ("pyarrow", "pyarrow.parquet", "pandas", "forkjoin.data.execute")
-# A program that reads data with forkjoin has its shared process pools import them as their
-# workers start (~0.4 s per worker, once), even a pool that ``fj.map`` started before the job.
-preload_shared_pools(DATA_MODULES)
 
 # -- reading one partition (in a worker) ---------------------------------------------------------
 

@@ -138,8 +138,10 @@ class _SharedPools:
         memory_limit: int | None = None,
         slots: list[Slot] | None = None,
         connection: Mapping[str, Any] | None = None,
+        preload: Sequence[str] = (),
     ) -> tuple[Backend, EventLog]:
-        """The shared backend for this shape, held for one job: call ``release`` after."""
+        """The shared backend for this shape, held for one job: call ``release`` after. A pool
+        started here imports ``preload`` in its workers as they start (engine/preload.py)."""
         connection = dict(connection or {})
         # A cluster is the same when given by the same address string, or the same object.
         where = tuple(
@@ -160,11 +162,11 @@ class _SharedPools:
                 else:
                     stop = backend
             events = EventLog()
-            from .preload import shared_pool_initializer  # issue 18: data modules preloaded
+            from .preload import shared_pool_initializer
 
             backend = backend_class(name)(
                 workers, events=events, memory_limit=memory_limit, slots=slots, **connection,
-                **shared_pool_initializer(name),
+                **shared_pool_initializer(name, preload),
             )  # fmt: skip
             self._pools[name] = (asked, backend, events)
             self._users[id(backend)] = 1
@@ -206,14 +208,20 @@ os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _job(
-    fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, kind: CallKind = CallKind.MAP
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    options: RunOptions,
+    kind: CallKind = CallKind.MAP,
+    preload: Sequence[str] = (),
 ) -> Job:
     workers, slots = plan_pool(options)
     name = resolve_backend_name(options, workers)
     memory_limit = options.memory_limit
     assert memory_limit is None or isinstance(memory_limit, int)  # parsed by RunOptions
     connection = backend_connection(options)
-    backend, events = shared_pools.get(name, workers, memory_limit, slots, connection)
+    if isinstance(preload, str):
+        preload = (preload,)
+    backend, events = shared_pools.get(name, workers, memory_limit, slots, connection, preload)
     try:
         check_supported(backend, options)
         events.job_started(known_length(items))
@@ -254,18 +262,25 @@ def check_supported(backend: Backend, options: RunOptions) -> None:
 
 
 def map(
-    fn: Callable[[T], R], items: Iterable[T], *, report: str | None = None, **options: Any
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    report: str | None = None,
+    preload: Sequence[str] = (),
+    **options: Any,
 ) -> list[R]:
     """Apply ``fn`` to every item in parallel; the results in input order, as a list.
 
     Runs on all usable cores with no setup. Options: see ``RunOptions`` (workers, backend,
     chunksize, ordered, retries, retry_on, timeout, progress, seed, on_error, ...).
     ``report="run.html"`` (or .json, .txt) also writes where this call's time went and a
-    per-worker timeline, whether the call succeeds or fails.
+    per-worker timeline, whether the call succeeds or fails. ``preload=("pandas",)``: if this
+    call starts the shared process pool, its workers import those modules as they start, not
+    during their first task (``Pool(preload=)``; a pool already running is not changed).
     """
     run_options = options_from(**options)
     fn, session = _profiled(fn, run_options)
-    job = _job(fn, items, run_options)
+    job = _job(fn, items, run_options, preload=preload)
     if session is not None:
         from ..observe.runs import collect_profiled
 
@@ -289,13 +304,15 @@ def collect_with_report(job: Job, path: str) -> list[Any]:
         )
 
 
-def imap(fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Iterator[R]:
+def imap(
+    fn: Callable[[T], R], items: Iterable[T], *, preload: Sequence[str] = (), **options: Any
+) -> Iterator[R]:
     """Like ``map`` but lazy: results stream back while items are still being read, and at most
     a few tasks per worker are in memory, so endless generators are fine. ``ordered=False``
-    yields results as they finish."""
+    yields results as they finish. ``preload=``: as for ``map``."""
     run_options = options_from(**options)
     fn, session = _profiled(fn, run_options)
-    job = _job(fn, items, run_options)
+    job = _job(fn, items, run_options, preload=preload)
     if session is not None:
         from ..observe.runs import iterate_profiled
 

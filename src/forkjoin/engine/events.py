@@ -26,6 +26,10 @@ from ..core.task import Status, Task
 
 # Most recent task records kept for analysis; older ones only live on in the counters.
 MAX_TASK_RECORDS = 65_536
+# Task records are summed per worker with one C-speed pass over the batch per worker while the
+# batch names at most this many workers; beyond (a job whose workers keep dying and being
+# replaced names hundreds), with one Python pass over the batch.
+_FEW_WORKERS = 16
 _now = time.monotonic
 
 # Fresh records are folded into the counters at least this often (bounds the unfolded backlog).
@@ -231,7 +235,17 @@ class EventLog:
             stats.worker_crashes += statuses.count(Status.CRASHED)
             stats.timeouts += statuses.count(Status.TIMED_OUT)
         usage_of = stats.workers
-        for worker, count in Counter(workers).items():
+        counts = Counter(workers)
+        if len(counts) > _FEW_WORKERS:  # one pass: a selection per worker would be quadratic
+            for worker, size, start, end in zip(workers, sizes, starts, ends, strict=True):
+                usage = usage_of.get(worker)
+                if usage is None:
+                    usage = usage_of[worker] = WorkerUsage()
+                usage.tasks += 1
+                usage.items += size
+                usage.busy_seconds += end - start
+            return
+        for worker, count in counts.items():
             usage = usage_of.get(worker)
             if usage is None:
                 usage = usage_of[worker] = WorkerUsage()

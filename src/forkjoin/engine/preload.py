@@ -4,11 +4,13 @@ A data job's first task in a fresh worker pays for importing pyarrow and pandas 
 worker): as much as the whole job on a few million rows. ``Pool(preload=("pyarrow", "pandas"))``
 has the workers import them as they start, while the caller is still building its plan; and
 ``preload_running`` asks the workers of an already running shared pool to import them, in the
-background, so that a job planned now finds them loaded. ``forkjoin.data`` uses both, and
-registers its modules with ``preload_shared_pools``: once a program has loaded forkjoin.data's
-readers, every shared process pool started after (by ``fj.map`` or by a data job) has its
-workers import pyarrow and pandas as they start, so a cold data job pays nothing a warm one
-does not (benchmarks/bench_data.py, "forkjoin" vs "forkjoin (warm workers)").
+background, so that a job planned now finds them loaded. ``fj.map``/``fj.imap`` take the
+same ``preload=``: when the call starts the shared pool, its workers import the modules as they
+start. ``forkjoin.data`` uses both (warm a running pool while the plan is built; start one with
+the modules), so a cold data job pays nothing a warm one does not (benchmarks/bench_data.py,
+"forkjoin" vs "forkjoin (warm workers)"). Only the data layer's own calls ask for them: a shared
+pool that a plain ``fj.map`` starts stays light (it had preloaded pyarrow and pandas for every
+program that had imported forkjoin.data, which made its workers start ~0.5 s late and unevenly).
 """
 
 from __future__ import annotations
@@ -59,32 +61,20 @@ def with_preload(
     return _start, (tuple(preload), initializer, tuple(initargs))
 
 
-# Modules every shared process pool imports in its workers as they start (see the docstring).
-# Written at import time of the registering module, read when a shared pool starts.
-_SHARED_PRELOAD: list[str] = []
-
-
-def preload_shared_pools(modules: Sequence[str]) -> None:
-    """Have every shared process pool started from now on import ``modules`` in its workers
-    as they start (before their first task); pools already running are not changed."""
-    for name in modules:
-        if name not in _SHARED_PRELOAD:
-            _SHARED_PRELOAD.append(name)
-
-
-def shared_pool_initializer(backend_name: str) -> dict[str, Any]:
-    """The ``initializer``/``initargs`` keyword arguments a shared pool of ``backend_name`` is
-    started with: the registered preload for process pools, nothing otherwise."""
-    if backend_name != "process" or not _SHARED_PRELOAD:
+def shared_pool_initializer(backend_name: str, modules: Sequence[str]) -> dict[str, Any]:
+    """The ``initializer``/``initargs`` keyword arguments of a shared pool of ``backend_name``
+    started by a call with ``preload=modules``: process pools only (elsewhere the modules are
+    the caller's own, or the cluster's workers are not started by this call)."""
+    if backend_name != "process" or not modules:
         return {}
-    initializer, initargs = with_preload(tuple(_SHARED_PRELOAD), None, ())
+    initializer, initargs = with_preload(tuple(modules), None, ())
     return {"initializer": initializer, "initargs": initargs}
 
 
 def preload_running(modules: Sequence[str], backend_name: str = "process") -> bool:
     """If the shared pool ``backend_name`` is running, have each of its workers import
     ``modules`` in the background (returns at once); False when there is no such pool. A pool
-    started with them preloaded (``preload_shared_pools``) gets no task at all: each import
+    started with them preloaded (``preload=``) gets no task at all: each import
     task holds a worker for IMPORT_TASK_MIN_SECONDS, which a short job would feel."""
     from .api import shared_pools
     from .options import RunOptions
