@@ -225,3 +225,34 @@ def test_spares_grow_while_deaths_outrun_starts_but_never_past_the_pool_size(tmp
             time.sleep(0.05)
         assert len(_spares(pool)) == wanted
         assert len(pool.worker_pids()) == workers
+        # a death with every spare standing by: one of them takes the place at once
+        spares = _spares(pool)
+        more = functools.partial(run, kill_once=frozenset({100}))
+        assert len(pool.map_list(more, range(100, 110), chunksize=1)) == 10
+        deadline = time.monotonic() + 30
+        while len(pool.worker_pids()) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool.worker_pids()) == workers
+        assert spares & set(pool.worker_pids())  # a spare took the dead worker's place
+
+
+def test_a_killed_zygote_leaves_the_pool_working_with_fresh_interpreters(tmp_path):
+    """The zygote forks replacements without the manager waiting for it; if it dies (here
+    SIGKILLed, with spawns maybe in flight), replacements start as fresh interpreters and
+    nothing is lost."""
+    run = functools.partial(_pid_after, log=str(tmp_path / "runs.log"), markers=str(tmp_path))
+    with fj.Pool(workers=2, retries=2) as pool:
+        pool.map_list(functools.partial(run, kill_once={1}), range(20), chunksize=1)
+        zygote = pool._backend._zygote
+        assert zygote is not None
+        os.kill(zygote.proc.pid, signal.SIGKILL)
+        kills = frozenset({31, 35, 39})
+        pids = pool.map_list(functools.partial(run, kill_once=kills), range(30, 50), chunksize=1)
+        assert len(pids) == 20
+        ran = Counter(int(line) for line in (tmp_path / "runs.log").read_text().split())
+        assert all(ran[x] >= 1 for x in range(30, 50)) and all(ran[x] == 2 for x in kills)
+        assert pool._backend._zygote is None  # started the slow way from then on
+        deadline = time.monotonic() + 30
+        while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool.worker_pids()) == 2

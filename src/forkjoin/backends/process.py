@@ -73,7 +73,7 @@ from . import buffers, shm
 from .base import Backend, Capabilities, DoneCallback
 from .process_dispatch import STEAL_AFTER_SECONDS, Dispatcher, _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle
-from .process_lifecycle import ABANDONED_TASK_GRACE_SECONDS, WorkerLifecycle
+from .process_lifecycle import _ZYGOTE, ABANDONED_TASK_GRACE_SECONDS, WorkerLifecycle
 from .process_messages import Messages
 from .process_zygote import ZygoteClient
 from .protocol import (
@@ -81,6 +81,9 @@ from .protocol import (
 )
 
 __all__ = ["ProcessBackend", "STEAL_AFTER_SECONDS", "TERM_GRACE_SECONDS"]
+
+# worker_pids() waits this long at most for a worker whose fork the zygote has not confirmed.
+PID_WAIT_SECONDS = 1.0
 
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 _shared_lock = threading.Lock()
@@ -314,11 +317,18 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
         return self.alive or (manager is not None and manager.is_alive())
 
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in list(self._workers.values()) if not w.spare]
+        """The workers' pids; a worker whose fork the zygote has not confirmed yet (a few ms)
+        is waited for, up to PID_WAIT_SECONDS."""
+        deadline = time.monotonic() + PID_WAIT_SECONDS
+        while True:
+            workers = [w for w in list(self._workers.values()) if not w.spare]
+            if all(w.pid for w in workers) or time.monotonic() > deadline:
+                return [w.pid for w in workers if w.pid]
+            time.sleep(0.001)
 
     def service_pids(self) -> list[int]:
         zygote = self._zygote
-        spares = [w.pid for w in list(self._workers.values()) if w.spare]
+        spares = [w.pid for w in list(self._workers.values()) if w.spare and w.pid]
         return ([zygote.proc.pid] if zygote is not None else []) + spares
 
     def _wake(self) -> None:
@@ -379,6 +389,9 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
         self._sleeping = False
         for key, mask in events:
             data = key.data
+            if data is _ZYGOTE:
+                self._zygote_readable()
+                continue
             if data is not None and data[0].worker_id not in self._workers:
                 continue  # already handled through its other file descriptor
             if data is None:

@@ -9,6 +9,7 @@ the task it is running (read by the caller when the worker dies).
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -98,6 +100,8 @@ class WorkerHandle:
         self.granted = 0  # tasks up to this number are promised to it (answered MayRun)
         self.seen_seq = 0  # the last started number seen in the slot, and since when
         self.seen_at = time.monotonic()
+        # A signal asked for before the zygote said the pid (0 until then): sent once it does.
+        self.pending_signal: int | None = None
 
     @classmethod
     def start(
@@ -106,9 +110,11 @@ class WorkerHandle:
         watchdog_fd: int,
         env: dict[str, str],
         zygote: ZygoteClient | None = None,
+        on_spawned: Callable[[WorkerHandle, int], None] | None = None,
     ) -> WorkerHandle:
         """Start a worker running process_worker_start.main, connected by a socket pair: forked by
-        the zygote when there is one (milliseconds), else a fresh interpreter."""
+        the zygote when there is one (milliseconds), else a fresh interpreter. A forked worker's
+        pid is 0 until the zygote answers: ``on_spawned(handle, pid)`` is called then."""
         parent_sock, child_sock = socket.socketpair()
         slot_fd = os.memfd_create("forkjoin-slot") if hasattr(os, "memfd_create") else -1
         slot = None
@@ -116,9 +122,11 @@ class WorkerHandle:
             os.ftruncate(slot_fd, SLOT.size)
             slot = mmap.mmap(slot_fd, SLOT.size)
         if zygote is not None:
+            assert on_spawned is not None
+            handle = cls(worker_id, 0, None, parent_sock, -1, slot, zygote)
             try:
-                pid = zygote.spawn(env, child_sock.fileno(), slot_fd)
-                pidfd = os.pidfd_open(pid)
+                told = functools.partial(on_spawned, handle)
+                zygote.request_spawn(env, child_sock.fileno(), slot_fd, told)
             except BaseException:
                 parent_sock.close()
                 if slot is not None:
@@ -129,7 +137,7 @@ class WorkerHandle:
                 if slot_fd >= 0:
                     os.close(slot_fd)
             parent_sock.setblocking(False)
-            return cls(worker_id, pid, None, parent_sock, pidfd, slot, zygote)
+            return handle
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         code = _BOOT.format(
             package_parent=package_parent,
@@ -162,8 +170,28 @@ class WorkerHandle:
         """The queue number of the last task this worker started."""
         return SLOT.unpack_from(self.slot, 0)[1] if self.slot is not None else 0
 
+    def set_pid(self, pid: int) -> None:
+        """The zygote (or the worker's Ready) said the pid: watch it, send what was held back.
+        ``pidfd`` stays -1 if it has already exited and been reaped (its socket's end then
+        tells the manager)."""
+        if self.pid:
+            return
+        self.pid = pid
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd = -1
+        if self.pending_signal is not None:
+            signum, self.pending_signal = self.pending_signal, None
+            self.signal(signum)
+
     def signal(self, signum: int) -> None:
-        """Signal the worker and its process group (anything its tasks started)."""
+        """Signal the worker and its process group (anything its tasks started). Before its
+        pid is known, the signal waits for it (SIGKILL wins over SIGTERM)."""
+        if self.pid <= 0:  # never killpg(0): that is the caller's own group
+            if self.pending_signal != signal.SIGKILL:
+                self.pending_signal = signum
+            return
         try:
             os.killpg(self.pid, signum)  # the worker leads its own group: its children too
         except (ProcessLookupError, PermissionError):
@@ -199,7 +227,11 @@ class WorkerHandle:
             return self.exitcode
         assert self.zygote is not None
         try:
-            if not _pidfd_exited(self.pidfd):
+            if not self.pid:
+                self.zygote.settle()  # its pid (or it was never forked: pid stays 0)
+            if not self.pid:
+                return None
+            if self.pidfd >= 0 and not _pidfd_exited(self.pidfd):  # (-1: already reaped)
                 self.signal(signal.SIGKILL)
             self.exitcode, peak = self.zygote.wait_exit(self.pid)
         except OSError:  # the zygote is gone: no status to be had (its children die with it)
@@ -211,6 +243,8 @@ class WorkerHandle:
     def resident_memory(self) -> int:
         """Memory the worker itself holds, in bytes (0 if it is gone): resident pages less
         those it shares (the caller's segments it maps are the caller's, not its own)."""
+        if self.pid <= 0:
+            return 0
         try:
             with open(f"/proc/{self.pid}/statm", "rb") as statm:
                 fields = statm.read().split()

@@ -48,6 +48,8 @@ STOP_GRACE_SECONDS = 2.0
 MAX_FAILED_STARTS = 3
 # Why a worker stopped, when it was a fault of the work (None: it died on its own).
 _FAULT_REASONS = (None, KillReason.TIMEOUT, KillReason.MEMORY)
+# The selector's mark for the zygote's control socket (workers' are (handle, "sock"/"pid")).
+_ZYGOTE = (None, "zygote")
 # The most workers a pool keeps started ahead when its workers keep dying (see _want_a_spare).
 MAX_SPARES = 4
 # How often worker memory is read when memory_limit= is set (and a task is running): a task is
@@ -163,14 +165,16 @@ class WorkerLifecycle:
         each other one."""
         if self._broken is not None or (self._closing and not self._pending):
             return
-        spare = next((w for w in self._workers.values() if w.spare), None)
-        if len(self._workers) - (spare is not None) < self.workers:
-            taken = {worker.slot_index for worker in self._workers.values() if not worker.spare}
+        spares = [w for w in self._workers.values() if w.spare and w.kill_reason is None]
+        spares.sort(key=lambda w: w.state is not WorkerState.READY)  # a started one first
+        taken = {worker.slot_index for worker in self._workers.values() if not worker.spare}
+        if len(taken) < self.workers:
             for slot in self.slots:
                 if slot.index in taken:
                     continue
-                if spare is not None and spare.kill_reason is None:
-                    spare.spare, spare.slot_index, spare = False, slot.index, None
+                if spares:
+                    spare = spares.pop(0)
+                    spare.spare, spare.slot_index = False, slot.index
                 else:
                     self._spawn(slot)  # a replacement takes the dead worker's GPUs
 
@@ -230,15 +234,42 @@ class WorkerLifecycle:
             self._zygote = ZygoteClient.start(self._watchdog_r, self._zygote_environment())
             self._use_zygote = self._zygote is not None
             self._modules_preloaded = 0
+            if self._zygote is not None:
+                assert self._selector is not None
+                self._selector.register(self._zygote.control, selectors.EVENT_READ, _ZYGOTE)
         if self._zygote is not None and self._next_worker_id >= self.workers:
             self._preload_in_zygote(self._zygote)  # a replacement: see process_zygote.py
         if self._zygote is not None:
             try:
-                return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env, self._zygote)
+                return WorkerHandle.start(
+                    self._next_worker_id, self._watchdog_r, env, self._zygote, self._on_spawned
+                )
             except OSError:
-                self._stop_zygote()
-                self._use_zygote = False
+                self._zygote_failed()
         return WorkerHandle.start(self._next_worker_id, self._watchdog_r, env)
+
+    def _on_spawned(self, worker: WorkerHandle, pid: int) -> None:
+        """The zygote forked ``worker`` (or its Ready said the pid first): watch its pidfd."""
+        if worker.pid or worker.worker_id not in self._workers:
+            return  # known already, or gone (its socket closed first)
+        assert self._selector is not None
+        worker.set_pid(pid)
+        if worker.pidfd >= 0:
+            self._selector.register(worker.pidfd, selectors.EVENT_READ, (worker, "pid"))
+
+    def _zygote_readable(self) -> None:
+        assert self._zygote is not None
+        try:
+            self._zygote.receive_waiting()
+        except OSError:
+            self._zygote_failed()
+
+    def _zygote_failed(self) -> None:
+        """The zygote stopped answering: start workers as fresh interpreters from now on. A
+        worker it never forked closes its socket (the zygote held the other end), which the
+        manager takes as a death at start-up."""
+        self._stop_zygote()
+        self._use_zygote = False
 
     def _zygote_environment(self) -> dict[str, str]:
         """The caller's environment with the workers' thread caps (when every worker has the
@@ -266,6 +297,11 @@ class WorkerLifecycle:
 
     def _stop_zygote(self) -> None:
         if self._zygote is not None:
+            if self._selector is not None:
+                try:
+                    self._selector.unregister(self._zygote.control)
+                except (KeyError, ValueError):
+                    pass
             self._zygote.close()
             self._zygote = None
 

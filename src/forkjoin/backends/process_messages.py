@@ -34,6 +34,7 @@ from .protocol import (
     KillReason,
     MayRun,
     Msg,
+    Ready,
     Reply,
     ResultEntry,
     Results,
@@ -75,6 +76,7 @@ class Messages:
         def _kill(self, worker: WorkerHandle, reason: KillReason) -> None: ...
         def _retire(self, worker: WorkerHandle) -> None: ...
         def _on_death(self, worker: WorkerHandle) -> None: ...
+        def _on_spawned(self, worker: WorkerHandle, pid: int) -> None: ...
         def _fail_everything(self, error: BaseException) -> None: ...
         def _answer_may_run(self, worker: WorkerHandle, seq: int) -> None: ...
         def _released_by(self, worker: WorkerHandle, segment_ids: list[int]) -> None: ...
@@ -183,6 +185,8 @@ class Messages:
             case Msg.READY:
                 worker.state = WorkerState.READY
                 self._failed_starts = 0
+                if not worker.pid:  # it answered before the zygote did
+                    self._on_spawned(worker, view(Ready, message).pid)
                 if self.events is not None:
                     self.events.worker_started(
                         worker.worker_id, worker.pid, time.monotonic() - worker.started_at

@@ -6,7 +6,8 @@
     ───────────────────────                 ──────────────────────            ──────────
     Spawn(cwd, env) + fds ──socket──>       fork()  ──────────────────────>   setsid, cwd, env
       [worker socket, slot memfd]                                          process_worker_start.main
-                              <──────────   Spawned(pid)
+      (no wait: Init goes out at once)
+                              <──────────   Spawned(pid)   (read when the socket is readable)
     pidfd_open(pid): its death is seen at once
                               <──────────   Exited(pid, exit code, peak RSS)   (on SIGCHLD)
 
@@ -44,6 +45,8 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .protocol import Exited, Import, Spawn, Spawned, ZygoteMsg, view
@@ -282,6 +285,8 @@ class ZygoteClient:
         self.proc = proc
         self.control = control
         self.exits: dict[int, tuple[int, int]] = {}  # pid -> (exit code, peak RSS)
+        # Spawns asked for and not yet answered, oldest first: each is told its worker's pid.
+        self.waiting: deque[Callable[[int], None]] = deque()
 
     @classmethod
     def start(cls, watchdog_fd: int, env: dict[str, str]) -> ZygoteClient | None:
@@ -314,14 +319,30 @@ class ZygoteClient:
         parent.settimeout(REPLY_TIMEOUT_SECONDS)
         return cls(proc, parent)
 
-    def spawn(self, env: dict[str, str], sock_fd: int, slot_fd: int) -> int:
-        """Fork a worker; its pid. Raises OSError if the zygote does not answer."""
+    def request_spawn(
+        self, env: dict[str, str], sock_fd: int, slot_fd: int, on_spawned: Callable[[int], None]
+    ) -> None:
+        """Ask for a worker to be forked, without waiting: ``on_spawned(pid)`` is called when
+        the answer is read (``receive_waiting``, ``settle``, ``wait_exit``). Waiting here cost the
+        manager ~1-2 ms per start (the zygote's fork and a round trip), during which no result
+        was read and no task sent: with a worker dying every few ms, a quarter of its time.
+        Raises OSError if the zygote is gone."""
         fds = [sock_fd] + ([slot_fd] if slot_fd >= 0 else [])
         _send(self.control, (ZygoteMsg.SPAWN.value, os.getcwd(), env), fds)
-        while True:
-            message = self._receive()
-            if message[0] == ZygoteMsg.SPAWNED:
-                return int(view(Spawned, message).pid)
+        self.waiting.append(on_spawned)
+
+    def receive_waiting(self) -> None:
+        """Read the messages waiting now, if any (the manager's selector saw the socket
+        readable, but a ``wait_exit`` in the same round may have read them already). OSError
+        if the zygote is gone."""
+        while select.select([self.control], [], [], 0)[0]:
+            self._receive()
+
+    def settle(self) -> None:
+        """Wait for the answer to every spawn asked for (each bounded by REPLY_TIMEOUT_SECONDS;
+        OSError if the zygote stops answering)."""
+        while self.waiting:
+            self._receive()
 
     def preload(self, modules: list[str]) -> None:
         """Have the zygote import ``modules`` before it forks again (no reply)."""
@@ -346,6 +367,8 @@ class ZygoteClient:
         if message[0] == ZygoteMsg.EXITED:
             exited = view(Exited, message)
             self.exits[exited.pid] = (exited.exitcode, exited.peak_rss)
+        elif message[0] == ZygoteMsg.SPAWNED and self.waiting:
+            self.waiting.popleft()(int(view(Spawned, message).pid))
         return message
 
     def close(self) -> None:
