@@ -4,7 +4,7 @@
 
     caller (manager thread)                 zygote (single thread)            new worker
     ───────────────────────                 ──────────────────────            ──────────
-    Spawn(cwd, env) + fds ──socket──>       fork()  ──────────────────────>   setsid, cwd, env
+    Spawn(cwd, env id[, env]) + fds ─>      fork()  ──────────────────────>   setsid, cwd, env
       [worker socket, slot memfd]                                          process_worker_start.main
       (no wait: Init goes out at once)
                               <──────────   Spawned(pid)   (read when the socket is readable)
@@ -114,6 +114,7 @@ def serve(control_fd: int, watchdog_fd: int) -> None:
     poller.register(control, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     poller.register(watchdog_fd, select.POLLIN)
+    environments = _Environments()
     while True:
         for fd, _ in poller.poll():
             if fd == watchdog_fd:
@@ -130,9 +131,13 @@ def serve(control_fd: int, watchdog_fd: int) -> None:
                     case ZygoteMsg.IMPORT:
                         request = view(Import, message)
                         _import_quietly(request.modules, request.sys_path)
+                        environments.changes.clear()  # an import may have set a variable
                     case ZygoteMsg.SPAWN:
                         spawn = view(Spawn, message)
-                        pid = _fork_worker(spawn, fds, control, watchdog_fd, (wake_r, wake_w))
+                        changes = environments.changes_for(spawn.env_id, spawn.env)
+                        pid = _fork_worker(
+                            spawn.cwd, changes, fds, control, watchdog_fd, (wake_r, wake_w)
+                        )
                         _send(control, (ZygoteMsg.SPAWNED.value, pid))
                         for fd_ in fds:
                             os.close(fd_)
@@ -193,14 +198,39 @@ def _report_exits(control: socket.socket) -> None:
         _send(control, (ZygoteMsg.EXITED.value, pid, exitcode, usage.ru_maxrss * 1024))
 
 
+class _Environments:
+    """The workers' environments, by the caller's id for each (sent once), and what a forked
+    worker must change in the zygote's own to get one: computed once per id (again after an
+    import), so a new worker sets a few variables instead of comparing them all."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, dict[str, str]] = {}
+        self.changes: dict[int, tuple[list[str], dict[str, str]]] = {}
+
+    def changes_for(
+        self, env_id: int, env: dict[str, str] | None
+    ) -> tuple[list[str], dict[str, str]]:
+        if env is not None:
+            self.sent[env_id] = env
+            self.changes.pop(env_id, None)
+        known = self.changes.get(env_id)
+        if known is None:
+            env = self.sent[env_id]
+            environ = os.environ
+            removed = [name for name in environ if name not in env]
+            changed = {name: value for name, value in env.items() if environ.get(name) != value}
+            known = self.changes[env_id] = (removed, changed)
+        return known
+
+
 def _fork_worker(
-    spawn: Spawn,
+    cwd: str,
+    env_changes: tuple[list[str], dict[str, str]],
     fds: list[int],
     control: socket.socket,
     watchdog_fd: int,
     wake: tuple[int, int],
 ) -> int:
-    _, cwd, env = spawn
     sock_fd, slot_fd = fds[0], (fds[1] if len(fds) > 1 else -1)
     pid = os.fork()
     if pid:
@@ -215,7 +245,10 @@ def _fork_worker(
             os.close(fd)
         os.setsid()  # its own process group: the caller signals the group
         os.chdir(cwd)
-        _set_environment(env)
+        removed, changed = env_changes
+        for name in removed:
+            del os.environ[name]
+        os.environ.update(changed)
         atexit._clear()  # the zygote's exit hooks are not the worker's
         from .process_worker_start import main
 
@@ -228,18 +261,6 @@ def _fork_worker(
         traceback.print_exc()
         code = 1
     os._exit(_finish_like_an_interpreter(code))
-
-
-def _set_environment(env: dict[str, str]) -> None:
-    """Make ``os.environ`` equal ``env``, touching only the variables that differ: the zygote
-    already has the caller's environment, and each variable set is a ``putenv`` and a few
-    objects written (page faults in a freshly forked worker)."""
-    environ = os.environ
-    for name in [name for name in environ if name not in env]:
-        del environ[name]
-    for name, value in env.items():
-        if environ.get(name) != value:
-            environ[name] = value
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -287,6 +308,9 @@ class ZygoteClient:
         self.exits: dict[int, tuple[int, int]] = {}  # pid -> (exit code, peak RSS)
         # Spawns asked for and not yet answered, oldest first: each is told its worker's pid.
         self.waiting: deque[Callable[[int], None]] = deque()
+        # Environments sent, by id (a worker's is sent once: see _Environments).
+        self._envs: list[dict[str, str]] = []
+        self._env_ids: dict[int, int] = {}  # id(env dict) -> its id here
 
     @classmethod
     def start(cls, watchdog_fd: int, env: dict[str, str]) -> ZygoteClient | None:
@@ -328,7 +352,14 @@ class ZygoteClient:
         was read and no task sent: with a worker dying every few ms, a quarter of its time.
         Raises OSError if the zygote is gone."""
         fds = [sock_fd] + ([slot_fd] if slot_fd >= 0 else [])
-        _send(self.control, (ZygoteMsg.SPAWN.value, os.getcwd(), env), fds)
+        env_id = self._env_ids.get(id(env))
+        first = env_id is None or self._envs[env_id] is not env
+        if first:
+            env_id = len(self._envs)
+            self._envs.append(env)  # kept: its id() stays this dict's
+            self._env_ids[id(env)] = env_id
+        message = (ZygoteMsg.SPAWN.value, os.getcwd(), env_id, env if first else None)
+        _send(self.control, message, fds)  # a protocol.Spawn
         self.waiting.append(on_spawned)
 
     def receive_waiting(self) -> None:

@@ -254,7 +254,8 @@ class Spawn(NamedTuple):
 
     kind: str  # ZygoteMsg.SPAWN
     cwd: str
-    env: dict[str, str]
+    env_id: int  # the worker's environment, sent once per id (process_zygote.py)
+    env: dict[str, str] | None  # None: as sent before under env_id
 
 
 class Spawned(NamedTuple):
