@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .buffers import MappingCache, Packed, map_descriptor, pack, unpack_mapped
 from .failures import exception_record, unpicklable_result_record
+from .process_wakeup import WakeUp
 from .protocol import (
     DropFunction,
     Forget,
@@ -129,14 +130,15 @@ def _encode_values(values: list[Any], failures: list[tuple[Any, ...]], pool: Seg
 
 
 class Worker:
-    def __init__(self, sock: socket.socket, slot: mmap.mmap | None) -> None:
+    def __init__(self, sock: socket.socket, slot: mmap.mmap | None, watchdog_fd: int = -1) -> None:
         self.sock = sock
         self.slot = slot
         # The main thread runs tasks; the flusher thread sends results that would otherwise wait
-        # behind a slow next task. This lock guards the outbox and every send on the socket.
+        # behind a slow next task (and watches for the caller's death: process_wakeup.py). This
+        # lock guards the outbox and every send on the socket.
         # Reentrant: a garbage-collection callback (on_unmapped) may run while it is held.
         self.lock = threading.RLock()
-        self.results_waiting = threading.Event()  # set when the outbox becomes non-empty
+        self.results_waiting = WakeUp(watchdog_fd)  # set when the outbox becomes non-empty
         self.answers: dict[int, list[int]] = {}  # replies to "may run", by sequence number
         self.granted = 0  # the caller takes back no task up to this number (see may_run)
         self.refused: set[int] = set()  # tasks up to it that the caller took back
@@ -173,7 +175,8 @@ class Worker:
 
     def flush_late(self) -> None:
         """The flusher thread: results older than RESULT_FLUSH_SECONDS go out even while the
-        main thread is busy with a long task (one finished at +0 s is not held until +5 s)."""
+        main thread is busy with a long task (one finished at +0 s is not held until +5 s).
+        It ends the process when the caller dies (``WakeUp.wait``)."""
         while True:
             self.results_waiting.wait(None if self.running is None else PARTIAL_SECONDS)
             time.sleep(RESULT_FLUSH_SECONDS)

@@ -4,11 +4,12 @@
 
     main(socket fd, watchdog fd, slot fd)        (forked by the zygote, or a fresh interpreter)
       SIGINT ignored (Ctrl-C is the caller's); SIGTERM unwinds like an exception
-      watchdog thread: blocks on the pipe whose write end only the caller holds; when the
-        caller dies, even by SIGKILL, the read returns and the worker kills its process group
+      flusher thread: sends late results, and watches the pipe whose write end only the
+        caller holds; when the caller dies, even by SIGKILL, it kills the worker's process
+        group (process_wakeup.py)
       Init -> sys.path, FORKJOIN_WORKER_*, authkey, worker context, the initializer
         -> Ready (or InitError and exit 3)
-      flusher thread, then Worker.serve() until Stop or the caller's socket closes
+      Worker.serve() until Stop or the caller's socket closes
 
 The messages are ``protocol.py``'s; ``process_worker.py`` serves tasks once this is done.
 """
@@ -27,16 +28,6 @@ from typing import Any
 from ..core.shared import Shared
 from .process_worker import SLOT, Worker, unpack_prepared
 from .protocol import Init, Msg, view
-
-
-def _watch_parent(watchdog_fd: int) -> None:
-    try:
-        os.read(watchdog_fd, 1)  # returns only when every write end (the caller) is gone
-    finally:
-        try:
-            os.killpg(0, signal.SIGKILL)  # this worker and anything its tasks started
-        finally:
-            os._exit(1)
 
 
 def main(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
@@ -68,11 +59,13 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
 
     atexit.register(_die_by_sigterm_if_terminated)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    threading.Thread(target=_watch_parent, args=(watchdog_fd,), daemon=True).start()
     sock = socket.socket(fileno=sock_fd)
     sock.setblocking(True)
     slot = mmap.mmap(slot_fd, SLOT.size) if slot_fd >= 0 else None
-    worker = Worker(sock, slot)
+    worker = Worker(sock, slot, watchdog_fd)
+    # From here on, the caller's death ends this process (the flusher watches for it), even
+    # during a long initializer.
+    threading.Thread(target=worker.flush_late, name="forkjoin-flusher", daemon=True).start()
     Shared.resolver = worker.resolve_shared
     from .wire import close_fds, recv_frame
 
@@ -103,6 +96,5 @@ def _serve(sock_fd: int, watchdog_fd: int, slot_fd: int) -> None:
             summary = f"{type(exc).__name__}: {exc}"
             worker.send((Msg.INIT_ERROR.value, summary, short_traceback(exc)))  # an InitError
             sys.exit(3)
-    threading.Thread(target=worker.flush_late, name="forkjoin-flusher", daemon=True).start()
     worker.send((Msg.READY.value, os.getpid()))  # a protocol.Ready
     worker.serve()
