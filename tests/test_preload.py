@@ -36,12 +36,20 @@ def test_preload_imports_in_each_worker_before_the_initializer(tmp_path) -> None
 
 
 def test_a_running_shared_pool_is_warmed_in_the_background() -> None:
+    from forkjoin.engine.api import shared_pools
+
+    shared_pools.shutdown()
     fj.map(abs, range(4), workers=2, backend="process", chunksize=1)  # the shared pool runs
+    events = shared_pools._pools["process"][2]
     assert preload_running([MODULE]) is True
     deadline = time.monotonic() + 60
     while not all(fj.map(loaded, range(8), workers=2, backend="process", chunksize=1)):
         assert time.monotonic() < deadline, "the workers never imported the module"
         time.sleep(0.1)
+    submitted = events.stats().tasks_submitted
+    assert preload_running([MODULE]) is True  # asked again (a join reads twice): no new tasks
+    time.sleep(0.2)
+    assert events.stats().tasks_submitted == submitted
     assert preload_running([MODULE], backend_name="threads") is False
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,11 +72,15 @@ def shared_pool_initializer(backend_name: str, modules: Sequence[str]) -> dict[s
     return {"initializer": initializer, "initargs": initargs}
 
 
+# The modules each running shared pool has been asked to import (preload_running).
+_warmed: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
 def preload_running(modules: Sequence[str], backend_name: str = "process") -> bool:
     """If the shared pool ``backend_name`` is running, have each of its workers import
     ``modules`` in the background (returns at once); False when there is no such pool. A pool
-    started with them preloaded (``preload=``) gets no task at all: each import
-    task holds a worker for IMPORT_TASK_MIN_SECONDS, which a short job would feel."""
+    started with them preloaded (``preload=``), or asked already, gets no task at all: each
+    import task holds a worker for IMPORT_TASK_MIN_SECONDS, which a short job would feel."""
     from .api import shared_pools
     from .options import RunOptions
     from .scheduler import Job
@@ -87,6 +92,10 @@ def preload_running(modules: Sequence[str], backend_name: str = "process") -> bo
     _, backend, events = entry
     if backend.initializer is _start and set(modules) <= set(backend.initargs[0]):
         return True  # its workers imported them as they started: nothing to do, no task sent
+    warmed = _warmed.setdefault(backend, set())
+    if set(modules) <= warmed:
+        return True  # warmed already (a join reads twice: it waited ~0.4 s for a second warm-up)
+    warmed.update(modules)
     workers = max(1, backend.workers)
     # Two import tasks per worker, all submitted at once: a worker that finishes its first
     # (or had the modules already) takes another, so a slow-starting one still gets its own.
