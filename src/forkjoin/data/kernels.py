@@ -19,6 +19,9 @@ In a forkjoin worker Polars gets as many threads as the worker's share of the co
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +52,52 @@ def kernel_name() -> str:
             f"(or polars), or set {KERNEL_ENV}=auto"
         )
     return "arrow"
+
+
+SPLITMIX_SCHEME = "splitmix64-v1"
+
+
+def hash_scheme() -> str:
+    """The row hash that this process's hash exchanges (join, repartition by key, distinct)
+    send rows to buckets by: ``"polars-<version>"`` (Polars' ``hash_rows``, native, ~5x faster
+    than the numpy one on numbers and ~14x on strings) when the Polars kernel is chosen, else
+    ``"splitmix64-v1"`` (numpy; stable forever). Polars promises the same hash only within one
+    version, so the version is part of the name: it goes into the plan's identity (a resume
+    under another version refuses to mix its buckets with the old output) and into every map
+    task (a worker with another version refuses to run it). Read without importing Polars."""
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice == "arrow":
+        return SPLITMIX_SCHEME
+    version = _installed_polars() if _polars is not False else None
+    if version is None:
+        kernel_name()  # raises the error that says what to install if polars was asked for
+        return SPLITMIX_SCHEME
+    return f"polars-{version}"
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_polars() -> str | None:
+    if importlib.util.find_spec("polars") is None:
+        return None
+    return importlib.metadata.version("polars")
+
+
+def polars_for_scheme(scheme: str) -> Any:
+    """The polars module that computes ``scheme``'s hash, or a ``DataError`` when this process
+    has another version (the other map tasks of the exchange hash with the scheme's version:
+    mixing two would send equal keys to different buckets)."""
+    from ..errors import DataError
+
+    pl = polars_module()
+    version = scheme.removeprefix("polars-")
+    if pl is None or pl.__version__ != version:
+        have = f"polars {pl.__version__}" if pl is not None else "no polars"
+        raise DataError(
+            f"this exchange hashes rows with polars {version} (chosen by the caller) but this "
+            f"worker has {have}: install the same polars version on every worker, or set "
+            f"{KERNEL_ENV}=arrow for a version-independent hash"
+        )
+    return pl
 
 
 def polars_module() -> Any:

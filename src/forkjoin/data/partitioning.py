@@ -3,17 +3,23 @@ range its key falls in (global sort), or by a seeded random number (random_shuff
 
 The hash must agree between processes, runs and the two sides of a join whose key columns have
 different types (int32 on one side, int64 or float64 on the other): numbers are hashed as their
-float64 value, dates and timestamps as integers of one unit, strings by pandas' ``hash_array``
-(SipHash with a fixed key; Python's ``hash()`` of a str changes per process).
+float64 value, dates and timestamps as integers of one unit. Two schemes (``kernels.hash_scheme``,
+chosen once by the caller and carried by every map task): Polars' native ``hash_rows`` over
+those canonical columns (-0.0/0.0 and every NaN hash alike there too), or, without Polars, a
+numpy SplitMix64 with strings by pandas' ``hash_array`` (SipHash with a fixed key; Python's
+``hash()`` of a str changes per process).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from .kernels import SPLITMIX_SCHEME, polars_for_scheme
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -84,22 +90,74 @@ def key_nulls(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
 
 
 def hash_buckets(
-    table: pa.Table, keys: Sequence[str], buckets: int, spread_nulls: bool = False
+    table: pa.Table,
+    keys: Sequence[str],
+    buckets: int,
+    spread_nulls: bool = False,
+    scheme: str = SPLITMIX_SCHEME,
 ) -> np.ndarray:
-    """Bucket (0..buckets-1) of each row by a hash of its key columns. With ``spread_nulls``
-    rows whose key is null (they match nothing) are dealt round-robin instead of all landing
-    in one bucket."""
+    """Bucket (0..buckets-1) of each row by a hash of its key columns (``scheme``: see
+    ``kernels.hash_scheme``). With ``spread_nulls`` rows whose key is null (they match
+    nothing) are dealt round-robin instead of all landing in one bucket."""
+    if scheme == SPLITMIX_SCHEME:
+        out = _splitmix_buckets(table, keys, buckets)
+    elif scheme.startswith("polars-"):
+        out = _polars_buckets(table, keys, buckets, polars_for_scheme(scheme))
+    else:
+        raise ValueError(
+            f"unknown hash scheme {scheme!r} (this forkjoin knows splitmix64-v1 "
+            f"and polars-<version>); was the plan made by another forkjoin?"
+        )
+    if spread_nulls:
+        nulls = key_nulls(table, keys)
+        if nulls.any():
+            out[nulls] = np.arange(int(nulls.sum())) % buckets
+    return out
+
+
+def _splitmix_buckets(table: pa.Table, keys: Sequence[str], buckets: int) -> np.ndarray:
     combined = np.zeros(0, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for i, key in enumerate(keys):
             hashed = _column_hash(table.column(key))
             # combined * 31 + hashed, where combined starts at 0: the first key skips the sum
             combined = _splitmix(hashed if i == 0 else combined * np.uint64(31) + hashed)
-    out = (combined % np.uint64(buckets)).astype(np.int64)
-    if spread_nulls:
-        nulls = key_nulls(table, keys)
-        if nulls.any():
-            out[nulls] = np.arange(int(nulls.sum())) % buckets
+    out: np.ndarray = (combined % np.uint64(buckets)).astype(np.int64)
+    return out
+
+
+def _canonical(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """``column`` as the values that equal keys of either side of a join share: numbers as
+    float64, dates as int32 days, times as int64 nanoseconds, strings and binaries as they are,
+    anything else as a canonical text."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return column.cast(pa.float64(), safe=False)
+    if pa.types.is_boolean(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return column
+    if pa.types.is_date(kind):
+        return column.cast(pa.date32()).cast(pa.int32())
+    if pa.types.is_timestamp(kind) or pa.types.is_duration(kind) or pa.types.is_time(kind):
+        unit = (
+            pa.timestamp("ns", kind.tz)
+            if pa.types.is_timestamp(kind)
+            else pa.duration("ns")
+            if pa.types.is_duration(kind)
+            else pa.time64("ns")
+        )
+        return column.cast(unit).cast(pa.int64())
+    return pa.array([None if v is None else repr(v) for v in column.to_pylist()], pa.string())
+
+
+def _polars_buckets(table: pa.Table, keys: Sequence[str], buckets: int, pl: Any) -> np.ndarray:
+    canonical = pa.table({f"k{i}": _canonical(table.column(k)) for i, k in enumerate(keys)})
+    hashed = pl.from_arrow(canonical, rechunk=False).hash_rows(seed=0x5EED)
+    out: np.ndarray = (hashed % buckets).cast(pl.Int64).to_numpy(writable=True)
     return out
 
 
