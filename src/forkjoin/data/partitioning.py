@@ -156,9 +156,12 @@ def _canonical(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
 
 def _polars_buckets(table: pa.Table, keys: Sequence[str], buckets: int, pl: Any) -> np.ndarray:
     canonical = pa.table({f"k{i}": _canonical(table.column(k)) for i, k in enumerate(keys)})
-    hashed = pl.from_arrow(canonical, rechunk=False).hash_rows(seed=0x5EED)
-    out: np.ndarray = (hashed % buckets).cast(pl.Int64).to_numpy(writable=True)
-    return out
+    hashed = pl.from_arrow(canonical, rechunk=False).hash_rows(seed=0x5EED).to_numpy()
+    # Lemire's multiply-shift instead of a modulo: the high 32 bits scaled to [0, buckets)
+    # (half the cost of `%`, and of Polars' cast + copy back to numpy).
+    high = hashed >> np.uint64(32)
+    out: np.ndarray = (high * np.uint64(buckets)) >> np.uint64(32)
+    return out.astype(np.uint16 if buckets <= 1 << 16 else np.int64)
 
 
 def random_keys(seed: int, partition: int, rows: int) -> np.ndarray:
