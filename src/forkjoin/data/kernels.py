@@ -220,18 +220,25 @@ def polars_join(
 
 def stable_sort(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> pa.Table:
     """``table`` sorted by ``sort_keys`` (nulls last, NaN after numbers, ties in input order):
-    Acero's ``sort_by``, or Polars' stable sort when it gives the same order."""
+    Polars' stable ``arg_sort_by`` over the key columns only, then Arrow's ``take`` of the whole
+    table (no round trip of the other columns through Polars: 19 vs 28 ms for a 250 k-row
+    lineitem bucket), when Polars gives the same order; else Acero's ``sort_by``."""
     if table.num_rows < 2:
         return table
-    if kernel_name() == "polars" and polars_can(table.schema) and not _has_nan(table, sort_keys):
+    names = [k for k, _ in sort_keys]
+    keys = table.select(names)
+    if kernel_name() == "polars" and polars_can(keys.schema) and not _has_nan(table, sort_keys):
         pl = polars_module()
-        frame = pl.from_arrow(table, rechunk=False).sort(
-            [k for k, _ in sort_keys],
-            descending=[d == "descending" for _, d in sort_keys],
-            nulls_last=True,
-            maintain_order=True,
+        order = pl.from_arrow(keys.rename_columns([f"k{i}" for i in range(len(names))]))
+        order = order.select(
+            pl.arg_sort_by(
+                [f"k{i}" for i in range(len(names))],
+                descending=[d == "descending" for _, d in sort_keys],
+                nulls_last=True,
+                maintain_order=True,
+            )
         )
-        return _back_to_arrow(frame, table.schema)
+        return table.take(order.to_series().to_arrow())
     return table.sort_by(list(sort_keys))  # Arrow's sort is stable too
 
 

@@ -1,7 +1,9 @@
-"""The row hash of the hash exchanges (join, repartition by key, distinct): both schemes
-(Polars' native ``hash_rows`` and the numpy SplitMix64) send equal keys of any type to one
-bucket, spread keys evenly, agree between processes; a worker with another Polars version
-refuses; a resume under another scheme never mixes its buckets with the old output."""
+"""The kernels under the exchanges. The row hash of the hash exchanges (join, repartition by
+key, distinct): both schemes (Polars' native ``hash_rows`` and the numpy SplitMix64) send equal
+keys of any type to one bucket, spread keys evenly, agree between processes; a worker with
+another Polars version refuses; a resume under another scheme never mixes its buckets with the
+old output. The reduce side's sort (Polars' arg_sort_by on the keys + Arrow's take) gives
+Acero's order whatever the other columns hold."""
 
 from __future__ import annotations
 
@@ -139,3 +141,31 @@ def test_a_resume_under_another_hash_scheme_refuses_to_mix_buckets(
     assert stats.partitions_resumed == 0
     written = pd.read_parquet(out).sort_values(["k", "x"]).reset_index(drop=True)
     assert written.equals(expected.sort_values(["k", "x"]).reset_index(drop=True))
+
+
+def test_the_polars_sort_orders_by_the_keys_only_and_keeps_any_other_column(monkeypatch):
+    from forkjoin.data.kernels import stable_sort
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    keys = pa.array([None if i % 11 == 0 else int(v) for i, v in enumerate(rng.integers(0, 9, n))])
+    table = pa.table(
+        {
+            "k": keys,
+            "s": pa.array([f"w{v}" for v in rng.integers(0, 5, n)]),
+            "tag": pa.array([f"t{i % 3}" for i in range(n)]).dictionary_encode(),  # Polars-shy
+            "nested": pa.array([[i, i + 1] for i in range(n)]),
+            "n": pa.array(range(n)),
+        }
+    )
+    chunked = pa.concat_tables([table.slice(i, 250) for i in range(0, n, 250)])  # a bucket
+    sort_keys = [("k", "descending"), ("s", "ascending")]
+    monkeypatch.setenv(KERNEL_ENV, "arrow")
+    expected = table.sort_by(sort_keys)
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    got = stable_sort(chunked, sort_keys)
+    assert got.schema == table.schema and got.equals(expected)
+    frame = table.to_pandas().sort_values(
+        ["k", "s"], ascending=[False, True], kind="stable", na_position="last"
+    )
+    assert got.column("n").to_pylist() == frame.n.tolist()
