@@ -262,9 +262,11 @@ def dask_dataframe(workload: str, data: str, out: str, workers: int) -> Run:
                 "b": pd.Series(dtype="float64"),
             }
         )
+        # pandas >= 3 leaves the grouping column out of the frame apply passes (hence the
+        # KeyError this row used to fail with): select it back, as the pandas contender does.
         fits = (
             dd.read_parquet(left, columns=GROUP_COLUMNS)
-            .groupby("l_suppkey")
+            .groupby("l_suppkey")[GROUP_COLUMNS]
             .apply(fit_pandas, meta=meta)
             .compute()
         )
