@@ -192,8 +192,10 @@ def polars_join(
             if name in right_keys:
                 join_right_keys[list(right_keys).index(name)] = out
     join_left_keys = [left_names[left.column_names.index(k)] for k in left_keys]
-    lf = pl.from_arrow(left.rename_columns(left_names), rechunk=False)
-    rf = pl.from_arrow(right.rename_columns(right_names), rechunk=False)
+    # Rechunked: a gathered bucket has a chunk per map task, and Polars joins one contiguous
+    # chunk about 2x faster than 12 (47 vs 96 ms for an 833 k x 208 k bench_shuffle bucket).
+    lf = pl.from_arrow(left.rename_columns(left_names), rechunk=True)
+    rf = pl.from_arrow(right.rename_columns(right_names), rechunk=True)
     polars_how, order = _POLARS_HOW[how]
     joined = lf.join(
         rf,
