@@ -169,3 +169,31 @@ def test_the_polars_sort_orders_by_the_keys_only_and_keeps_any_other_column(monk
         ["k", "s"], ascending=[False, True], kind="stable", na_position="last"
     )
     assert got.column("n").to_pylist() == frame.n.tolist()
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("edge_count", [3, 64, 65])  # counted comparisons, then binary search
+def test_range_buckets_by_comparison_match_a_binary_search(descending, edge_count):
+    from forkjoin.data.partitioning import searchsorted_buckets
+
+    rng = np.random.default_rng(edge_count)
+    edges = np.sort(rng.choice(np.arange(-500, 500), edge_count, replace=False)).astype(float)
+    if descending:
+        edges = edges[::-1]
+    values = np.concatenate([rng.integers(-600, 600, 3000).astype(float), edges, [np.nan]])
+    column = pa.chunked_array(  # two chunks, a NaN and a null at the end
+        [pa.array(values[:1000]), pa.array([*values[1000:].tolist(), None], pa.float64())]
+    )
+    got = searchsorted_buckets(column, "descending" if descending else "ascending",
+                               pa.array(edges))  # fmt: skip
+    assert got is not None
+    ascending_edges = edges[::-1] if descending else edges
+    side = "right" if descending else "left"
+    found = np.searchsorted(ascending_edges, values, side=side)
+    expected = (edge_count - found) if descending else found
+    expected[np.isnan(values)] = edge_count  # NaN and null last
+    assert got.tolist() == [*expected.tolist(), edge_count]
+    ints = pa.chunked_array([pa.array(values[:-1].astype(np.int64))])
+    got_ints = searchsorted_buckets(ints, "descending" if descending else "ascending",
+                                    pa.array(edges.astype(np.int64)))  # fmt: skip
+    assert got_ints is not None and got_ints.tolist() == expected[:-1].tolist()

@@ -235,6 +235,29 @@ def choose_boundaries(
     return ordered.take(pa.array(picks, type=pa.int64()))
 
 
+# Up to this many boundaries a row's range is the count of boundaries before it, one vectorised
+# comparison per boundary (uint8 counts): 10 ms instead of np.searchsorted's 37 ms for 1.25 M
+# floats and 40 boundaries (a binary search over unsorted values mispredicts every branch).
+COMPARE_MAX_EDGES = 64
+
+
+def _count_edges_before(values: np.ndarray, edges: np.ndarray, descending: bool) -> np.ndarray:
+    """Bucket of each value: ascending, the number of edges < value (bucket i holds values
+    <= edges[i]); descending, the number of edges > value (bucket i holds values >= edges[i]).
+    NaN compares false: the caller sends it to the last bucket."""
+    if len(edges) > COMPARE_MAX_EDGES:
+        if descending:
+            out = len(edges) - np.searchsorted(edges[::-1], values, side="right")
+        else:
+            out = np.searchsorted(edges, values, side="left")
+        return out.astype(np.int64)
+    counts = np.zeros(len(values), dtype=np.uint8)
+    for edge in edges:
+        np.add(counts, (values < edge) if descending else (values > edge), out=counts,
+               casting="unsafe")  # fmt: skip
+    return counts
+
+
 def searchsorted_buckets(
     column: pa.ChunkedArray, direction: str, bounds: pa.Array
 ) -> np.ndarray | None:
@@ -260,12 +283,7 @@ def searchsorted_buckets(
     array = column.combine_chunks()
     nulls = array.is_null().to_numpy(zero_copy_only=False) if array.null_count else None
     values = pc.fill_null(array, 0).to_numpy() if nulls is not None else array.to_numpy()
-    if descending:  # bucket i holds values >= edges[i]: count the edges above each value
-        ascending_edges = edges[::-1]
-        out = len(edges) - np.searchsorted(ascending_edges, values, side="right")
-    else:  # bucket i holds values <= edges[i]
-        out = np.searchsorted(edges, values, side="left")
-    out = out.astype(np.int64)
+    out = _count_edges_before(values, edges, descending)
     if pa.types.is_floating(kind):
         out[np.isnan(values)] = len(edges)  # NaN sorts after every number, either direction
     if nulls is not None:
