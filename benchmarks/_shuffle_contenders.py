@@ -87,10 +87,13 @@ def forkjoin(workload: str, data: str, out: str, workers: int, backend: str = "p
     import forkjoin as fj
 
     # The shared pool started and the data layer imported in its workers, as the peers' imports
-    # are done before timing too.
+    # are done before timing too. The caller's data layer first: a shared pool started after it
+    # imports pyarrow/pandas as its workers start (engine/preload.py), so each read_parquet of
+    # the timed run sends no import tasks to it (with the pool started first, each call sent
+    # 2 x workers tasks of >= 0.1 s: ~0.4 s of a 10 M-row join's ~1.7 s, before any map task).
     run_options = {"workers": workers, "backend": backend}
-    fj.map(load_data_layer, [1] * (8 * workers), **run_options)
     load_data_layer(0)  # the caller merges aggregates and collects: its imports too
+    fj.map(load_data_layer, [1] * (8 * workers), **run_options)
     left, right = paths(data, workload)
     stats: dict[str, Any] = {}
 
@@ -262,9 +265,11 @@ def dask_dataframe(workload: str, data: str, out: str, workers: int) -> Run:
                 "b": pd.Series(dtype="float64"),
             }
         )
+        # pandas >= 3 leaves the grouping column out of the frame apply passes (hence the
+        # KeyError this row used to fail with): select it back, as the pandas contender does.
         fits = (
             dd.read_parquet(left, columns=GROUP_COLUMNS)
-            .groupby("l_suppkey")
+            .groupby("l_suppkey")[GROUP_COLUMNS]
             .apply(fit_pandas, meta=meta)
             .compute()
         )
@@ -357,8 +362,15 @@ def daft_native(workload: str, data: str, out: str, workers: int) -> Run:
     return run
 
 
+def forkjoin_threads(workload: str, data: str, out: str, workers: int) -> Run:
+    """forkjoin with backend="threads": one process (the kernels release the GIL), so the
+    peak RSS of one interpreter instead of three."""
+    return forkjoin(workload, data, out, workers, backend="threads")
+
+
 CONTENDERS: dict[str, Callable[[str, str, str, int], Run]] = {
     "forkjoin": forkjoin,
+    "forkjoin threads": forkjoin_threads,
     "pandas": pandas_serial,
     "Polars streaming": polars_streaming,
     "DuckDB": duckdb_sql,

@@ -240,7 +240,7 @@ def goals_of(sections: list[Section]) -> list[Goal]:
         completed = [
             r.extra["peak_rss"]
             for r in section.rows
-            if r.value and r.name != REFERENCE and r.extra.get("correct")
+            if r.value and not r.name.startswith(REFERENCE) and r.extra.get("correct")
         ]
         if completed:
             share = ours.extra["peak_rss"] / min(completed)

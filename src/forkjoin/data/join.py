@@ -37,7 +37,7 @@ from .exchange import (
     choose_buckets,
     estimate_bytes,
 )
-from .kernels import kernel_name, polars_join
+from .kernels import hash_scheme, kernel_name, polars_join
 from .plan import Op, plan_hash
 from .shuffle import HashSplit, check_columns
 from .sources import Partition, ReadSpec
@@ -178,7 +178,8 @@ class Join(ExchangeOp):
         other = plan_hash(
             [source.spec.key(), *(p.key() for p in source.partitions)], self.other._ops
         )
-        return f"join({other},{self.spec})"
+        # The hash scheme: the same plan under another Polars version sends rows elsewhere.
+        return f"join({other},{self.spec},hash={hash_scheme()})"
 
     def exchange(
         self, scope: ExchangeScope, parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op]
@@ -206,12 +207,14 @@ class Join(ExchangeOp):
         )
         spill = scope.spill_dir_for(left_bytes + right_bytes)
         keep_left, keep_right = _KEEPS_NULLS[self.spec.how]
+        scheme = hash_scheme()
         left_split = HashSplit(
             self.spec.left_keys,
             buckets,
             spread_nulls=True,
             drop_null_keys=not keep_left,
             where="join (left side)",
+            scheme=scheme,
         )
         right_split = HashSplit(
             self.spec.right_keys,
@@ -219,6 +222,7 @@ class Join(ExchangeOp):
             spread_nulls=True,
             drop_null_keys=not keep_right,
             where="join (right side)",
+            scheme=scheme,
         )
         left = scope.run_map(parts, spec, ops, MapTask("L", left_split, spill))
         right = scope.run_map_of(self.other, MapTask("R", right_split, spill))

@@ -19,6 +19,9 @@ In a forkjoin worker Polars gets as many threads as the worker's share of the co
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +52,52 @@ def kernel_name() -> str:
             f"(or polars), or set {KERNEL_ENV}=auto"
         )
     return "arrow"
+
+
+SPLITMIX_SCHEME = "splitmix64-v1"
+
+
+def hash_scheme() -> str:
+    """The row hash that this process's hash exchanges (join, repartition by key, distinct)
+    send rows to buckets by: ``"polars-<version>"`` (Polars' ``hash_rows``, native, ~5x faster
+    than the numpy one on numbers and ~14x on strings) when the Polars kernel is chosen, else
+    ``"splitmix64-v1"`` (numpy; stable forever). Polars promises the same hash only within one
+    version, so the version is part of the name: it goes into the plan's identity (a resume
+    under another version refuses to mix its buckets with the old output) and into every map
+    task (a worker with another version refuses to run it). Read without importing Polars."""
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice == "arrow":
+        return SPLITMIX_SCHEME
+    version = _installed_polars() if _polars is not False else None
+    if version is None:
+        kernel_name()  # raises the error that says what to install if polars was asked for
+        return SPLITMIX_SCHEME
+    return f"polars-{version}"
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_polars() -> str | None:
+    if importlib.util.find_spec("polars") is None:
+        return None
+    return importlib.metadata.version("polars")
+
+
+def polars_for_scheme(scheme: str) -> Any:
+    """The polars module that computes ``scheme``'s hash, or a ``DataError`` when this process
+    has another version (the other map tasks of the exchange hash with the scheme's version:
+    mixing two would send equal keys to different buckets)."""
+    from ..errors import DataError
+
+    pl = polars_module()
+    version = scheme.removeprefix("polars-")
+    if pl is None or pl.__version__ != version:
+        have = f"polars {pl.__version__}" if pl is not None else "no polars"
+        raise DataError(
+            f"this exchange hashes rows with polars {version} (chosen by the caller) but this "
+            f"worker has {have}: install the same polars version on every worker, or set "
+            f"{KERNEL_ENV}=arrow for a version-independent hash"
+        )
+    return pl
 
 
 def polars_module() -> Any:
@@ -143,8 +192,10 @@ def polars_join(
             if name in right_keys:
                 join_right_keys[list(right_keys).index(name)] = out
     join_left_keys = [left_names[left.column_names.index(k)] for k in left_keys]
-    lf = pl.from_arrow(left.rename_columns(left_names), rechunk=False)
-    rf = pl.from_arrow(right.rename_columns(right_names), rechunk=False)
+    # Rechunked: a gathered bucket has a chunk per map task, and Polars joins one contiguous
+    # chunk about 2x faster than 12 (47 vs 96 ms for an 833 k x 208 k bench_shuffle bucket).
+    lf = pl.from_arrow(left.rename_columns(left_names), rechunk=True)
+    rf = pl.from_arrow(right.rename_columns(right_names), rechunk=True)
     polars_how, order = _POLARS_HOW[how]
     joined = lf.join(
         rf,
@@ -171,18 +222,25 @@ def polars_join(
 
 def stable_sort(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> pa.Table:
     """``table`` sorted by ``sort_keys`` (nulls last, NaN after numbers, ties in input order):
-    Acero's ``sort_by``, or Polars' stable sort when it gives the same order."""
+    Polars' stable ``arg_sort_by`` over the key columns only, then Arrow's ``take`` of the whole
+    table (no round trip of the other columns through Polars: 19 vs 28 ms for a 250 k-row
+    lineitem bucket), when Polars gives the same order; else Acero's ``sort_by``."""
     if table.num_rows < 2:
         return table
-    if kernel_name() == "polars" and polars_can(table.schema) and not _has_nan(table, sort_keys):
+    names = [k for k, _ in sort_keys]
+    keys = table.select(names)
+    if kernel_name() == "polars" and polars_can(keys.schema) and not _has_nan(table, sort_keys):
         pl = polars_module()
-        frame = pl.from_arrow(table, rechunk=False).sort(
-            [k for k, _ in sort_keys],
-            descending=[d == "descending" for _, d in sort_keys],
-            nulls_last=True,
-            maintain_order=True,
+        order = pl.from_arrow(keys.rename_columns([f"k{i}" for i in range(len(names))]))
+        order = order.select(
+            pl.arg_sort_by(
+                [f"k{i}" for i in range(len(names))],
+                descending=[d == "descending" for _, d in sort_keys],
+                nulls_last=True,
+                maintain_order=True,
+            )
         )
-        return _back_to_arrow(frame, table.schema)
+        return table.take(order.to_series().to_arrow())
     return table.sort_by(list(sort_keys))  # Arrow's sort is stable too
 
 

@@ -19,6 +19,7 @@ from .exchange import (
     choose_buckets,
     estimate_bytes,
 )
+from .kernels import SPLITMIX_SCHEME, hash_scheme
 from .partitioning import hash_buckets, random_keys, split_by_bucket
 from .plan import Op, concat
 from .sources import Partition, ReadSpec
@@ -39,6 +40,7 @@ class HashSplit:
     spread_nulls: bool = False
     drop_null_keys: bool = False
     where: str = "repartition"
+    scheme: str = SPLITMIX_SCHEME  # the caller's kernels.hash_scheme(), the same in every task
 
     def __call__(self, table: pa.Table, index: int) -> list[pa.Table]:
         check_columns(table, self.keys, self.where)
@@ -49,7 +51,9 @@ class HashSplit:
             if nulls.any():
                 table = table.filter(pa.array(~nulls))
         return split_by_bucket(
-            table, hash_buckets(table, self.keys, self.buckets, self.spread_nulls), self.buckets
+            table,
+            hash_buckets(table, self.keys, self.buckets, self.spread_nulls, self.scheme),
+            self.buckets,
         )
 
 
@@ -96,12 +100,12 @@ class HashRepartition(ExchangeOp):
     name = "repartition"
 
     def key(self) -> str:
-        return f"repartition({self.partitions},keys={self.keys})"
+        return f"repartition({self.partitions},keys={self.keys},hash={hash_scheme()})"
 
     def exchange(
         self, scope: ExchangeScope, parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op]
     ) -> list[Partition]:
-        split = HashSplit(tuple(self.keys), self.partitions)
+        split = HashSplit(tuple(self.keys), self.partitions, scheme=hash_scheme())
         task = MapTask("H", split, scope.spill_dir_for(estimate_bytes(parts)))
         outputs = scope.run_map(parts, spec, ops, task)
         return bucket_partitions(concat_reduce, [outputs], self.partitions)
@@ -131,7 +135,7 @@ class Distinct(ExchangeOp):
     name = "distinct"
 
     def key(self) -> str:
-        return f"distinct({self.columns})"
+        return f"distinct({self.columns},hash={hash_scheme()})"
 
     def exchange(
         self, scope: ExchangeScope, parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op]
@@ -139,7 +143,7 @@ class Distinct(ExchangeOp):
         estimated = estimate_bytes(parts)
         buckets = choose_buckets(estimated, len(parts))
         columns = tuple(self.columns) if self.columns is not None else None
-        split = _DistinctSplit(columns, buckets)
+        split = _DistinctSplit(columns, buckets, hash_scheme())
         task = MapTask("D", split, scope.spill_dir_for(estimated))
         outputs = scope.run_map(parts, spec, ops, task)
         return bucket_partitions(DistinctReduce(columns), [outputs], buckets)
@@ -152,6 +156,7 @@ class _DistinctSplit:
 
     columns: tuple[str, ...] | None
     buckets: int
+    scheme: str
 
     def __call__(self, table: pa.Table, index: int) -> list[pa.Table]:
         columns = list(self.columns or table.column_names)
@@ -159,7 +164,8 @@ class _DistinctSplit:
         table = table.select(columns)
         if table.num_rows:
             table = table.group_by(columns, use_threads=False).aggregate([])
-        return split_by_bucket(table, hash_buckets(table, columns, self.buckets), self.buckets)
+        buckets = hash_buckets(table, columns, self.buckets, scheme=self.scheme)
+        return split_by_bucket(table, buckets, self.buckets)
 
 
 def new_seed() -> int:
