@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -24,7 +25,6 @@ from forkjoin.data.kernels import KERNEL_ENV, SPLITMIX_SCHEME, hash_scheme
 from forkjoin.data.partitioning import hash_buckets
 from forkjoin.errors import DataError
 
-pl = pytest.importorskip("polars")
 POLARS_SCHEME = f"polars-{pl.__version__}"
 SCHEMES = [SPLITMIX_SCHEME, POLARS_SCHEME]
 
