@@ -7,6 +7,7 @@ test_crash_matrix.py.
 
 from __future__ import annotations
 
+import functools
 import operator
 import pickle
 import threading
@@ -179,6 +180,20 @@ def test_on_error_collect(backend):
         assert isinstance(out[position], fj.TaskError)
         assert isinstance(out[position], ValueError)
         assert out[position].index == position
+
+
+def test_on_error_collect_in_one_large_chunk(backend):
+    """Failures at the edges and in the middle of one large chunk land where their items were
+    (the caller finds them in the chunk's results without looking at every item)."""
+    bad = (0, 3, 9_999, 19_999)
+    fn = functools.partial(_tasks.fail_on, bad=bad)
+    out = run(backend, fn, list(range(20_000)), on_error="collect", chunksize=20_000)
+    assert len(out) == 20_000
+    for position, value in enumerate(out):
+        if position in bad:
+            assert isinstance(value, fj.TaskError) and value.index == position
+        else:
+            assert value == position
 
 
 def test_on_error_skip_warns_with_count(backend):

@@ -318,9 +318,8 @@ class Job:
         """Retry what ``retry_on`` names; apply ``on_error`` to the rest."""
         out: list[Any] = []
         run_start = 0
-        for position, value in enumerate(values):
-            if not isinstance(value, ItemFailure):
-                continue
+        for position in _failure_positions(values):
+            value = values[position]
             if retries_left(task, self.options, value.error):
                 out += self._emit(task.first_index + run_start, values[run_start:position])
                 run_start = position + 1
@@ -359,3 +358,19 @@ class Job:
         if self.skipped:
             values = [v for v in values if v is not _SKIPPED]
         return values
+
+
+def _failure_positions(values: list[Any]) -> list[int]:
+    """Where the ItemFailures are in a chunk's results, found at C speed: a chunk of 30,000
+    results with one failure was scanned item by item in Python (~0.3 us each, on the caller's
+    thread), which made 500 raising items in 5 M cost a job 30% of its time."""
+    types = list(map(type, values))
+    positions: list[int] = []
+    start = 0
+    while True:
+        try:
+            position = types.index(ItemFailure, start)
+        except ValueError:
+            return positions
+        positions.append(position)
+        start = position + 1
