@@ -42,10 +42,12 @@ class Embedder:
         self.model = load_model().to(self.device)
 
     def __call__(self, batch: pa.Table) -> dict:
-        from _inference_contenders import embed
+        # Texts of similar length go through the model together (16 at a time): a model batch is
+        # padded to its longest text, so sorting the block first cuts the padding 3-4x here.
+        from _inference_contenders import embed_window
 
-        vectors = embed(self.model, batch.column("input_ids").to_pylist(),
-                        batch.column("attention_mask").to_pylist())  # fmt: skip
+        vectors = embed_window(self.model, batch.column("input_ids").to_pylist(),
+                               batch.column("attention_mask").to_pylist(), 16)  # fmt: skip
         return {"id": batch.column("id"), "embedding": list(vectors)}
 
     def close(self) -> None:
