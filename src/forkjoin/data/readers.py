@@ -20,8 +20,11 @@ from .files import _open
 from .sources import Partition, ReadCounts, ReadSpec, _compressed
 
 # What a data task imports in a worker: loaded ahead (engine/preload.py) so the first partition
-# does not pay for it. pandas comes with pyarrow's pandas conversions and batch_format="pandas".
-DATA_MODULES = ("pyarrow", "pyarrow.parquet", "pandas", "forkjoin.data.execute")
+# does not pay for it. pandas comes with pyarrow's pandas conversions and batch_format="pandas"
+# (pyarrow imports it on the first pa.array/pa.table anyway); forkjoin.data.warmup runs a tiny
+# in-memory Parquet round trip so that pyarrow's first-use set-up is done too.
+DATA_MODULES = ("pyarrow", "pyarrow.parquet", "pandas", "forkjoin.data.execute",
+                "forkjoin.data.warmup")  # fmt: skip
 # A program that reads data with forkjoin has its shared process pools import them as their
 # workers start (~0.4 s per worker, once), even a pool that ``fj.map`` started before the job.
 preload_shared_pools(DATA_MODULES)
