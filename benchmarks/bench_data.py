@@ -128,15 +128,18 @@ def bench_workload(workload: str, names: Sequence[str], data: str, info: dict[st
             and abs(best["checksum"] - expected["checksum"]) <= 1e-6 * abs(expected["checksum"])
         )
         peak = max(r["peak_rss"] for r in good)
+        peak_pss = max(r.get("peak_pss", 0) for r in good)  # shared pages counted once
         if name == "pandas serial":
             pandas_best = max(rates)
         detail = (
             f"{best['seconds']:.2f} s (+{best['setup_seconds']:.1f} s start-up), peak RSS "
-            f"{peak / 2**20:.0f} MB{'' if correct else ', OUTPUT DIFFERS FROM PANDAS'}"
+            f"{peak / 2**20:.0f} MB (PSS {peak_pss / 2**20:.0f} MB)"
+            f"{'' if correct else ', OUTPUT DIFFERS FROM PANDAS'}"
         )
         section.rows.append(
             Row(name, max(rates), rates, detail,
                 extra={"seconds": [r["seconds"] for r in good], "peak_rss": peak,
+                       "peak_pss": peak_pss,
                        "setup_seconds": [r["setup_seconds"] for r in good],
                        "output_matches_pandas": correct})  # fmt: skip
         )

@@ -116,7 +116,8 @@ def bench(names: list[str], path: str, rows: int, workers: int, batch: int, wind
         result["max_abs_diff"] = diff
         detail = (
             f"{result['seconds']:.1f} s, start-up {result['startup']:.1f} s, peak RSS "
-            f"{result['peak_rss'] / 2**20:,.0f} MiB, model loads {result['loads']}, "
+            f"{result['peak_rss'] / 2**20:,.0f} MiB (PSS {result.get('peak_pss', 0) / 2**20:,.0f}"
+            f" MiB), model loads {result['loads']}, "
             f"max |diff| {'n/a' if diff is None else f'{diff:.1e}'}"
         )
         extra = {k: v for k, v in result.items() if k != "vectors"}
