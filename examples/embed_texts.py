@@ -75,8 +75,7 @@ if __name__ == "__main__":
     check = Embedder(device="cpu")  # the same texts in one plain loop
     tokens = tokenize(pa.table({"id": range(count), "text": texts}))
     expected = np.concatenate([
-        check(pa.table({"id": tokens["id"][i : i + 32], "input_ids": tokens["input_ids"][i : i + 32],
-                        "attention_mask": tokens["attention_mask"][i : i + 32]}))["embedding"]
+        check(pa.table({name: column[i : i + 32] for name, column in tokens.items()}))["embedding"]
         for i in range(0, count, 32)
     ])  # fmt: skip
     assert vectors.shape == (count, 384) and np.abs(vectors - expected).max() < 1e-4
