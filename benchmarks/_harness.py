@@ -226,12 +226,37 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def tree_pss(pid: int) -> int:
+    """Proportional set size of a process tree now: each shared page (a library's code that
+    every worker maps, a forked parent's pages) counted once across the tree rather than once
+    per process, as a sum of RSS does. Linux only (``/proc/PID/smaps_rollup``); 0 elsewhere."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        pids = [pid, *(child.pid for child in root.children(recursive=True))]
+    except psutil.Error:
+        return 0
+    total = 0
+    for each in pids:
+        try:
+            with open(f"/proc/{each}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
+
+
 def run_measured(command: list[str], timeout: float) -> dict[str, Any]:
     """Run ``command`` (a contender in a fresh interpreter, its own session, killed whole at
     the end) and return the last JSON line it printed plus ``peak_rss``, the peak resident bytes
-    of its process tree (sampled every RSS_SAMPLE_SECONDS). On failure: ``{"error": [last
-    lines of stderr], "peak_rss": ...}``, so a contender that fails or runs out of memory is
-    a row that says so."""
+    of its process tree (sampled every RSS_SAMPLE_SECONDS), and ``peak_pss``, the same for its
+    proportional set size (shared pages counted once: what the tree takes from the machine). On
+    failure: ``{"error": [last lines of stderr], "peak_rss": ...}``, so a contender that fails
+    or runs out of memory is a row that says so."""
     import json
     import os
     import signal
@@ -247,13 +272,14 @@ def run_measured(command: list[str], timeout: float) -> dict[str, Any]:
         env=env,
         start_new_session=True,
     )
-    peak = 0
+    peak = peak_pss = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_pss
         while not done.wait(RSS_SAMPLE_SECONDS):
             peak = max(peak, tree_rss(proc.pid))
+            peak_pss = max(peak_pss, tree_pss(proc.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -277,6 +303,7 @@ def run_measured(command: list[str], timeout: float) -> dict[str, Any]:
         return {"error": why, "peak_rss": peak}
     result: dict[str, Any] = json.loads(lines[-1])
     result["peak_rss"] = peak
+    result["peak_pss"] = peak_pss
     return result
 
 

@@ -95,12 +95,11 @@ class StageEmbedder:
 
 def embed_on(model: Any, tokens: dict[str, Any], device: str) -> Any:
     import torch
-    from _inference_contenders import tokenizer
+    from _inference_contenders import pad
 
-    features = tokenizer().pad(tokens, return_tensors="pt")
+    ids, mask = pad(tokens["input_ids"], tokens["attention_mask"])
     with torch.inference_mode():
-        out = model({"input_ids": features["input_ids"].to(device),
-                     "attention_mask": features["attention_mask"].to(device)})  # fmt: skip
+        out = model({"input_ids": ids.to(device), "attention_mask": mask.to(device)})
     return out["sentence_embedding"].float().cpu().numpy()
 
 

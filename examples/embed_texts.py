@@ -42,10 +42,12 @@ class Embedder:
         self.model = load_model().to(self.device)
 
     def __call__(self, batch: pa.Table) -> dict:
-        from _inference_contenders import embed
+        # Texts of similar length go through the model together (16 at a time): a model batch is
+        # padded to its longest text, so sorting the block first cuts the padding 3-4x here.
+        from _inference_contenders import embed_window
 
-        vectors = embed(self.model, batch.column("input_ids").to_pylist(),
-                        batch.column("attention_mask").to_pylist())  # fmt: skip
+        vectors = embed_window(self.model, batch.column("input_ids").to_pylist(),
+                               batch.column("attention_mask").to_pylist(), 16)  # fmt: skip
         return {"id": batch.column("id"), "embedding": list(vectors)}
 
     def close(self) -> None:
@@ -73,8 +75,7 @@ if __name__ == "__main__":
     check = Embedder(device="cpu")  # the same texts in one plain loop
     tokens = tokenize(pa.table({"id": range(count), "text": texts}))
     expected = np.concatenate([
-        check(pa.table({"id": tokens["id"][i : i + 32], "input_ids": tokens["input_ids"][i : i + 32],
-                        "attention_mask": tokens["attention_mask"][i : i + 32]}))["embedding"]
+        check(pa.table({name: column[i : i + 32] for name, column in tokens.items()}))["embedding"]
         for i in range(0, count, 32)
     ])  # fmt: skip
     assert vectors.shape == (count, 384) and np.abs(vectors - expected).max() < 1e-4

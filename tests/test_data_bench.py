@@ -35,6 +35,8 @@ def test_bench_data_smoke(tmp_path):
         for row in rows.values():
             assert row["extra"]["output_matches_pandas"] is True, (key, row)
             assert row["extra"]["peak_rss"] > 0
+            # shared pages counted once: never more than the sum of the processes' RSS
+            assert 0 < row["extra"]["peak_pss"] <= row["extra"]["peak_rss"] * 1.05
     goals = {goal["text"]: goal for goal in results["goals"]}
     assert goals["groupby-agg identical to pandas (1 = yes)"]["met"] is True
     assert goals["numeric 2,000: rows/s vs Polars (cold: a fresh pool)"]["measured"] > 0

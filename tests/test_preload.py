@@ -108,3 +108,38 @@ def test_a_pool_that_preloaded_the_modules_gets_no_warm_up_task() -> None:
         assert events.stats().tasks_submitted == submitted
     finally:
         shared_pools.shutdown()
+
+
+def warmed_up(_: object = None) -> tuple[bool, bool]:
+    """Whether this worker ran forkjoin.data.warmup, and whether pyarrow's pandas shim is set up
+    (pyarrow does that on the first table it builds: the first-use cost the warm-up moves)."""
+    import pyarrow
+
+    shim = pyarrow.lib._pandas_api  # its ``_pd`` stays None until pyarrow's first conversion
+    return "forkjoin.data.warmup" in sys.modules, shim._pd is not None
+
+
+def test_a_data_job_s_workers_have_run_the_parquet_warm_up_before_their_first_task() -> None:
+    from forkjoin.data.readers import DATA_MODULES
+    from forkjoin.engine.api import shared_pools
+
+    assert "forkjoin.data.warmup" in DATA_MODULES
+    shared_pools.shutdown()  # a fresh shared pool, started as a data job starts it
+    try:
+        ran = fj.map(warmed_up, range(6), workers=2, backend="process", chunksize=1,
+                     preload=DATA_MODULES)  # fmt: skip
+        assert set(ran) == {(True, True)}
+    finally:
+        shared_pools.shutdown()
+
+
+def test_the_warm_up_writes_nothing_and_runs_again(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+    import os
+
+    import forkjoin.data.warmup as warmup
+
+    monkeypatch.chdir(tmp_path)
+    importlib.reload(warmup)
+    warmup.warm_up()
+    assert os.listdir(tmp_path) == [], "an in-memory round trip: no file anywhere"

@@ -21,8 +21,11 @@ from .sources import Partition, ReadCounts, ReadSpec, _compressed
 # What a data task imports in a worker: loaded ahead (engine/preload.py) so the first partition
 # does not pay for it (~0.4 s per worker, once): a running shared pool imports them while the
 # plan is built, a pool that a data job starts imports them as its workers start.
-# pandas comes with pyarrow's pandas conversions and batch_format="pandas".
-DATA_MODULES = ("pyarrow", "pyarrow.parquet", "pandas", "forkjoin.data.execute")
+# pandas comes with pyarrow's pandas conversions and batch_format="pandas" (pyarrow imports it
+# on the first pa.array/pa.table anyway); forkjoin.data.warmup runs a tiny in-memory Parquet
+# round trip so that pyarrow's first-use set-up is done too.
+DATA_MODULES = ("pyarrow", "pyarrow.parquet", "pandas", "forkjoin.data.execute",
+                "forkjoin.data.warmup")  # fmt: skip
 
 # -- reading one partition (in a worker) ---------------------------------------------------------
 
