@@ -256,3 +256,25 @@ def test_a_killed_zygote_leaves_the_pool_working_with_fresh_interpreters(tmp_pat
         while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(pool.worker_pids()) == 2
+
+
+def test_the_zygote_learns_what_a_wrapped_function_needs_to_unpickle():
+    """A function that travels by value (from ``__main__``, here made so) inside a wrapper
+    object: the wrapper's class names one module, the pickle stream names cloudpickle too;
+    the zygote learns both, so a replacement does not import them at each death."""
+    import cloudpickle
+
+    from forkjoin.backends.process_zygote import function_modules, pickled_modules
+
+    namespace = {"__name__": "__main__"}
+    exec("def scale(factor, x):\n    return factor * x\n", namespace)
+    wrapped = functools.partial(namespace["scale"], 3)
+    stream = cloudpickle.dumps(wrapped, protocol=5)
+    assert "cloudpickle" in " ".join(pickled_modules(stream))
+    assert "functools" in pickled_modules(stream)
+    assert pickled_modules(b"not a pickle") == []
+    with fj.Pool(workers=1) as pool:
+        assert pool.map_list(wrapped, [1, 2]) == [3, 6]
+        backend = pool._backend
+        assert any(name.startswith("cloudpickle") for name in backend._modules_run)
+    assert "cloudpickle" in function_modules(namespace["scale"])

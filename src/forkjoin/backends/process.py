@@ -169,6 +169,7 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
         self._modules_run: dict[str, None] = {}
         self._modules_preloaded = 0
         self._spares_wanted = 0
+        self._functions_learned: set[int] = set()
         self._segments = shm.SegmentPool()  # for task arguments
         self._segments.on_close = self._segment_closed
         if self.initializer is not None:

@@ -73,7 +73,7 @@ class Dispatcher:
             self, worker: WorkerHandle, message: Any, fds: list[int] | None = None
         ) -> None: ...  # process_messages.py
 
-        def _learn_modules(self, fn: Any) -> None: ...  # process_lifecycle.py
+        def _learn_modules(self, function: Any) -> None: ...  # process_lifecycle.py
 
     def _prefetch_budget(self, function_key: int) -> int:
         """Tasks of this function a worker may hold (running + queued), from their measured
@@ -244,7 +244,7 @@ class Dispatcher:
             functions.move_to_end(function.key)
         else:
             functions[function.key] = None
-            self._learn_modules(function.fn)
+            self._learn_modules(function)
             if len(functions) > FUNCTION_CACHE_SIZE:
                 functions.popitem(last=False)
             self._attach_shared(worker, function.payload.handles, shared, fds)

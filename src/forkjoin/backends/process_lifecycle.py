@@ -36,7 +36,7 @@ from .base import DoneCallback, EventSink
 from .process_dispatch import _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle, WorkerState, worker_environment
 from .process_outcomes import death_outcome, with_partial_results
-from .process_zygote import ZygoteClient, function_modules
+from .process_zygote import ZygoteClient, function_modules, pickled_modules
 from .protocol import KillReason, Msg
 
 # A task whose caller stopped waiting (broke out of imap) may finish within this long; after
@@ -81,6 +81,7 @@ class WorkerLifecycle:
     _use_zygote: bool
     _modules_run: dict[str, None]  # modules of the functions sent to workers, in order
     _modules_preloaded: int  # how many of them the zygote has imported
+    _functions_learned: set[int]  # keys of the functions whose modules are noted
     _spares_wanted: int  # workers to keep started ahead, once workers die (see _spawn_missing)
     workers: int
     slots: list[Slot]
@@ -283,10 +284,17 @@ class WorkerLifecycle:
                 env.setdefault(name, value)
         return env
 
-    def _learn_modules(self, fn: Any) -> None:
-        """Note the modules ``fn`` needs in a worker (the zygote imports them: see
-        _preload_in_zygote)."""
-        for name in function_modules(fn):
+    def _learn_modules(self, function: Any) -> None:
+        """Note the modules a worker needs to unpickle ``function`` (a FunctionRef) and run it:
+        the zygote imports them (see _preload_in_zygote). Once per function."""
+        if function.key in self._functions_learned:
+            return
+        self._functions_learned.add(function.key)
+        names = function_modules(function.fn)
+        stream = function.payload.stream if function.payload is not None else None
+        if stream is not None:
+            names += pickled_modules(stream)
+        for name in names:
             self._modules_run.setdefault(name, None)
 
     def _preload_in_zygote(self, zygote: ZygoteClient) -> None:
