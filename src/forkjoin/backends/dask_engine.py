@@ -185,6 +185,10 @@ def release(key: Any) -> None:
             connection.cluster.close()
 
 
+# How long the result of a future that Dask reports done may take to arrive (see _result).
+RESULT_FETCH_SECONDS = 30.0
+
+
 class DaskBackend(ClusterBackend):
     """Runs each forkjoin task as one Dask future."""
 
@@ -269,7 +273,15 @@ class DaskBackend(ClusterBackend):
         handle.add_done_callback(lambda _: callback())
 
     def _result(self, handle: Any) -> Any:
-        return handle.result()
+        """The finished future's result, fetched within RESULT_FETCH_SECONDS: a CI run hung
+        for good here, in Dask's callback thread, after workers were SIGKILLed (the fetch of a
+        done future never returned). A fetch that takes longer is a crash of the task: it is
+        retried like one (TimeoutError is classified CRASHED)."""
+        try:
+            return handle.result(timeout=RESULT_FETCH_SECONDS)
+        except TimeoutError:
+            handle.cancel()
+            raise
 
     def _classify(self, error: BaseException) -> str:
         if isinstance(error, (KilledWorker, OSError, TimeoutError)):
