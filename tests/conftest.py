@@ -300,3 +300,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         slow_test = getattr(item, "originalname", item.name) in _SLOW_TESTS
         if name in _SLOW_FILES or name.startswith(_SLOW_FILE_PREFIXES) or slow_test:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def spill_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """forkjoin.data's spill files go here (FORKJOIN_SPILL_DIR); the test fails if any is left."""
+    from forkjoin.data import spill
+
+    root = tmp_path / "spill"
+    root.mkdir()
+    monkeypatch.setenv(spill.SPILL_DIR_ENV, str(root))
+    yield root
+    assert os.listdir(root) == [], "spill files left behind"

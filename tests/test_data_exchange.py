@@ -73,16 +73,6 @@ def expected_join(left: Any, right: Any, how: str, lk: str, rk: str) -> Any:
     return merged
 
 
-@pytest.fixture
-def spill_root(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    """Spill files go here; the test fails if any is left."""
-    root = tmp_path / "spill"
-    root.mkdir()
-    monkeypatch.setenv(spill.SPILL_DIR_ENV, str(root))
-    yield root
-    assert os.listdir(root) == [], "spill files left behind"
-
-
 @pytest.fixture(params=["polars", "arrow"])
 def kernel(request, monkeypatch):  # type: ignore[no-untyped-def]
     """The reduce side's kernel (kernels.py): each equality test runs with both."""

@@ -27,13 +27,10 @@ pytestmark = pytest.mark.timeout(150)
 
 
 @pytest.fixture
-def spill_root(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    root = tmp_path / "spill"
-    root.mkdir()
-    monkeypatch.setenv(spill.SPILL_DIR_ENV, str(root))
-    monkeypatch.setenv("FORKJOIN_SPILL_THRESHOLD", "0")  # every exchange goes through disk
-    yield root
-    assert os.listdir(root) == [], "spill files left behind"
+def spill_root(spill_root, monkeypatch):  # type: ignore[no-untyped-def]
+    """conftest's spill directory, with every exchange going through disk."""
+    monkeypatch.setenv("FORKJOIN_SPILL_THRESHOLD", "0")
+    return spill_root
 
 
 def write_source(folder: Any, rows: int = 2000, files: int = 4) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import decimal
 import json
-import os
 import subprocess
 import sys
 
@@ -20,22 +19,13 @@ import pyarrow as pa
 import pytest
 
 import forkjoin as fj
-from forkjoin.data import kernels, spill
+from forkjoin.data import kernels
 from forkjoin.data.kernels import KERNEL_ENV, SPLITMIX_SCHEME, hash_scheme
 from forkjoin.data.partitioning import hash_buckets
 from forkjoin.errors import DataError
 
 POLARS_SCHEME = f"polars-{pl.__version__}"
 SCHEMES = [SPLITMIX_SCHEME, POLARS_SCHEME]
-
-
-@pytest.fixture
-def spill_root(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    root = tmp_path / "spill"
-    root.mkdir()
-    monkeypatch.setenv(spill.SPILL_DIR_ENV, str(root))
-    yield root
-    assert os.listdir(root) == [], "spill files left behind"
 
 
 def buckets_of(column: pa.Array, scheme: str, buckets: int = 16) -> list[int]:
