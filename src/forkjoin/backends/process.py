@@ -73,7 +73,7 @@ from . import buffers, shm
 from .base import Backend, Capabilities, DoneCallback
 from .process_dispatch import STEAL_AFTER_SECONDS, Dispatcher, _release
 from .process_handle import TERM_GRACE_SECONDS, WorkerHandle
-from .process_lifecycle import _ZYGOTE, ABANDONED_TASK_GRACE_SECONDS, WorkerLifecycle
+from .process_lifecycle import ABANDONED_TASK_GRACE_SECONDS, ZYGOTE_KEY, WorkerLifecycle
 from .process_messages import Messages
 from .process_zygote import ZygoteClient
 from .protocol import (
@@ -390,7 +390,7 @@ class ProcessBackend(Messages, WorkerLifecycle, Dispatcher, Backend):
         self._sleeping = False
         for key, mask in events:
             data = key.data
-            if data is _ZYGOTE:
+            if data is ZYGOTE_KEY:
                 self._zygote_readable()
                 continue
             if data is not None and data[0].worker_id not in self._workers:

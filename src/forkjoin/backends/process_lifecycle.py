@@ -49,7 +49,7 @@ MAX_FAILED_STARTS = 3
 # Why a worker stopped, when it was a fault of the work (None: it died on its own).
 _FAULT_REASONS = (None, KillReason.TIMEOUT, KillReason.MEMORY)
 # The selector's mark for the zygote's control socket (workers' are (handle, "sock"/"pid")).
-_ZYGOTE = (None, "zygote")
+ZYGOTE_KEY = (None, "zygote")
 # The most workers a pool keeps started ahead when its workers keep dying (see _want_a_spare).
 MAX_SPARES = 4
 # How often worker memory is read when memory_limit= is set (and a task is running): a task is
@@ -237,7 +237,7 @@ class WorkerLifecycle:
             self._modules_preloaded = 0
             if self._zygote is not None:
                 assert self._selector is not None
-                self._selector.register(self._zygote.control, selectors.EVENT_READ, _ZYGOTE)
+                self._selector.register(self._zygote.control, selectors.EVENT_READ, ZYGOTE_KEY)
         if self._zygote is not None and self._next_worker_id >= self.workers:
             self._preload_in_zygote(self._zygote)  # a replacement: see process_zygote.py
         if self._zygote is not None:
