@@ -116,3 +116,26 @@ class LoggedModel:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return batch
+
+
+class WaitsForTheOthers:
+    """A "model" whose calls take seconds: the block holding x == 0 finishes only once the
+    ``others`` other blocks have (or after ``patience`` seconds); each of those takes ``other``
+    seconds. Each row says which worker computed it."""
+
+    def __init__(self, directory: str, others: int, other: float, patience: float) -> None:
+        self.directory = directory
+        self.others = others
+        self.other = other
+        self.patience = patience
+
+    def __call__(self, batch: pa.Table) -> dict:
+        x = batch.column("x").to_pylist()
+        if 0 in x:
+            give_up = time.monotonic() + self.patience
+            while count(self.directory, "done") < self.others and time.monotonic() < give_up:
+                time.sleep(0.05)
+        else:
+            time.sleep(self.other)
+            _touch(self.directory, "done")
+        return {"x": x, "pid": [os.getpid()] * len(x)}

@@ -20,6 +20,7 @@ from _stage_tasks import (  # noqa: E402
     CountingModel,
     DiesOnce,
     LoggedModel,
+    WaitsForTheOthers,
     WhereAmI,
     count,
     logged,
@@ -159,6 +160,29 @@ def test_ordered_by_default_and_as_finished_with_ordered_false() -> None:
     assert sorted(x for b in batches for x in b.column("x").to_pylist()) == list(range(400))
     assert firsts[0] != 0 and 0 in firsts, "the slow block did not hold the others back"
     assert time.monotonic() - start < 30
+
+
+def test_long_blocks_go_to_whichever_actor_is_free_even_before_earlier_output(
+    tmp_path: Path,
+) -> None:
+    """Blocks that take seconds are not queued behind one another on an actor: each goes to the
+    actor that is free, also while ordered output still waits for an earlier block. Here the
+    first block finishes only after the 3 others: with a second block queued behind it on its
+    actor (two blocks per actor, or an actor that stays "busy" until the blocks before its own
+    are handed out) that would wait out the patience and the slow actor would compute it.
+    (3 others: the finished blocks waiting behind the first stay within REORDER_FACTOR.)"""
+    ds = items(40, partitions=4).map_batches(
+        WaitsForTheOthers, fn_constructor_args=(str(tmp_path), 3, 0.3, 20.0), workers=2,
+        batch_size=10,
+    )  # fmt: skip
+    start = time.monotonic()
+    out = ds.to_arrow(workers=1)
+    assert out.column("x").to_pylist() == list(range(40)), "order kept"
+    pid_of = dict(zip(out.column("x").to_pylist(), out.column("pid").to_pylist(), strict=True))
+    assert [x for x, pid in pid_of.items() if pid == pid_of[0]] == list(range(10)), (
+        "the actor on the first block got no other block: the other actor was free"
+    )
+    assert time.monotonic() - start < 20
 
 
 def test_a_stage_worker_that_dies_is_replaced_and_nothing_is_duplicated(tmp_path: Path) -> None:

@@ -51,6 +51,16 @@ from .stages import StageError, StageOp, close_instances, warm_up
 CHANNEL_BLOCKS = 4
 # Blocks submitted to one actor: 2 lets the next block's input arrive while one computes.
 ACTOR_IN_FLIGHT = 2
+# ...but only while the stage's blocks are quick. A block that takes this long (a model call
+# on a window of texts: seconds) is worth more than the transfer it hides, and a second block
+# queued behind it is committed to that actor: at the end of the run one actor still works
+# through it while another has nothing left (bench_inference.py, 3,000 texts in 3 windows on
+# 2 actors: one idle for 13 of 30 s). So a stage starts with one block per actor and allows
+# ACTOR_IN_FLIGHT once a block has come back quicker than this.
+LONG_BLOCK_SECONDS = 0.25
+# With ordered output, a stage holds at most this many times its in-flight capacity in blocks:
+# finished blocks waiting for an earlier, slower one, besides those computing.
+REORDER_FACTOR = 2
 # Batches of the next stage's batch_size per block. One: the per-task overhead (~1 ms) is small
 # next to a model call (what a stage is for), and the run's tail, where one actor still works
 # through the blocks it was given while another has none left, lasts at most one model call
@@ -118,6 +128,17 @@ class _Actor:
 class _Pending:
     future: Future[Any]
     actor: _Actor
+    settled: bool = False  # its actor's in-flight count already took it off
+
+    def settle(self, stage: StageRun) -> None:
+        """A finished block frees its actor at once, even while ordered output still waits
+        for an earlier block: the actor gets its next block instead of idling until then."""
+        if self.settled or not self.future.done():
+            return
+        self.settled = True
+        self.actor.in_flight -= 1
+        if self.future.exception() is None:
+            stage.last_block_seconds = self.future.result().seconds
 
 
 @dataclass
@@ -135,6 +156,7 @@ class StageRun:
     gpu_sets: list[tuple[int, ...]] | None = None
     actors: list[_Actor] = field(default_factory=list)
     started_actors: int = 0
+    last_block_seconds: float | None = None  # the worker's time on the last block back
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -200,9 +222,19 @@ class StageRun:
             pool.submit(warm_up, op).add_done_callback(_leave_to_first_block)
 
     @property
+    def per_actor(self) -> int:
+        """Blocks one actor may hold: ACTOR_IN_FLIGHT while blocks are quick, else one (see
+        LONG_BLOCK_SECONDS); a block's time is unknown until one came back, so one at first."""
+        seconds = self.last_block_seconds
+        return ACTOR_IN_FLIGHT if seconds is not None and seconds < LONG_BLOCK_SECONDS else 1
+
+    @property
     def capacity(self) -> int:
-        per_actor = self.high * ACTOR_IN_FLIGHT if self.cluster else ACTOR_IN_FLIGHT
+        per_actor = self.high * ACTOR_IN_FLIGHT if self.cluster else self.per_actor
         return per_actor * len(self.actors)
+
+    def in_flight(self) -> int:
+        return sum(actor.in_flight for actor in self.actors)
 
     def can_grow(self) -> bool:
         return not self.cluster and len(self.actors) < self.high
@@ -231,7 +263,7 @@ def _leave_to_first_block(future: Future[Any]) -> None:
 
 
 def _result(pending: _Pending, stage: StageRun) -> PartResult:
-    pending.actor.in_flight -= 1
+    pending.settle(stage)
     try:
         result: PartResult = pending.future.result()
     except TaskError as exc:
@@ -264,6 +296,8 @@ def run_stage(
         if stop.is_set():
             raise _Stopped()
         done = [p for p in pending if p.future.done()]
+        for entry in done:
+            entry.settle(stage)
         newest_warm = newest_warm or any(p.actor is stage.actors[-1] for p in done)
         if ordered:
             while pending and pending[0].future.done():
@@ -272,7 +306,13 @@ def run_stage(
             for entry in done:
                 pending.remove(entry)
                 yield _result(entry, stage)
-        while not exhausted and len(pending) < stage.capacity:
+        # Blocks computing on the actors, and all the stage holds: finished blocks that wait
+        # for an earlier one (ordered output) count against the second bound only.
+        while (
+            not exhausted
+            and stage.in_flight() < stage.capacity
+            and len(pending) < REORDER_FACTOR * stage.capacity
+        ):
             try:
                 item = inbox.get_nowait()
             except queue.Empty:
@@ -289,7 +329,7 @@ def run_stage(
         # it can hold. (Not "the inbox is full": right after taking a block out, the inbox is
         # one short until the feeder thread refills it, which on a busy machine is most of
         # the time, so that test kept a bottleneck stage from ever growing.)
-        bottleneck = len(pending) >= stage.capacity and inbox.waiting()
+        bottleneck = stage.in_flight() >= stage.capacity and inbox.waiting()
         if bottleneck and newest_warm and stage.can_grow():
             now = time.monotonic()
             if busy_since is None:
