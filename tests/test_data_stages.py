@@ -25,6 +25,7 @@ from _stage_tasks import (  # noqa: E402
     count,
     logged,
     slow_first,
+    stage_pid,
     worker_pid,
 )
 
@@ -84,6 +85,28 @@ def test_function_stages_run_on_workers_of_their_own_and_stream_in_order() -> No
     assert out.column("x").to_pylist() == list(range(1000))
     (stage_pid,) = set(out.column("stage").to_pylist())
     assert stage_pid not in set(out.column("reader").to_pylist())
+
+
+def test_the_head_runs_in_the_caller_when_the_stages_hold_every_core() -> None:
+    """A CPU stage whose workers take every core from the start: the read and the row-wise ops
+    before it run on one thread in the caller (no process pool of their own competing with the
+    stage for the cores); with a core to spare, on the run's worker processes as before."""
+    import os
+
+    from forkjoin.machine import usable_cpu_count
+
+    cores = usable_cpu_count()
+    full = items(200, partitions=4).map_batches(worker_pid, batch_size=50).map_batches(
+        stage_pid, workers=1, resources={"cpu": cores}
+    )
+    out = full.to_arrow(workers=2)
+    assert out.column("x").to_pylist() == list(range(200))
+    assert set(out.column("reader").to_pylist()) == {os.getpid()}
+    assert os.getpid() not in set(out.column("stage").to_pylist()), "the stage on its worker"
+    if cores >= 2:
+        spare = items(200, partitions=4).map_batches(worker_pid, batch_size=50)
+        spare = spare.map_batches(stage_pid, workers=1)
+        assert os.getpid() not in set(spare.to_arrow(workers=2).column("reader").to_pylist())
 
 
 def test_per_stage_resources_pin_each_worker_to_its_gpu(two_gpus: None) -> None:

@@ -2,7 +2,8 @@
 
 ::
 
-    partitions ─> [read + row-wise ops]  on the run's workers (fj.imap / pool=, as without stages)
+    partitions ─> [read + row-wise ops]  on the run's workers (fj.imap / pool=, as without stages;
+                        │                  one thread in the caller when the stages take every core)
                         │  blocks of rows (a partition cut to the next stage's batches)
                         ▼  Channel: at most CHANNEL_BLOCKS waiting; a full one blocks the feeder
                  stage 1: actors (one 1-worker Pool each, pinned to its GPUs), each
@@ -20,6 +21,17 @@ caller; the last stage by the caller's own iteration, so a consumer that stops p
 whole pipeline. A worker that dies is replaced and its block retried (``Pool.submit``'s
 retries); each block's result is taken once, so nothing is duplicated.
 
+Where the head (the read and the row-wise ops before the first stage) runs: on the run's workers
+as without stages, except where CPU stages hold every core from the start (their minimum
+workers x their ``cpu`` reach the machine's usable cores: ``map_batches(Model, workers=2)`` on
+2 cores). There it runs on one thread in the caller: the stage workers are the run's compute,
+and a process pool of its own would compete with them for the same cores and first start a
+zygote and N interpreters that each import pyarrow and pandas (~0.7 s of CPU and ~100 MB each),
+all while the stage workers load their models (bench_inference.py: the models were ready 3.5 s
+later that way). The caller has pyarrow already; Parquet decoding and tokenisers run in native
+code. One thread, so the head's functions never run concurrently with themselves. To keep the
+head on processes, pass ``pool=`` (an ``fj.Pool``) or give a stage fewer workers.
+
 Why one 1-worker Pool per actor instead of one Pool per stage: a block goes to the actor the
 dispatcher picks, so a stage that runs with 1 of its (1, 4) workers loads its model once, not
 on whichever of 4 idle processes the next task lands on, and growing is starting one more Pool.
@@ -29,6 +41,7 @@ stage's resources (``num_gpus``, worker resources) and the instance is kept per 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import queue
 import threading
@@ -433,8 +446,9 @@ def run_pipeline(parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op],
         channels = [Channel(CHANNEL_BLOCKS, stop) for _ in stages]
         if head:
             upstream: Iterable[Any] = run_partitions(
-                parts, spec, head, COLLECT, config, head_stats, ordered=ordered
-            )
+                parts, spec, head, COLLECT, head_config(config, stages), head_stats,
+                ordered=ordered,
+            )  # fmt: skip
             rows = block_rows(0)
             first_blocks: Callable[[Any], Iterable[Partition]] = lambda r: _blocks(r, rows)  # noqa: E731
         else:
@@ -473,6 +487,26 @@ def run_pipeline(parts: Sequence[Partition], spec: ReadSpec, ops: Sequence[Op],
         stats.partitions += head_stats.partitions or len(parts)
         stats.add_counts(head_stats_counts(head_stats))
         stats.busy_seconds += head_stats.busy_seconds
+
+
+def head_config(config: RunConfig, stages: Sequence[StageRun]) -> RunConfig:
+    """Where the head runs (see the module docstring): the run's own configuration, or one
+    thread in the caller when CPU stages hold every usable core from the start."""
+    if config.pool is not None or config.backend not in (None, "process"):
+        return config
+    from ..machine import usable_cpu_count
+
+    held = 0.0
+    for stage in stages:
+        if stage.cluster:
+            return config
+        if stage.gpu_sets:  # a GPU stage's workers wait on their GPU: the head needs the CPUs
+            continue
+        cpu = float((stage.op.resources or {}).get("cpu", 0) or 0) or 1.0
+        held += stage.low * cpu
+    if held < usable_cpu_count():
+        return config
+    return dataclasses.replace(config, backend="threads", workers=1)
 
 
 def head_stats_counts(head: DataStats) -> ReadCounts:
