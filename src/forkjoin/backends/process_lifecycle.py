@@ -87,6 +87,7 @@ class WorkerLifecycle:
     slots: list[Slot]
     memory_limit: int | None
     max_tasks_per_child: int | None
+    preload: tuple[str, ...]
     events: EventSink | None
 
     if TYPE_CHECKING:  # defined by the other parts of ProcessBackend

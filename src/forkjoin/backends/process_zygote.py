@@ -429,7 +429,7 @@ class ZygoteClient:
 
     def wait_exit(self, pid: int) -> tuple[int, int]:
         """The exit code and peak RSS of a worker that has exited (its pidfd said so)."""
-        deadline = time.monotonic() + self.control.gettimeout()  # longer while it imports
+        deadline = time.monotonic() + (self.control.gettimeout() or REPLY_TIMEOUT_SECONDS)
         while pid not in self.exits:
             if time.monotonic() > deadline:
                 raise OSError(f"the zygote did not report the exit of worker {pid}")
