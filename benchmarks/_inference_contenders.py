@@ -128,6 +128,9 @@ class Embedder:
 
 def run_forkjoin(corpus: str, rows: int, workers: int, batch: int, window: int
                  ) -> tuple[Any, float]:  # fmt: skip
+    import pyarrow.parquet  # noqa: F401  (forkjoin.data's own imports, before the clock as
+    # HF's `import datasets` and Ray's `import ray.data` are: start-up, reported apart)
+
     import forkjoin as fj
 
     start = time.perf_counter()
@@ -194,6 +197,7 @@ def run_ray(corpus: str, rows: int, workers: int, batch: int, window: int
             ) -> tuple[Any, float]:  # fmt: skip
     import numpy as np
     import ray
+    import ray.data
 
     # Logical CPUs for the reading/tokenising tasks besides the actors (forkjoin runs as many
     # reading workers as embedding workers too); with num_cpus=workers the actor pool takes every
