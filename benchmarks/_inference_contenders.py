@@ -128,8 +128,9 @@ class Embedder:
 
 def run_forkjoin(corpus: str, rows: int, workers: int, batch: int, window: int
                  ) -> tuple[Any, float]:  # fmt: skip
-    import pyarrow.parquet  # noqa: F401  (forkjoin.data's own imports, before the clock as
-    # HF's `import datasets` and Ray's `import ray.data` are: start-up, reported apart)
+    # forkjoin.data's own imports before the clock, as HF's `import datasets` and Ray's
+    # `import ray.data` are: start-up, reported apart.
+    import pyarrow.parquet  # noqa: F401
 
     import forkjoin as fj
 

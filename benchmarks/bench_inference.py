@@ -20,8 +20,8 @@ _inference_contenders.py):
 Time is measured inside the contender from just before reading to the embeddings in memory, so
 it holds every model load (the single process's too); start-up (interpreter imports of each
 framework's data layer: pyarrow for forkjoin, ``datasets``, ``ray.data``; ray.init) is reported
-apart. Peak RSS is that of the contender's process tree. Every contender's embeddings are checked against the
-single process's (max absolute difference), and model loads are counted.
+apart. Peak RSS is that of the contender's process tree. Every contender's embeddings are
+checked against the single process's (max absolute difference), and model loads are counted.
 """
 
 from __future__ import annotations
