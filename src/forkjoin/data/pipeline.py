@@ -6,9 +6,9 @@
                         │                  one thread in the caller when the stages take every core)
                         │  blocks of rows (a partition cut to the next stage's batches)
                         ▼  Channel: at most CHANNEL_BLOCKS waiting; a full one blocks the feeder
-                 stage 1: actors (one 1-worker Pool each, pinned to its GPUs), each
-                        │  ACTOR_IN_FLIGHT blocks in flight; grows min -> max while it is the
-                        │  bottleneck (blocks waiting in its inbox, every actor busy)
+                 stage 1: actors (one 1-worker Pool each, pinned to its GPUs), each one
+                        │  block in flight (ACTOR_IN_FLIGHT while blocks are quick); grows
+                        │  min -> max while it is the bottleneck (blocks waiting, actors busy)
                         ▼  Channel
                  stage 2 ... the last stage applies the terminal (collect, count, write)
                         ▼
