@@ -278,3 +278,28 @@ def test_the_zygote_learns_what_a_wrapped_function_needs_to_unpickle():
         backend = pool._backend
         assert any(name.startswith("cloudpickle") for name in backend._modules_run)
     assert "cloudpickle" in function_modules(namespace["scale"])
+
+
+_RAISING_MODULE = """
+import sys
+
+
+def fail_on_zero(x):
+    if x == 0:
+        raise ValueError("item zero")
+    heavy = ("forkjoin.errors", "concurrent.futures.process")
+    return [name for name in heavy if name in sys.modules]
+"""
+
+
+def test_reporting_an_item_s_exception_imports_little_in_the_worker(tmp_path, monkeypatch):
+    # forkjoin.errors imports concurrent.futures.process and ~35 modules with it (10-45 ms):
+    # a worker sends an item's exception without it (forkjoin/_portable.py), so a job whose
+    # items both raise and kill their worker does not pay that in every replacement worker
+    (tmp_path / "fj_raising_module.py").write_text(_RAISING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("fj_raising_module")  # written above, not installed
+    with fj.Pool(workers=1) as pool:
+        results = pool.map_list(module.fail_on_zero, range(3), chunksize=1, on_error="collect")
+    assert isinstance(results[0], ValueError) and "item zero" in str(results[0])
+    assert results[1:] == [[], []], "the worker imported forkjoin.errors to report a failure"

@@ -10,7 +10,10 @@ Arrows point to what a layer may import::
                                   └──────────> core/ ◄─────┴──────────────────┘
                                                  │
                                                  ▼
-                          errors.py  machine.py  _text.py   (leaves: import nothing of forkjoin)
+                          errors.py  machine.py  _text.py   (leaves: import nothing of forkjoin
+                              │                              but errors.py -> _portable.py)
+                              ▼
+                          _portable.py
 
 Every rule is a row below (``LOWER_LAYERS``, ``LAZY_ONLY``, ``ABOVE_THE_ENGINE``, ``ONLY_FROM``,
 ``LIGHT``); the tests read imports from each module's syntax tree (``ast``), so a string that
@@ -37,13 +40,15 @@ SRC = Path(fj.__file__).parent
 
 # -- the rules -------------------------------------------------------------------------------------
 
-LEAVES = ("forkjoin._text", "forkjoin.errors", "forkjoin.machine")
+LEAVES = ("forkjoin._text", "forkjoin._portable", "forkjoin.errors", "forkjoin.machine")
 
 # The lower layers, each with every part of forkjoin it may import (a name allows its submodules).
 # Nothing else: in particular never engine/ from core/ or backends/, and never data/, train/,
 # bench/, observe/, cli from any of them.
 LOWER_LAYERS: dict[str, tuple[str, ...]] = {
     **{leaf: () for leaf in LEAVES},
+    # how an item's exception crosses a process, apart so that a worker need not import errors
+    "forkjoin.errors": ("forkjoin._portable",),
     # the task model and the worker-side runtime, shared by the engine and every backend
     "forkjoin.core": (*LEAVES, "forkjoin.core"),
     # how tasks run; a backend knows the task model, never the scheduler that feeds it

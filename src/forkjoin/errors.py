@@ -31,6 +31,8 @@ import pickle
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ClassVar
 
+from ._portable import portable_exception
+
 __all__ = [
     "ForkjoinError",
     "TaskError",
@@ -130,40 +132,6 @@ def _rebuild_task_error(cls: type, message: str, fields: dict[str, Any]) -> Task
         return make_task_error(message, **fields)
     error: TaskError = cls(message, **fields)  # a subclass with its own __init__ (RankError)
     return error
-
-
-class _ByState:
-    """Pickles an exception as its class, ``args`` and ``__dict__``, rebuilt without calling
-    ``__init__``: ``NeedsTwoArgs(code, detail)`` pickles by default as ``NeedsTwoArgs(message)``,
-    which raises TypeError on the way back."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-    def __reduce__(self) -> Any:
-        exc = self.exc
-        return (_rebuild_without_init, (type(exc), exc.args, getattr(exc, "__dict__", None)))
-
-
-def _rebuild_without_init(
-    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None
-) -> BaseException:
-    exc = cls.__new__(cls, *args)
-    exc.args = args
-    if state:
-        exc.__dict__.update(state)
-    return exc
-
-
-def portable_exception(exc: BaseException) -> Any:
-    """What to pickle for ``exc`` so that it comes back as an instance of its type: itself when
-    it round-trips, else a by-state record (None-like failures are the caller's to handle: this
-    may still raise for an exception holding a lock or a socket)."""
-    try:
-        pickle.loads(pickle.dumps(exc, pickle.HIGHEST_PROTOCOL))
-        return exc
-    except BaseException:  # rebuilding runs the type's own code, which may raise anything
-        return _ByState(exc)
 
 
 _TASK_ERROR_CLASSES: dict[type, type] = {}

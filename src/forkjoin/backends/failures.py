@@ -19,7 +19,7 @@ FailureRecord = tuple[int, "bytes | None", str, str, str]
 
 def exception_record(position: int, exc: BaseException, tb_text: str) -> FailureRecord:
     """A worker's record of item ``position`` raising ``exc``."""
-    from ..errors import portable_exception
+    from .._portable import portable_exception  # not ..errors: see _portable.py
     from .wire import dumps
 
     payload: bytes | None
