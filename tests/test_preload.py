@@ -3,6 +3,7 @@ job needs as they start, or while the plan is built, not on its first task."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -33,6 +34,31 @@ def test_preload_imports_in_each_worker_before_the_initializer(tmp_path) -> None
     assert lines and set(lines) == {"initializer saw True"}, "preload runs first, then the user's"
     with fj.Pool(1, backend="process") as pool:
         assert pool.submit(loaded).result() is False
+
+
+def where_the_probe_was_imported(_: object = None) -> tuple[int, int]:
+    import fj_preload_probe  # type: ignore[import-not-found]
+
+    return fj_preload_probe.IMPORTED_IN, os.getppid()
+
+
+def test_the_zygote_imports_preload_once_and_the_workers_start_with_it(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    """The modules are imported in the zygote, before it forks the first workers: each worker
+    finds the module imported by its parent (its pages shared, its import paid once)."""
+    (tmp_path / "fj_preload_probe.py").write_text("import os\nIMPORTED_IN = os.getpid()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with fj.Pool(2, backend="process", preload=["fj_preload_probe"]) as pool:
+        seen = set(pool.map(where_the_probe_was_imported, range(8), chunksize=1))
+        pids = pool._backend.worker_pids()  # type: ignore[attr-defined]
+    assert len(pids) == 2
+    assert len(seen) == 1, seen  # one import, in one process: the workers' parent
+    ((imported_in, parent),) = seen
+    assert imported_in == parent and imported_in not in pids
+    with fj.Pool(2, backend="process") as pool:  # without preload=: each worker imports its own
+        seen = set(pool.map(where_the_probe_was_imported, range(8), chunksize=1))
+    assert all(imported_in != parent for imported_in, parent in seen)
 
 
 def test_a_running_shared_pool_is_warmed_in_the_background() -> None:

@@ -79,7 +79,8 @@ def test_threads_backend_and_a_failing_run_still_report() -> None:
 
 
 def _fails_after_work(x: int) -> int:
-    hot_task(x)
+    for _ in range(5):  # ~50 ms: enough samples before item five stops the run (8 were too few)
+        hot_task(x)
     if x == 5:
         raise ValueError("item five")
     return x

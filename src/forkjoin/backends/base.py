@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +65,7 @@ class Backend(ABC):
         slots: list[Slot] | None = None,
         prefetch: int = 1,
         max_tasks_per_child: int | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
         self.workers = workers
         # Replace a worker after it ran this many tasks (chunks), as ProcessPoolExecutor does:
@@ -79,6 +80,10 @@ class Backend(ABC):
         self.events = events
         self.initializer = initializer
         self.initargs = initargs
+        # Modules the workers will import as they start (the initializer imports them: see
+        # engine/preload.py). A backend that forks its workers from a template process imports
+        # them there once, so that every worker starts with them.
+        self.preload = tuple(preload)
 
     @abstractmethod
     def submit(self, task: Task, done: DoneCallback) -> None:

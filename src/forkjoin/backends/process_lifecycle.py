@@ -87,6 +87,7 @@ class WorkerLifecycle:
     slots: list[Slot]
     memory_limit: int | None
     max_tasks_per_child: int | None
+    preload: tuple[str, ...]
     events: EventSink | None
 
     if TYPE_CHECKING:  # defined by the other parts of ProcessBackend
@@ -238,6 +239,9 @@ class WorkerLifecycle:
             if self._zygote is not None:
                 assert self._selector is not None
                 self._selector.register(self._zygote.control, selectors.EVENT_READ, ZYGOTE_KEY)
+                for name in self.preload:  # the pool's preload=: imported before the first fork
+                    self._modules_run.setdefault(name, None)
+                self._preload_in_zygote(self._zygote)
         if self._zygote is not None and self._next_worker_id >= self.workers:
             self._preload_in_zygote(self._zygote)  # a replacement: see process_zygote.py
         if self._zygote is not None:

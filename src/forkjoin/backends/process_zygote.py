@@ -30,8 +30,11 @@ The zygote also learns: before it forks a replacement for a dead worker, the cal
 Import(modules), the modules of the functions the pool has run (``function_modules``), and
 the zygote imports them, so a replacement does not pay for importing the user's code and what
 it imports (pandas: ~0.3 s) at every death. This is ``multiprocessing``'s forkserver preload,
-done for the modules that are known to be needed. The zygote runs with the workers' native
-thread caps, so a numerical library imported here is capped as in a worker.
+done for the modules that are known to be needed. A pool's ``preload=`` modules (pyarrow and
+pandas for a data job) are imported the same way before the first worker is forked: the
+workers start with them, share their pages, and the import is paid once, not once per worker.
+The zygote runs with the workers' native thread caps, so a numerical library imported here is
+capped as in a worker.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ from .protocol import Exited, Import, Spawn, Spawned, ZygoteMsg, view
 # How long the caller waits for the zygote to answer a spawn or report an exit before giving up
 # on it (and starting workers the slow way).
 REPLY_TIMEOUT_SECONDS = 5.0
+# ... and while it imports modules: torch and what comes with it take ~10 s on a loaded machine.
+IMPORT_TIMEOUT_SECONDS = 120.0
 
 _LENGTH = struct.Struct("<I")
 _MAX_FDS = 4
@@ -132,6 +137,7 @@ def serve(control_fd: int, watchdog_fd: int) -> None:
                         request = view(Import, message)
                         _import_quietly(request.modules, request.sys_path)
                         environments.changes.clear()  # an import may have set a variable
+                        _send(control, (ZygoteMsg.IMPORTED.value,))
                     case ZygoteMsg.SPAWN:
                         spawn = view(Spawn, message)
                         changes = environments.changes_for(spawn.env_id, spawn.env)
@@ -348,6 +354,7 @@ class ZygoteClient:
         # Environments sent, by id (a worker's is sent once: see _Environments).
         self._envs: list[dict[str, str]] = []
         self._env_ids: dict[int, int] = {}  # id(env dict) -> its id here
+        self._imports_pending = 0  # Import messages not yet answered: replies may take longer
 
     @classmethod
     def start(cls, watchdog_fd: int, env: dict[str, str]) -> ZygoteClient | None:
@@ -413,12 +420,16 @@ class ZygoteClient:
             self._receive()
 
     def preload(self, modules: list[str]) -> None:
-        """Have the zygote import ``modules`` before it forks again (no reply)."""
+        """Have the zygote import ``modules`` before it forks again (without waiting: its
+        answer, IMPORTED, is read with the next replies, which may come up to
+        IMPORT_TIMEOUT_SECONDS late meanwhile)."""
         _send(self.control, (ZygoteMsg.IMPORT.value, modules, list(sys.path)))
+        self._imports_pending += 1
+        self.control.settimeout(IMPORT_TIMEOUT_SECONDS)
 
     def wait_exit(self, pid: int) -> tuple[int, int]:
         """The exit code and peak RSS of a worker that has exited (its pidfd said so)."""
-        deadline = time.monotonic() + REPLY_TIMEOUT_SECONDS
+        deadline = time.monotonic() + (self.control.gettimeout() or REPLY_TIMEOUT_SECONDS)
         while pid not in self.exits:
             if time.monotonic() > deadline:
                 raise OSError(f"the zygote did not report the exit of worker {pid}")
@@ -437,6 +448,10 @@ class ZygoteClient:
             self.exits[exited.pid] = (exited.exitcode, exited.peak_rss)
         elif message[0] == ZygoteMsg.SPAWNED and self.waiting:
             self.waiting.popleft()(int(view(Spawned, message).pid))
+        elif message[0] == ZygoteMsg.IMPORTED:
+            self._imports_pending -= 1
+            if not self._imports_pending:
+                self.control.settimeout(REPLY_TIMEOUT_SECONDS)
         return message
 
     def close(self) -> None:

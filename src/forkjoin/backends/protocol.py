@@ -100,6 +100,7 @@ class ZygoteMsg(str, Enum):
     SPAWN = "spawn"  # (cwd, env) [the worker's three fds]: fork a worker
     SPAWNED = "spawned"  # (pid)
     EXITED = "exited"  # (pid, exit code, peak RSS): a worker was reaped
+    IMPORTED = "imported"  # (): the last Import is done (the caller waits longer until then)
 
 
 class RemoteKind(str, Enum):

@@ -172,6 +172,7 @@ class Pool(Executor):
             slots=slots,
             prefetch=prefetch,
             max_tasks_per_child=max_tasks_per_child,
+            preload=(preload,) if isinstance(preload, str) else tuple(preload),
             **backend_connection(self.options),
         )
         self.workers = self._backend.workers  # a cluster backend sizes itself to the cluster

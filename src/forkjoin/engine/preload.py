@@ -69,7 +69,7 @@ def shared_pool_initializer(backend_name: str, modules: Sequence[str]) -> dict[s
     if backend_name != "process" or not modules:
         return {}
     initializer, initargs = with_preload(tuple(modules), None, ())
-    return {"initializer": initializer, "initargs": initargs}
+    return {"initializer": initializer, "initargs": initargs, "preload": tuple(modules)}
 
 
 # The modules each running shared pool has been asked to import (preload_running).
