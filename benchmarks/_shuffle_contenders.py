@@ -72,6 +72,7 @@ def load_data_layer(in_worker: int) -> None:
     import forkjoin.data.aggregate  # noqa: F401
     import forkjoin.data.join  # noqa: F401
     import forkjoin.data.readers  # noqa: F401
+    import forkjoin.data.sinks  # noqa: F401
     import forkjoin.data.sort  # noqa: F401
 
     if in_worker:
@@ -91,9 +92,15 @@ def forkjoin(workload: str, data: str, out: str, workers: int, backend: str = "p
     # imports pyarrow/pandas as its workers start (engine/preload.py), so each read_parquet of
     # the timed run sends no import tasks to it (with the pool started first, each call sent
     # 2 x workers tasks of >= 0.1 s: ~0.4 s of a 10 M-row join's ~1.7 s, before any map task).
+    # The pool is started with the data layer's preload list, as a data job's own pool would
+    # be: a pool started without it got 2 x workers import tasks of >= 0.1 s from the first
+    # read_parquet of the timed run (engine/preload.py): 0.21 s before a 10 M-row sort's first
+    # task.
+    from forkjoin.data.readers import DATA_MODULES
+
     run_options = {"workers": workers, "backend": backend}
     load_data_layer(0)  # the caller merges aggregates and collects: its imports too
-    fj.map(load_data_layer, [1] * (8 * workers), **run_options)
+    fj.map(load_data_layer, [1] * (8 * workers), preload=DATA_MODULES, **run_options)
     left, right = paths(data, workload)
     stats: dict[str, Any] = {}
 

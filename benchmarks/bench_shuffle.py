@@ -14,7 +14,8 @@ Data shaped like TPC-H (see _shuffle_workloads.py): lineitem (--rows, default 10
 Contenders, each in a fresh interpreter with 2 workers or threads: forkjoin, pandas (serial),
 Polars (lazy, streaming engine), DuckDB, Dask DataFrame (distributed, 2 processes), Ray Data
 and Daft (native runner). Time is the workload alone (start-up apart); peak RSS is that of the
-contender's process tree (sampled every 100 ms); forkjoin's spill bytes come from its stats.
+contender's process tree (sampled every 100 ms; PSS beside it counts the pages that forked
+workers share with their zygote once); forkjoin's spill bytes come from its stats.
 Every result is checked against pandas' (or, where pandas failed, DuckDB's): aggregates and fit
 coefficients to 1e-6, the sort by reading the output back (rows, sum, every file sorted, files'
 ranges in order). A contender that fails or runs out of memory is a row that says so.
@@ -129,7 +130,8 @@ def bench(
         else:
             log(
                 f"{workload}: {name}: {result['seconds']:.2f} s, peak RSS "
-                f"{result['peak_rss'] / 2**20:.0f} MB"
+                f"{result['peak_rss'] / 2**20:.0f} MB "
+                f"(PSS {result.get('peak_pss', 0) / 2**20:.0f} MB)"
             )
     reference = next(
         (
@@ -169,7 +171,8 @@ def bench(
         spill = result.get("spill_bytes")
         detail = (
             f"{result['seconds']:.2f} s (+{result['setup_seconds']:.1f} s start-up), "
-            f"peak RSS {result['peak_rss'] / 2**20:.0f} MB"
+            f"peak RSS {result['peak_rss'] / 2**20:.0f} MB "
+            f"(PSS {result.get('peak_pss', 0) / 2**20:.0f} MB)"
             + (f", spilled {spill / 2**20:.0f} MB" if spill is not None else "")
             + (f", WRONG RESULT: {problem}" if problem else ", result checked")
         )
@@ -182,6 +185,7 @@ def bench(
                 extra={
                     "seconds": result["seconds"],
                     "peak_rss": result["peak_rss"],
+                    "peak_pss": result.get("peak_pss"),  # shared pages counted once
                     "spill_bytes": spill,
                     "correct": problem is None,
                 },

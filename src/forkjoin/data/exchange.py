@@ -24,6 +24,8 @@ Spill files live in the caller's SpillDir, removed when the plan's generator clo
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,28 @@ MAX_BUCKETS_FROM_PARTITIONS = 64
 
 POSITION_PART = "__fj_part"
 POSITION_ROW = "__fj_row"
+
+
+def release_memory() -> None:
+    """Give the memory that an exchange task freed back to the OS, at the end of the task (in
+    a worker). The allocators keep what a task frees for the next one (Arrow's mimalloc pool,
+    glibc's heap), so after a few map and reduce tasks each worker held ~120 MB of freed
+    buffers: in bench_shuffle.py's 10 M-row join the process tree peaked at ~875 MB, and at
+    ~710 MB with this release (group-apply 805 -> 650 MB), at no measurable cost in time (the
+    next task faults its pages in again: a few ms)."""
+    pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (numpy's arrays live in the C heap), or None elsewhere."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 def in_memory_threshold() -> int:

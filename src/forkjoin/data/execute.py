@@ -166,7 +166,13 @@ def process_partition(
         extra = write_partition(table, part.index, terminal.sink)
     elif terminal.kind == "exchange":  # the map side of an exchange: split into buckets
         extra = terminal.sink.run(table, part.index)
-    return PartResult(part.index, out, table.num_rows, counts, time.perf_counter() - start, extra)
+    rows = table.num_rows
+    if terminal.kind == "exchange" or part.kind == "exchange":
+        from .exchange import release_memory
+
+        del table  # a map task's input, a reduce task's bucket: not needed any more
+        release_memory()
+    return PartResult(part.index, out, rows, counts, time.perf_counter() - start, extra)
 
 
 def run_partitions(
