@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DataError, ResourceError, TaskError
+from .channel import Channel, End, Stopped
 from .execute import COLLECT, DataStats, PartResult, RunConfig, Terminal, process_partition
 from .plan import Op
 from .sources import Partition, ReadCounts, ReadSpec
@@ -83,52 +84,10 @@ BATCHES_PER_BLOCK = 1
 # A stage with blocks waiting and every actor busy this long starts another actor (up to
 # its max): long enough not to react to one slow block, short next to a model's load time.
 GROW_AFTER_SECONDS = 1.0
-# How long a feeder waits to hand on a block before it checks whether the run was stopped.
-STOP_CHECK_SECONDS = 0.2
 # How long shutdown waits for a feeder thread (it is at most one task away from noticing).
 JOIN_SECONDS = 30.0
 
 _TABLE_SPEC = ReadSpec("table")
-
-
-class _End:
-    """Marks the end of a channel's stream (``error`` set when the producer failed)."""
-
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
-
-
-class _Stopped(Exception):
-    """The run was stopped (consumer closed, or another stage failed)."""
-
-
-class Channel:
-    """A bounded queue between two stages; a put wakes the consumer's dispatcher."""
-
-    def __init__(self, capacity: int, stop: threading.Event) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
-        self._stop = stop
-        self.capacity = capacity
-        self.wake: threading.Event | None = None  # set to the consumer's event by the consumer
-
-    def put(self, item: Any) -> None:
-        while True:
-            if self._stop.is_set():
-                raise _Stopped()
-            try:
-                self._queue.put(item, timeout=STOP_CHECK_SECONDS)
-                break
-            except queue.Full:
-                continue
-        if self.wake is not None:
-            self.wake.set()
-
-    def get_nowait(self) -> Any:
-        return self._queue.get_nowait()
-
-    def waiting(self) -> bool:
-        """Whether blocks are waiting here for the consumer (approximate, as qsize is)."""
-        return not self._queue.empty()
 
 
 @dataclass
@@ -307,7 +266,7 @@ def run_stage(
     while True:
         wake.clear()
         if stop.is_set():
-            raise _Stopped()
+            raise Stopped()
         done = [p for p in pending if p.future.done()]
         for entry in done:
             entry.settle(stage)
@@ -330,7 +289,7 @@ def run_stage(
                 item = inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _End):
+            if isinstance(item, End):
                 if item.error is not None:
                     raise item.error
                 exhausted = True
@@ -380,7 +339,7 @@ def _feed(
         for value in iterator:
             for block in to_blocks(value):
                 out.put(block)
-    except _Stopped:
+    except Stopped:
         return
     except BaseException as exc:  # handed to the consumer, who raises it
         error = exc
@@ -389,8 +348,8 @@ def _feed(
         if close is not None:
             close()
     try:
-        out.put(_End(error))
-    except _Stopped:
+        out.put(End(error))
+    except Stopped:
         pass
 
 
