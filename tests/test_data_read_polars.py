@@ -95,3 +95,17 @@ def test_a_corrupt_row_group_is_still_named_or_skipped(tmp_path, monkeypatch):
     got = skipping.to_arrow(backend="threads", workers=2)
     assert got.num_rows == 30_000 and skipping.stats().rows_skipped == 10_000
     assert sorted(got.column("x").to_pylist()) == [*range(20_000), *range(30_000, 40_000)]
+
+
+def test_a_kernel_choice_that_cannot_be_met_leaves_plain_reads_to_pyarrow(tmp_path, monkeypatch):
+    """FORKJOIN_DATA_KERNEL=polars without Polars is an error for the join or sort that needs
+    it (kernel_name), not for reading numbers."""
+    from forkjoin.data import kernels
+
+    path = tmp_path / "n.parquet"
+    pq.write_table(numbers(100), path)
+    monkeypatch.setenv(KERNEL_ENV, "polars")
+    monkeypatch.setattr(kernels, "_polars", False)  # as if Polars were not installed
+    ds = fj.data.read_parquet(str(path), columns=["id", "x"])
+    assert readers._read_numbers_with_polars(ds._source.partitions[0], ds._source.spec) is None
+    assert ds.to_arrow(backend="inline").equals(pq.read_table(path, columns=["id", "x"]))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import DataError
+from ..errors import BackendUnavailableError, DataError
 from .files import _open
 from .sources import Partition, ReadCounts, ReadSpec, _compressed
 
@@ -126,7 +126,10 @@ def _read_numbers_with_polars(part: Partition, spec: ReadSpec) -> pa.Table | Non
         return None
     from .kernels import kernel_name, polars_module
 
-    if kernel_name() != "polars":
+    try:
+        if kernel_name() != "polars":
+            return None
+    except (ValueError, BackendUnavailableError):  # a bad choice: said by the join or sort
         return None
     pl = polars_module()
     import pyarrow.parquet as pq
