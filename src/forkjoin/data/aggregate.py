@@ -159,6 +159,24 @@ def partial(table: pa.Table, keys: Sequence[str], spec: AggSpec) -> Partial:
     return Partial(built, custom)
 
 
+def partial_of_polars(frame: Any, schema: pa.Schema, keys: Sequence[str],
+                      spec: AggSpec) -> Partial | None:  # fmt: skip
+    """``partial`` of a Polars DataFrame (standing for an Arrow table of ``schema``) computed in
+    Polars, with the same table as ``partial`` would give; None where it cannot (custom
+    reducers, a missing column, types Polars might aggregate differently): then convert and
+    call ``partial``."""
+    from .kernels import polars_partial
+
+    names = set(schema.names)
+    if any(isinstance(how, Reducer) for _, _, how in spec.outputs) or not all(
+        c in names for c in [*keys, *spec.columns()]
+    ):
+        return None
+    target = partial(schema.empty_table(), keys, spec).table.schema  # Acero's output types
+    table = polars_partial(frame, schema, keys, spec.partial_columns(), target)
+    return None if table is None else Partial(table, {})
+
+
 def merge(partials: Sequence[Partial], keys: Sequence[str], spec: AggSpec,
           schema: pa.Schema | None = None) -> pa.Table:  # fmt: skip
     """Merge the partitions' partials into the final table, sorted by key (in the caller)."""

@@ -223,6 +223,16 @@ class BucketPartition(Partition):
         out = self.reduce(tables)
         return out, ReadCounts(rows_read=sum(t.num_rows for t in tables))
 
+    def read_partial(self, keys: Sequence[str], aggs: Any) -> tuple[Any, int, ReadCounts] | None:
+        """``aggregate.partial`` of ``read()``'s table, its row count and the read counts, when
+        the reduce can compute it in one step (a join: ``JoinSpec.partial``); else None."""
+        fused = getattr(self.reduce, "partial", None)
+        if fused is None:
+            return None
+        tables = [i.read() for i in self.inputs]
+        result, rows = fused(tables, keys, aggs)
+        return result, rows, ReadCounts(rows_read=sum(t.num_rows for t in tables))
+
 
 @dataclass(frozen=True, repr=False)
 class FusedPartition(Partition):

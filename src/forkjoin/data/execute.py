@@ -150,9 +150,18 @@ def process_partition(
 ) -> PartResult:
     """One task (runs in a worker): read, apply the fused operations, finish as asked."""
     start = time.perf_counter()
+    if terminal.kind == "partial" and not ops and hasattr(part, "read_partial"):
+        # A join bucket aggregated right away: join and partial aggregate in one step.
+        fused = part.read_partial(terminal.keys, terminal.aggs)
+        if fused is not None:
+            extra, rows, counts = fused
+            from .exchange import release_memory
+
+            release_memory()
+            return PartResult(part.index, None, rows, counts, time.perf_counter() - start, extra)
     table, counts = read_partition(part, spec)
     table = apply_ops(table, ops)
-    extra: Any = None
+    extra = None
     out: pa.Table | None = None
     if terminal.kind == "collect":
         out = table

@@ -136,7 +136,7 @@ def polars_can(*schemas: pa.Schema) -> bool:
     return all(_round_trips(f.type) for schema in schemas for f in schema)
 
 
-def _back_to_arrow(frame: Any, target: pa.Schema) -> pa.Table:
+def back_to_arrow(frame: Any, target: pa.Schema) -> pa.Table:
     table = frame.to_arrow()
     if table.schema.equals(target):
         return table
@@ -166,6 +166,21 @@ def polars_join(
 ) -> pa.Table | None:
     """The join with Polars, columns named ``names`` (left columns, then the right ones, as
     ``JoinSpec.output_names`` says), or None when Polars cannot give exactly Acero's result."""
+    joined = polars_join_frame(left, right, left_keys, right_keys, how, names, coalesce)
+    return None if joined is None else back_to_arrow(*joined)
+
+
+def polars_join_frame(
+    left: pa.Table,
+    right: pa.Table,
+    left_keys: Sequence[str],
+    right_keys: Sequence[str],
+    how: str,
+    names: Sequence[str],
+    coalesce: bool,
+) -> tuple[Any, pa.Schema] | None:
+    """``polars_join`` before its conversion back to Arrow: the Polars DataFrame and the Arrow
+    schema it stands for (for a caller that aggregates it in Polars first: polars_partial)."""
     pl = polars_module()
     if (
         pl is None
@@ -214,7 +229,7 @@ def polars_join(
     types = dict(zip(left_names, left.schema.types, strict=True))
     types.update(zip(right_names, right.schema.types, strict=True))
     target = pa.schema([(name, types[name]) for name in names])
-    return _back_to_arrow(joined.select(list(names)), target)
+    return joined.select(list(names)), target
 
 
 # -- sort ----------------------------------------------------------------------------------------
@@ -250,3 +265,64 @@ def _has_nan(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> bool:
         if pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
             return True
     return False
+
+
+# -- group-by partial aggregate (a join fused with the groupby().agg() after it) ------------------
+
+
+def _groups_alike(kind: pa.DataType) -> bool:
+    """Key types Polars groups exactly as Acero does (not floats: -0.0 and NaN)."""
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_date32(kind)
+        or pa.types.is_timestamp(kind)
+        or pa.types.is_duration(kind)
+    )
+
+
+def _aggregates_alike(fn: str, kind: pa.DataType) -> bool:
+    """Whether Polars' ``fn`` over ``kind`` gives Acero's values (then cast to Acero's type):
+    sums of integers and doubles, counts of anything, min/max of what has one total order."""
+    if fn == "count":
+        return True
+    if fn == "sum":
+        return pa.types.is_integer(kind) or pa.types.is_float64(kind)
+    return _groups_alike(kind) and not pa.types.is_boolean(kind)
+
+
+def polars_partial(
+    frame: Any,
+    schema: pa.Schema,
+    keys: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    target: pa.Schema,
+) -> pa.Table | None:
+    """``aggregate.partial``'s table of built-in partials for ``frame`` (a Polars DataFrame
+    standing for an Arrow table of ``schema``), computed in Polars and typed as ``target``:
+    the keys, then ``__p{i}`` = ``fn(column)`` for each ``(column, fn)`` of ``pairs``; rows
+    with a null key are dropped. None when Polars might not give Acero's values."""
+    pl = polars_module()
+    types = dict(zip(schema.names, schema.types, strict=True))
+    if (
+        pl is None
+        or not all(k in types and _groups_alike(types[k]) for k in keys)
+        or not all(c in types and _aggregates_alike(fn, types[c]) for c, fn in pairs)
+        or len(set(keys)) != len(keys)
+    ):
+        return None
+    valid = [pl.col(k).is_not_null() for k in keys]
+    if any(frame[k].null_count() for k in keys):
+        frame = frame.filter(*valid)
+    exprs = []
+    for i, (column, fn) in enumerate(pairs):
+        expr = pl.col(column)
+        if fn == "sum" and pa.types.is_integer(types[column]):  # Acero sums in 64 bits
+            expr = expr.cast(pl.UInt64 if pa.types.is_unsigned_integer(types[column]) else pl.Int64)
+        exprs.append(getattr(expr, fn)().alias(f"__p{i}"))
+    grouped = frame.group_by(list(keys)).agg(exprs)
+    return back_to_arrow(grouped.select(target.names), target)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import DataError
+from ..errors import BackendUnavailableError, DataError
 from .files import _open
 from .sources import Partition, ReadCounts, ReadSpec, _compressed
 
@@ -70,6 +70,9 @@ def _read_parquet(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Tab
         columns = list(dict.fromkeys(columns + _expression_fields(spec.filter, spec.schema)))
     else:
         wanted = None
+    fast = _read_numbers_with_polars(part, spec)
+    if fast is not None:
+        return fast
     try:
         with _open(spec.filesystem, part.path) as handle:
             # pre_buffer: the projected columns' byte ranges read in a few coalesced requests
@@ -96,6 +99,57 @@ def _read_parquet(part: Partition, spec: ReadSpec, counts: ReadCounts) -> pa.Tab
     if wanted is not None:
         table = table.select(wanted)
     return table.replace_schema_metadata(None)
+
+
+def _plain_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_float32(kind) or pa.types.is_float64(kind)
+
+
+def _read_numbers_with_polars(part: Partition, spec: ReadSpec) -> pa.Table | None:
+    """The partition's rows read by Polars' Parquet reader, when the Polars kernel is chosen
+    and every projected column is a plain number (no filter, a local file, consecutive row
+    groups); else None. Same table as pyarrow's (types cast back to the file's), in ~60% of
+    the time on one thread: 24 vs 39 ms for a 1.25 M-row lineitem file of two numeric columns
+    in bench_shuffle.py, whose join reads 10 of them on each worker. Strings stay with
+    pyarrow (Polars would return views that cost a conversion back). Anything unexpected
+    (a corrupt file, a schema that differs from the source's) returns None: pyarrow's path
+    then reads it, and reports or skips what is wrong with the file's row groups."""
+    if spec.filesystem is not None or spec.filter is not None or spec.columns is None:
+        return None
+    if spec.schema is None or not part.row_groups or not spec.columns:
+        return None
+    names = set(spec.schema.names)
+    if not all(c in names and _plain_number(spec.schema.field(c).type) for c in spec.columns):
+        return None
+    groups = list(part.row_groups)
+    if groups != list(range(groups[0], groups[-1] + 1)):
+        return None
+    from .kernels import kernel_name, polars_module
+
+    try:
+        if kernel_name() != "polars":
+            return None
+    except (ValueError, BackendUnavailableError):  # a bad choice: said by the join or sort
+        return None
+    pl = polars_module()
+    import pyarrow.parquet as pq
+
+    columns = list(spec.columns)
+    try:
+        meta = pq.read_metadata(part.path)
+        stored = meta.schema.to_arrow_schema()
+        target = pa.schema([stored.field(c) for c in columns])
+        if target.types != [spec.schema.field(c).type for c in columns]:
+            return None
+        offset = sum(meta.row_group(i).num_rows for i in range(groups[0]))
+        rows = sum(meta.row_group(i).num_rows for i in groups)
+        frame = pl.scan_parquet(part.path, hive_partitioning=False).select(columns)
+        table = frame.slice(offset, rows).collect().to_arrow()
+    except Exception:  # noqa: BLE001 - any failure: the pyarrow path reads it and says why
+        return None
+    if table.num_rows != rows or table.column_names != columns:
+        return None
+    return table if table.schema.equals(target) else table.cast(target)
 
 
 def _row_groups_one_by_one(parquet: Any, part: Partition, columns: list[str] | None,
