@@ -250,7 +250,10 @@ def test_a_killed_zygote_leaves_the_pool_working_with_fresh_interpreters(tmp_pat
         pids = pool.map_list(functools.partial(run, kill_once=kills), range(30, 50), chunksize=1)
         assert len(pids) == 20
         ran = Counter(int(line) for line in (tmp_path / "runs.log").read_text().split())
-        assert all(ran[x] >= 1 for x in range(30, 50)) and all(ran[x] == 2 for x in kills)
+        # A kill item ran once to kill its worker and once more to succeed; it (or any item)
+        # may run again when its worker dies on the next item before sending that result
+        # (results wait up to RESULT_FLUSH_SECONDS to go out together): rerun, not lost.
+        assert all(ran[x] >= 1 for x in range(30, 50)) and all(ran[x] >= 2 for x in kills)
         assert pool._backend._zygote is None  # started the slow way from then on
         deadline = time.monotonic() + 30
         while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
