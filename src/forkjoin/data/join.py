@@ -37,7 +37,7 @@ from .exchange import (
     choose_buckets,
     estimate_bytes,
 )
-from .kernels import back_to_arrow, hash_scheme, kernel_name, polars_join, polars_join_frame
+from .kernels import back_to_arrow, hash_scheme, kernel_name, polars_join_frame
 from .plan import Op, plan_hash
 from .shuffle import HashSplit, check_columns
 from .sources import Partition, ReadSpec
@@ -87,13 +87,21 @@ class JoinSpec:
     def __call__(self, tables: list[pa.Table]) -> pa.Table:
         """The join of one bucket (or of a partition and the broadcast side)."""
         left, right, names = self._prepare(tables)
-        if kernel_name() == "polars":
-            joined = polars_join(
-                left, right, self.left_keys, self.right_keys, self.how, names, self.coalesce
-            )
-            if joined is not None:
-                return joined
+        joined = self._polars_join(left, right, names)
+        if joined is not None:
+            return back_to_arrow(*joined)
         return self._arrow_join(left, right, names)
+
+    def _polars_join(
+        self, left: pa.Table, right: pa.Table, names: list[str]
+    ) -> tuple[Any, pa.Schema] | None:
+        """The join as a Polars DataFrame and its Arrow schema, where the Polars kernel is
+        chosen and gives exactly Acero's result; else None."""
+        if kernel_name() != "polars":
+            return None
+        return polars_join_frame(
+            left, right, self.left_keys, self.right_keys, self.how, names, self.coalesce
+        )
 
     def _arrow_join(self, left: pa.Table, right: pa.Table, names: list[str]) -> pa.Table:
         if self.how in ("semi", "anti"):
@@ -117,21 +125,16 @@ class JoinSpec:
         nor aggregated by a second library: ~20% of a bench_shuffle join's worker CPU."""
         from .aggregate import partial, partial_of_polars
 
-        if kernel_name() == "polars":
-            left, right, names = self._prepare(tables)
-            joined = polars_join_frame(
-                left, right, self.left_keys, self.right_keys, self.how, names, self.coalesce
-            )
-            if joined is not None:
-                frame, schema = joined
-                fused = partial_of_polars(frame, schema, keys, aggs)
-                if fused is not None:
-                    return fused, frame.height
-                table = back_to_arrow(frame, schema)
-            else:
-                table = self._arrow_join(left, right, names)
+        left, right, names = self._prepare(tables)
+        joined = self._polars_join(left, right, names)
+        if joined is None:
+            table = self._arrow_join(left, right, names)
         else:
-            table = self(tables)
+            frame, schema = joined
+            fused = partial_of_polars(frame, schema, keys, aggs)
+            if fused is not None:
+                return fused, frame.height
+            table = back_to_arrow(frame, schema)
         return partial(table, keys, aggs), table.num_rows
 
     def _prepare(self, tables: list[pa.Table]) -> tuple[pa.Table, pa.Table, list[str]]:

@@ -155,21 +155,6 @@ _POLARS_HOW = {
 }
 
 
-def polars_join(
-    left: pa.Table,
-    right: pa.Table,
-    left_keys: Sequence[str],
-    right_keys: Sequence[str],
-    how: str,
-    names: Sequence[str],
-    coalesce: bool,
-) -> pa.Table | None:
-    """The join with Polars, columns named ``names`` (left columns, then the right ones, as
-    ``JoinSpec.output_names`` says), or None when Polars cannot give exactly Acero's result."""
-    joined = polars_join_frame(left, right, left_keys, right_keys, how, names, coalesce)
-    return None if joined is None else back_to_arrow(*joined)
-
-
 def polars_join_frame(
     left: pa.Table,
     right: pa.Table,
@@ -179,8 +164,10 @@ def polars_join_frame(
     names: Sequence[str],
     coalesce: bool,
 ) -> tuple[Any, pa.Schema] | None:
-    """``polars_join`` before its conversion back to Arrow: the Polars DataFrame and the Arrow
-    schema it stands for (for a caller that aggregates it in Polars first: polars_partial)."""
+    """The join with Polars, columns named ``names`` (left columns, then the right ones, as
+    ``JoinSpec.output_names`` says), as a Polars DataFrame and the Arrow schema it stands for
+    (``back_to_arrow`` converts it; ``polars_partial`` aggregates it in Polars first); or None
+    when Polars cannot give exactly Acero's result."""
     pl = polars_module()
     if (
         pl is None
@@ -272,17 +259,7 @@ def _has_nan(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> bool:
 
 def _groups_alike(kind: pa.DataType) -> bool:
     """Key types Polars groups exactly as Acero does (not floats: -0.0 and NaN)."""
-    return (
-        pa.types.is_integer(kind)
-        or pa.types.is_boolean(kind)
-        or pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-        or pa.types.is_binary(kind)
-        or pa.types.is_large_binary(kind)
-        or pa.types.is_date32(kind)
-        or pa.types.is_timestamp(kind)
-        or pa.types.is_duration(kind)
-    )
+    return _round_trips(kind) and not pa.types.is_floating(kind)
 
 
 def _aggregates_alike(fn: str, kind: pa.DataType) -> bool:
